@@ -1,0 +1,1 @@
+"""Compiled kernels (Cython over the C headers in include/pybnn)."""

@@ -1,0 +1,67 @@
+"""Run-time choice of the instruction-set path used by every kernel.
+
+At import pybnn picks the best path the CPU supports (x86: scalar < sse4 < avx2; ARM: neon).
+`PYBNN_ISA=<name>` in the environment, or `set_isa(name)`, forces a lower path, so the
+tests can run every path on one machine.  Kernels receive the ISA number with each call
+and report back the variant they ran (a kernel without a variant for the requested path
+falls back to the next lower one).
+"""
+import contextlib
+import os
+
+from ._kernels import _cpu
+from .errors import ConfigError
+
+ISAS = ("scalar", "sse4", "avx2", "neon")  # index = the number the C kernels use
+SCALAR, SSE4, AVX2, NEON = range(4)
+
+
+def available():
+    """Names of the paths this build has and this CPU supports, best first."""
+    return [name for i, name in reversed(list(enumerate(ISAS))) if _cpu.isa_supported(i)]
+
+
+def _parse(name):
+    name = str(name).strip().lower()
+    if name not in ISAS:
+        raise ConfigError(f"unknown ISA {name!r}; expected one of {', '.join(ISAS)}")
+    if not _cpu.isa_supported(ISAS.index(name)):
+        raise ConfigError(f"ISA {name!r} is not available on this CPU/build; "
+                          f"available: {', '.join(available())}")
+    return ISAS.index(name)
+
+
+_active = _parse(os.environ["PYBNN_ISA"]) if os.environ.get("PYBNN_ISA") else ISAS.index(available()[0])
+
+
+def active():
+    """Number of the path kernels are asked to use."""
+    return _active
+
+
+def get_isa():
+    """Name of the path kernels are asked to use."""
+    return ISAS[_active]
+
+
+def set_isa(name):
+    """Force the path used by every following kernel call (e.g. "scalar")."""
+    global _active
+    _active = _parse(name)
+
+
+@contextlib.contextmanager
+def use_isa(name):
+    """Context manager: run the enclosed calls on the named path, then restore."""
+    global _active
+    previous, _active = _active, _parse(name)
+    try:
+        yield
+    finally:
+        _active = previous
+
+
+def info():
+    """What was detected and what is used: a dict for logs and bug reports."""
+    return {"arch": _cpu.arch_family(), "available": available(), "active": get_isa(),
+            "forced_by_env": os.environ.get("PYBNN_ISA") or None}
