@@ -1,5 +1,15 @@
-"""pybnn: fast binary-neural-network inference on CPUs."""
-from . import cpu
-from .errors import PyBNNError, ConfigError, ShapeError, WeightsError, FormatError
+"""pybnn: fast binary-neural-network inference on CPUs (x86 and ARM / Raspberry Pi).
+
+    import pybnn
+    from pybnn import layers as L
+    model = pybnn.Sequential([L.Input((32, 32, 3)), L.Conv2D(64, 3), ...]).load("w.bin")
+    probabilities = model.predict(images)
+"""
+from . import cpu, layers, reference
+from .errors import ConfigError, FormatError, PyBNNError, ShapeError, WeightsError
+from .io import load_model
+from .model import Sequential
 
 __version__ = "0.1.0"
+__all__ = ["Sequential", "load_model", "layers", "cpu", "reference", "PyBNNError", "ConfigError",
+           "FormatError", "ShapeError", "WeightsError"]

@@ -1,0 +1,280 @@
+/* XNOR-popcount GEMM (binary activations x binary weights): the inner kernel of binary
+ * convolutions and dense layers.  Family pybnn_xgemm (scalar, sse4, avx2, neon); named
+ * "x" to stay apart from fbgemm.h's pybnn_bgemm_* (float/int8 activations x binary weights).
+ *
+ * Contract of pybnn_xgemm_<isa>(a, lda, m, kwords, w, n, kbits, c, ldc):
+ *     c[i*ldc + j] = kbits - 2 * popcount(A_i XOR W_j)     for i < m, j < n
+ * A_i is the row of kwords uint32 words at a + i*lda (only 4-byte alignment needed), W_j
+ * is output channel j of the packed weights below, kbits is the number of real (non
+ * padding) bits in a row.  Padding bits are 0 in both A and W, so they never count and
+ * the result is the exact +-1 dot product.  Nothing else is read or written.
+ *
+ * Packed weight layout (what pybnn_bconv_pack_weights produces and every ISA reads):
+ * output channels are grouped in blocks of PYBNN_XGEMM_NR = 4; a row of kwords uint32 is
+ * viewed as k64 = ceil(kwords/2) little-endian uint64 (the last one's high half is 0 when
+ * kwords is odd).  Block b stores, for each k < k64, the 4 channels' 64-bit words side by
+ * side:
+ *     uint64 W[cblocks][k64][4],  cblocks = ceil(n/4)
+ * i.e. uint32 shape (cblocks, k64, 8) with word 2*r (low) and 2*r+1 (high) for channel
+ * 4*b + r.  Channels beyond n in the last block are all zero (computed, never stored).
+ * One 256-bit load thus holds one k-step of 4 output channels (AVX2 broadcasts the input
+ * word against it) and the scalar kernel reads 4 adjacent uint64 per input word.
+ *
+ * The kernels loop output-channel blocks outside and rows inside, so one weight block
+ * (k64 * 32 bytes) stays in L1 while the rows stream past; callers keep m * kwords * 4
+ * bytes of A cache-sized (see pybnn_bconv2d).
+ */
+#ifndef PYBNN_BGEMM_H
+#define PYBNN_BGEMM_H
+
+#include "pybnn/common.h"
+
+#define PYBNN_XGEMM_NR 4
+
+typedef void (*pybnn_xgemm_fn)(const uint32_t *a, size_t lda, size_t m, size_t kwords,
+                               const uint32_t *w, size_t n, int32_t kbits, int32_t *c,
+                               size_t ldc);
+
+static inline size_t pybnn_xgemm_k64(size_t kwords) { return (kwords + 1) / 2; }
+static inline size_t pybnn_xgemm_cblocks(size_t n) { return (n + PYBNN_XGEMM_NR - 1) / PYBNN_XGEMM_NR; }
+
+/* Number of uint32 in the packed weights of n channels of kwords words. */
+static inline size_t pybnn_xgemm_wsize(size_t n, size_t kwords) {
+    return pybnn_xgemm_cblocks(n) * pybnn_xgemm_k64(kwords) * 2 * PYBNN_XGEMM_NR;
+}
+
+/* Packs n rows of kwords uint32 (row j = channel j's bits, row stride kwords) into the
+ * layout above.  wp must hold pybnn_xgemm_wsize(n, kwords) words. */
+static void pybnn_xgemm_pack_weights(const uint32_t *rows, size_t n, size_t kwords, uint32_t *wp) {
+    size_t k64 = pybnn_xgemm_k64(kwords);
+    memset(wp, 0, pybnn_xgemm_wsize(n, kwords) * sizeof(uint32_t));
+    for (size_t j = 0; j < n; j++) {
+        uint32_t *blk = wp + (j / PYBNN_XGEMM_NR) * k64 * 2 * PYBNN_XGEMM_NR;
+        size_t r = j % PYBNN_XGEMM_NR;
+        for (size_t q = 0; q < kwords; q++)
+            blk[(q / 2) * 2 * PYBNN_XGEMM_NR + 2 * r + (q % 2)] = rows[j * kwords + q];
+    }
+}
+
+/* Unaligned little-endian 64-bit load (compiles to one mov). */
+static inline uint64_t pybnn_xgemm_load64(const void *p) {
+    uint64_t v;
+    memcpy(&v, p, 8);
+    return v;
+}
+
+/* Writes kbits - 2*pc for the nc <= 4 valid channels of a block. */
+static inline void pybnn_xgemm_store(int32_t *c, size_t nc, int32_t kbits, const uint64_t pc[4]) {
+    for (size_t r = 0; r < nc; r++)
+        c[r] = kbits - 2 * (int32_t)pc[r];
+}
+
+/* ---------------------------------------------------------------- scalar / SSE4 */
+
+/* Rows a .. a+(mr-1)*lda x one block of 4 channels with 64-bit popcounts.  mr is a
+ * compile-time constant after inlining.  Inlined into the scalar and SSE4 variants:
+ * compiled inside the SSE4 one, __builtin_popcountll becomes the POPCNT instruction (the
+ * scalar build calls libgcc's portable routine instead; aarch64 uses CNT either way). */
+static inline __attribute__((always_inline)) void
+pybnn_xgemm_pop_block(const uint32_t *a, size_t lda, size_t kwords, const uint32_t *wb,
+                      int32_t kbits, int32_t *c, size_t ldc, size_t nc, const int mr) {
+    size_t kfull = kwords / 2;
+    uint64_t acc[2][4] = {{0}}; /* mr <= 2 */
+    for (size_t k = 0; k < kfull; k++) {
+        const uint32_t *wk = wb + k * 8;
+        uint64_t w0 = pybnn_xgemm_load64(wk), w1 = pybnn_xgemm_load64(wk + 2);
+        uint64_t w2 = pybnn_xgemm_load64(wk + 4), w3 = pybnn_xgemm_load64(wk + 6);
+        for (int r = 0; r < mr; r++) {
+            uint64_t x = pybnn_xgemm_load64(a + r * lda + 2 * k);
+            acc[r][0] += (uint64_t)__builtin_popcountll(x ^ w0);
+            acc[r][1] += (uint64_t)__builtin_popcountll(x ^ w1);
+            acc[r][2] += (uint64_t)__builtin_popcountll(x ^ w2);
+            acc[r][3] += (uint64_t)__builtin_popcountll(x ^ w3);
+        }
+    }
+    if (kwords & 1) { /* odd word count: the last input word alone, high half 0 */
+        const uint32_t *wk = wb + kfull * 8;
+        for (int r = 0; r < mr; r++) {
+            uint64_t x = a[r * lda + 2 * kfull];
+            for (int q = 0; q < 4; q++)
+                acc[r][q] += (uint64_t)__builtin_popcountll(x ^ pybnn_xgemm_load64(wk + 2 * q));
+        }
+    }
+    for (int r = 0; r < mr; r++)
+        pybnn_xgemm_store(c + r * ldc, nc, kbits, acc[r]);
+}
+
+/* Channel blocks outside, rows inside (2 at a time: each weight load serves both). */
+static inline __attribute__((always_inline)) void
+pybnn_xgemm_pop(const uint32_t *a, size_t lda, size_t m, size_t kwords, const uint32_t *w,
+                size_t n, int32_t kbits, int32_t *c, size_t ldc) {
+    size_t k64 = pybnn_xgemm_k64(kwords);
+    for (size_t cb = 0; cb * 4 < n; cb++) {
+        const uint32_t *wb = w + cb * k64 * 8;
+        size_t nc = PYBNN_MIN((size_t)4, n - cb * 4);
+        int32_t *cc = c + cb * 4;
+        size_t i = 0;
+        for (; i + 2 <= m; i += 2)
+            pybnn_xgemm_pop_block(a + i * lda, lda, kwords, wb, kbits, cc + i * ldc, ldc, nc, 2);
+        for (; i < m; i++)
+            pybnn_xgemm_pop_block(a + i * lda, lda, kwords, wb, kbits, cc + i * ldc, ldc, nc, 1);
+    }
+}
+
+static void pybnn_xgemm_scalar(const uint32_t *a, size_t lda, size_t m, size_t kwords,
+                               const uint32_t *w, size_t n, int32_t kbits, int32_t *c,
+                               size_t ldc) {
+    pybnn_xgemm_pop(a, lda, m, kwords, w, n, kbits, c, ldc);
+}
+
+#if PYBNN_X86
+PYBNN_TARGET_SSE4 static void pybnn_xgemm_sse4(const uint32_t *a, size_t lda, size_t m,
+                                               size_t kwords, const uint32_t *w, size_t n,
+                                               int32_t kbits, int32_t *c, size_t ldc) {
+    pybnn_xgemm_pop(a, lda, m, kwords, w, n, kbits, c, ldc);
+}
+
+/* ---------------------------------------------------------------- AVX2 */
+
+/* Popcount of each byte by two 16-entry nibble lookups (vpshufb), then summed in bytes
+ * for up to 31 k-steps (31 * 8 = 248 < 256) before vpsadbw widens them to the four 64-bit
+ * lanes = the four output channels of the block. */
+PYBNN_TARGET_AVX2 static inline __m256i pybnn_popcnt8_avx2(__m256i x, __m256i lut, __m256i m4) {
+    __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(x, m4));
+    __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(x, 4), m4));
+    return _mm256_add_epi8(lo, hi);
+}
+
+/* Rows a .. a+(mr-1)*lda x one block of 4 channels; mr is a compile-time constant after
+ * inlining so the accumulator arrays live in registers. */
+PYBNN_TARGET_AVX2 static inline __attribute__((always_inline)) void
+pybnn_xgemm_avx2_block(const uint32_t *a, size_t lda, size_t kwords, const uint32_t *wb,
+                       int32_t kbits, int32_t *c, size_t ldc, size_t nc, const int mr) {
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i m4 = _mm256_set1_epi8(0x0f), zero = _mm256_setzero_si256();
+    size_t kfull = kwords / 2;
+    __m256i sum[4], bytes[4];
+    for (int r = 0; r < mr; r++)
+        sum[r] = zero;
+    for (size_t k0 = 0; k0 < kfull; k0 += 31) {
+        size_t kend = PYBNN_MIN(kfull, k0 + 31);
+        for (int r = 0; r < mr; r++)
+            bytes[r] = zero;
+        for (size_t k = k0; k < kend; k++) {
+            __m256i wv = _mm256_loadu_si256((const __m256i *)(wb + k * 8));
+            for (int r = 0; r < mr; r++) {
+                __m256i x = _mm256_xor_si256(
+                    _mm256_set1_epi64x((long long)pybnn_xgemm_load64(a + r * lda + 2 * k)), wv);
+                bytes[r] = _mm256_add_epi8(bytes[r], pybnn_popcnt8_avx2(x, lut, m4));
+            }
+        }
+        for (int r = 0; r < mr; r++)
+            sum[r] = _mm256_add_epi64(sum[r], _mm256_sad_epu8(bytes[r], zero));
+    }
+    if (kwords & 1) { /* odd word count: the last input word alone, high half 0 */
+        __m256i wv = _mm256_loadu_si256((const __m256i *)(wb + kfull * 8));
+        for (int r = 0; r < mr; r++) {
+            __m256i x = _mm256_xor_si256(_mm256_set1_epi64x((long long)a[r * lda + 2 * kfull]), wv);
+            sum[r] = _mm256_add_epi64(sum[r], _mm256_sad_epu8(pybnn_popcnt8_avx2(x, lut, m4), zero));
+        }
+    }
+    /* Counts fit in 32 bits: gather the low halves of the 4 lanes and finish in SIMD. */
+    const __m256i evens = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+    const __m128i kb = _mm_set1_epi32(kbits);
+    for (int r = 0; r < mr; r++) {
+        __m128i pc = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(sum[r], evens));
+        __m128i res = _mm_sub_epi32(kb, _mm_slli_epi32(pc, 1));
+        if (nc == 4) {
+            _mm_storeu_si128((__m128i *)(c + r * ldc), res);
+        } else {
+            int32_t tmp[4];
+            _mm_storeu_si128((__m128i *)tmp, res);
+            memcpy(c + r * ldc, tmp, nc * sizeof(int32_t));
+        }
+    }
+}
+
+PYBNN_TARGET_AVX2 static void pybnn_xgemm_avx2(const uint32_t *a, size_t lda, size_t m,
+                                               size_t kwords, const uint32_t *w, size_t n,
+                                               int32_t kbits, int32_t *c, size_t ldc) {
+    size_t k64 = pybnn_xgemm_k64(kwords);
+    for (size_t cb = 0; cb * 4 < n; cb++) {
+        const uint32_t *wb = w + cb * k64 * 8;
+        size_t nc = PYBNN_MIN((size_t)4, n - cb * 4);
+        int32_t *cc = c + cb * 4;
+        size_t i = 0;
+        for (; i + 4 <= m; i += 4)
+            pybnn_xgemm_avx2_block(a + i * lda, lda, kwords, wb, kbits, cc + i * ldc, ldc, nc, 4);
+        for (; i < m; i++)
+            pybnn_xgemm_avx2_block(a + i * lda, lda, kwords, wb, kbits, cc + i * ldc, ldc, nc, 1);
+    }
+}
+#endif /* PYBNN_X86 */
+
+#if PYBNN_NEON
+/* Same structure as AVX2: vcnt gives per-byte counts, summed in bytes for up to 31
+ * k-steps, then widened pairwise to one 64-bit count per output channel.  A block's
+ * k-step is two q registers: channels 0,1 and channels 2,3. */
+static inline void pybnn_xgemm_neon_row(const uint32_t *a, size_t kwords, const uint32_t *wb,
+                                        int32_t kbits, int32_t *c, size_t nc) {
+    size_t kfull = kwords / 2;
+    uint64x2_t s01 = vdupq_n_u64(0), s23 = vdupq_n_u64(0);
+    for (size_t k0 = 0; k0 < kfull; k0 += 31) {
+        size_t kend = PYBNN_MIN(kfull, k0 + 31);
+        uint8x16_t b01 = vdupq_n_u8(0), b23 = vdupq_n_u8(0);
+        for (size_t k = k0; k < kend; k++) {
+            uint64x2_t x = vdupq_n_u64(pybnn_xgemm_load64(a + 2 * k));
+            uint64x2_t w01 = vreinterpretq_u64_u32(vld1q_u32(wb + k * 8));
+            uint64x2_t w23 = vreinterpretq_u64_u32(vld1q_u32(wb + k * 8 + 4));
+            b01 = vaddq_u8(b01, vcntq_u8(vreinterpretq_u8_u64(veorq_u64(x, w01))));
+            b23 = vaddq_u8(b23, vcntq_u8(vreinterpretq_u8_u64(veorq_u64(x, w23))));
+        }
+        s01 = vpadalq_u32(s01, vpaddlq_u16(vpaddlq_u8(b01)));
+        s23 = vpadalq_u32(s23, vpaddlq_u16(vpaddlq_u8(b23)));
+    }
+    uint64_t pc[4] = {vgetq_lane_u64(s01, 0), vgetq_lane_u64(s01, 1),
+                      vgetq_lane_u64(s23, 0), vgetq_lane_u64(s23, 1)};
+    if (kwords & 1) {
+        uint64_t x = a[2 * kfull];
+        for (int q = 0; q < 4; q++)
+            pc[q] += (uint64_t)__builtin_popcountll(x ^ pybnn_xgemm_load64(wb + kfull * 8 + 2 * q));
+    }
+    pybnn_xgemm_store(c, nc, kbits, pc);
+}
+
+static void pybnn_xgemm_neon(const uint32_t *a, size_t lda, size_t m, size_t kwords,
+                             const uint32_t *w, size_t n, int32_t kbits, int32_t *c, size_t ldc) {
+    size_t k64 = pybnn_xgemm_k64(kwords);
+    for (size_t cb = 0; cb * 4 < n; cb++) {
+        const uint32_t *wb = w + cb * k64 * 8;
+        size_t nc = PYBNN_MIN((size_t)4, n - cb * 4);
+        for (size_t i = 0; i < m; i++)
+            pybnn_xgemm_neon_row(a + i * lda, kwords, wb, kbits, c + i * ldc + cb * 4, nc);
+    }
+}
+#endif /* PYBNN_NEON */
+
+/* The variant for `isa` (walking down to scalar); *used receives its ISA number. */
+static pybnn_xgemm_fn pybnn_xgemm_pick(int isa, int *used) {
+#if PYBNN_NEON
+    if (isa >= PYBNN_ISA_NEON) { *used = PYBNN_ISA_NEON; return pybnn_xgemm_neon; }
+#endif
+#if PYBNN_X86
+    if (isa >= PYBNN_ISA_AVX2) { *used = PYBNN_ISA_AVX2; return pybnn_xgemm_avx2; }
+    if (isa >= PYBNN_ISA_SSE4) { *used = PYBNN_ISA_SSE4; return pybnn_xgemm_sse4; }
+#endif
+    (void)isa;
+    *used = PYBNN_ISA_SCALAR;
+    return pybnn_xgemm_scalar;
+}
+
+static int pybnn_xgemm(int isa, const uint32_t *a, size_t lda, size_t m, size_t kwords,
+                       const uint32_t *w, size_t n, int32_t kbits, int32_t *c, size_t ldc) {
+    int used;
+    pybnn_xgemm_pick(isa, &used)(a, lda, m, kwords, w, n, kbits, c, ldc);
+    return used;
+}
+
+
+#endif /* PYBNN_BGEMM_H */

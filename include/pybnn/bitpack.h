@@ -1,0 +1,351 @@
+/* Bit packing: real-valued activations -> packed binary tensors, and back.
+ *
+ * Encoding (fixed, shared by every binary kernel): a tensor with C channels is stored as
+ * rows of words = ceil(C/32) little-endian uint32; channel c is bit (c % 32) of word
+ * (c / 32).  Bit 0 means +1, bit 1 means -1.  Padding bits (channels >= C in the last
+ * word) are always 0, so XOR/popcount over whole words never counts them.
+ *
+ * Binarization uses comparisons, never the IEEE sign bit: x = -0.0 gives +1 and NaN gives
+ * +1 (bit 0) because every comparison with NaN is false.  With per-channel thresholds,
+ * bit = (x < thr[c]) where dir[c] >= 0 and bit = (x > thr[c]) where dir[c] < 0; that is
+ * how a folded batch-norm + sign becomes one comparison (dir < 0 for a negative scale).
+ *
+ * Families (one variant per ISA + selector returning the ISA it ran):
+ *   pybnn_pack_float  scalar, sse4, avx2, neon
+ *   pybnn_pack_int8   scalar, sse4, avx2
+ *   pybnn_unpack      scalar, avx2
+ * All take C-contiguous rows: x is m x c, packed rows are m x ceil(c/32).
+ */
+#ifndef PYBNN_BITPACK_H
+#define PYBNN_BITPACK_H
+
+#include "pybnn/common.h"
+
+static inline size_t pybnn_words(size_t channels) { return (channels + 31) / 32; }
+
+/* ---------------------------------------------------------------- scalar helpers */
+
+/* One word from n <= 32 floats, plain rule: bit = x < 0. */
+static inline uint32_t pybnn_pack_word_f32(const float *x, size_t n) {
+    uint32_t w = 0;
+    for (size_t c = 0; c < n; c++)
+        w |= (uint32_t)(x[c] < 0.0f) << c;
+    return w;
+}
+
+/* One word from n <= 32 floats with thresholds and directions. */
+static inline uint32_t pybnn_pack_word_f32_thr(const float *x, const float *thr,
+                                               const int8_t *dir, size_t n) {
+    uint32_t w = 0;
+    for (size_t c = 0; c < n; c++) {
+        int bit = dir[c] >= 0 ? (x[c] < thr[c]) : (x[c] > thr[c]);
+        w |= (uint32_t)bit << c;
+    }
+    return w;
+}
+
+static inline uint32_t pybnn_pack_word_i8_thr(const int8_t *q, const int32_t *thr,
+                                              const int8_t *dir, size_t n) {
+    uint32_t w = 0;
+    for (size_t c = 0; c < n; c++) {
+        int32_t v = q[c];
+        int bit = dir[c] >= 0 ? (v < thr[c]) : (v > thr[c]);
+        w |= (uint32_t)bit << c;
+    }
+    return w;
+}
+
+/* Packs one row; `full` words are done by the caller's SIMD code, this finishes the rest
+ * (the partial last word, whose padding bits stay 0 because only real channels are set). */
+static inline void pybnn_pack_float_row_tail(const float *x, size_t c, const float *thr,
+                                             const int8_t *dir, uint32_t *out, size_t full) {
+    for (size_t k = full; k * 32 < c; k++) {
+        size_t n = PYBNN_MIN((size_t)32, c - k * 32);
+        out[k] = thr ? pybnn_pack_word_f32_thr(x + k * 32, thr + k * 32, dir + k * 32, n)
+                     : pybnn_pack_word_f32(x + k * 32, n);
+    }
+}
+
+static inline void pybnn_pack_int8_row_tail(const int8_t *q, size_t c, const int32_t *thr,
+                                            const int8_t *dir, uint32_t *out, size_t full) {
+    for (size_t k = full; k * 32 < c; k++) {
+        size_t n = PYBNN_MIN((size_t)32, c - k * 32);
+        out[k] = pybnn_pack_word_i8_thr(q + k * 32, thr + k * 32, dir + k * 32, n);
+    }
+}
+
+/* ---------------------------------------------------------------- pack_float */
+
+/* x: m x c floats; thr/dir: c entries each, or both NULL for the plain rule;
+ * out: m x ceil(c/32) words. */
+static void pybnn_pack_float_scalar(const float *x, size_t m, size_t c, const float *thr,
+                                    const int8_t *dir, uint32_t *out) {
+    size_t words = pybnn_words(c);
+    for (size_t i = 0; i < m; i++)
+        pybnn_pack_float_row_tail(x + i * c, c, thr, dir, out + i * words, 0);
+}
+
+#if PYBNN_X86
+/* Sign mask (0x80000000 where dir < 0) for 4 channels: flipping the sign of both x and
+ * thr turns "x > thr" into "-x < -thr", so one less-than compare serves both directions
+ * (NaN stays NaN and still compares false). */
+PYBNN_TARGET_SSE4 static inline __m128 pybnn_dirsign_sse4(const int8_t *dir) {
+    int32_t d4;
+    memcpy(&d4, dir, 4);
+    __m128i d = _mm_cvtepi8_epi32(_mm_cvtsi32_si128(d4));
+    return _mm_castsi128_ps(_mm_and_si128(d, _mm_set1_epi32((int32_t)0x80000000u)));
+}
+
+PYBNN_TARGET_SSE4 static void pybnn_pack_float_sse4(const float *x, size_t m, size_t c,
+                                                    const float *thr, const int8_t *dir,
+                                                    uint32_t *out) {
+    size_t words = pybnn_words(c), full = c / 32;
+    const __m128 zero = _mm_setzero_ps();
+    for (size_t i = 0; i < m; i++) {
+        const float *xr = x + i * c;
+        uint32_t *o = out + i * words;
+        for (size_t k = 0; k < full; k++) {
+            uint32_t w = 0;
+            for (int g = 0; g < 8; g++) {
+                size_t ch = k * 32 + (size_t)g * 4;
+                __m128 v = _mm_loadu_ps(xr + ch), t = zero;
+                if (thr) {
+                    __m128 s = pybnn_dirsign_sse4(dir + ch);
+                    v = _mm_xor_ps(v, s);
+                    t = _mm_xor_ps(_mm_loadu_ps(thr + ch), s);
+                }
+                w |= (uint32_t)_mm_movemask_ps(_mm_cmplt_ps(v, t)) << (g * 4);
+            }
+            o[k] = w;
+        }
+        pybnn_pack_float_row_tail(xr, c, thr, dir, o, full);
+    }
+}
+
+PYBNN_TARGET_AVX2 static inline __m256 pybnn_dirsign_avx2(const int8_t *dir) {
+    __m256i d = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)dir));
+    return _mm256_castsi256_ps(_mm256_and_si256(d, _mm256_set1_epi32((int32_t)0x80000000u)));
+}
+
+PYBNN_TARGET_AVX2 static void pybnn_pack_float_avx2(const float *x, size_t m, size_t c,
+                                                    const float *thr, const int8_t *dir,
+                                                    uint32_t *out) {
+    size_t words = pybnn_words(c), full = c / 32;
+    const __m256 zero = _mm256_setzero_ps();
+    for (size_t i = 0; i < m; i++) {
+        const float *xr = x + i * c;
+        uint32_t *o = out + i * words;
+        if (thr) {
+            for (size_t k = 0; k < full; k++) {
+                uint32_t w = 0;
+                for (int g = 0; g < 4; g++) {
+                    size_t ch = k * 32 + (size_t)g * 8;
+                    __m256 s = pybnn_dirsign_avx2(dir + ch);
+                    __m256 v = _mm256_xor_ps(_mm256_loadu_ps(xr + ch), s);
+                    __m256 t = _mm256_xor_ps(_mm256_loadu_ps(thr + ch), s);
+                    w |= (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(v, t, _CMP_LT_OQ)) << (g * 8);
+                }
+                o[k] = w;
+            }
+        } else {
+            for (size_t k = 0; k < full; k++) {
+                const float *p = xr + k * 32;
+                /* Ordered compare: false for NaN; -0.0 < 0 is false.  movemask of x itself
+                 * would read the sign bit and get both wrong. */
+                uint32_t b0 = (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(p), zero, _CMP_LT_OQ));
+                uint32_t b1 = (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(p + 8), zero, _CMP_LT_OQ));
+                uint32_t b2 = (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(p + 16), zero, _CMP_LT_OQ));
+                uint32_t b3 = (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(p + 24), zero, _CMP_LT_OQ));
+                o[k] = b0 | b1 << 8 | b2 << 16 | b3 << 24;
+            }
+        }
+        pybnn_pack_float_row_tail(xr, c, thr, dir, o, full);
+    }
+}
+#endif /* PYBNN_X86 */
+
+#if PYBNN_NEON
+/* 4 lane masks (all-ones / zero) -> 4 bits; armv7-compatible (no vaddvq). */
+static inline uint32_t pybnn_neon_movemask4(uint32x4_t mask) {
+    static const uint32_t bitv[4] = {1, 2, 4, 8};
+    uint32x4_t b = vandq_u32(mask, vld1q_u32(bitv));
+    uint32x2_t s = vadd_u32(vget_low_u32(b), vget_high_u32(b));
+    s = vpadd_u32(s, s);
+    return vget_lane_u32(s, 0);
+}
+
+static void pybnn_pack_float_neon(const float *x, size_t m, size_t c, const float *thr,
+                                  const int8_t *dir, uint32_t *out) {
+    size_t words = pybnn_words(c), full = c / 32;
+    const float32x4_t zero = vdupq_n_f32(0.0f);
+    const uint32x4_t signbit = vdupq_n_u32(0x80000000u);
+    for (size_t i = 0; i < m; i++) {
+        const float *xr = x + i * c;
+        uint32_t *o = out + i * words;
+        for (size_t k = 0; k < full; k++) {
+            uint32_t w = 0;
+            for (int g = 0; g < 4; g++) {
+                size_t ch = k * 32 + (size_t)g * 8;
+                float32x4_t v0 = vld1q_f32(xr + ch), v1 = vld1q_f32(xr + ch + 4);
+                float32x4_t t0 = zero, t1 = zero;
+                if (thr) { /* same sign-flip trick as the x86 variants */
+                    int16x8_t d16 = vmovl_s8(vld1_s8(dir + ch));
+                    uint32x4_t s0 = vandq_u32(vreinterpretq_u32_s32(vmovl_s16(vget_low_s16(d16))), signbit);
+                    uint32x4_t s1 = vandq_u32(vreinterpretq_u32_s32(vmovl_s16(vget_high_s16(d16))), signbit);
+                    v0 = vreinterpretq_f32_u32(veorq_u32(vreinterpretq_u32_f32(v0), s0));
+                    v1 = vreinterpretq_f32_u32(veorq_u32(vreinterpretq_u32_f32(v1), s1));
+                    t0 = vreinterpretq_f32_u32(veorq_u32(vreinterpretq_u32_f32(vld1q_f32(thr + ch)), s0));
+                    t1 = vreinterpretq_f32_u32(veorq_u32(vreinterpretq_u32_f32(vld1q_f32(thr + ch + 4)), s1));
+                }
+                w |= pybnn_neon_movemask4(vcltq_f32(v0, t0)) << (g * 8);
+                w |= pybnn_neon_movemask4(vcltq_f32(v1, t1)) << (g * 8 + 4);
+            }
+            o[k] = w;
+        }
+        pybnn_pack_float_row_tail(xr, c, thr, dir, o, full);
+    }
+}
+#endif /* PYBNN_NEON */
+
+static int pybnn_pack_float(int isa, const float *x, size_t m, size_t c, const float *thr,
+                            const int8_t *dir, uint32_t *out) {
+#if PYBNN_NEON
+    if (isa >= PYBNN_ISA_NEON) { pybnn_pack_float_neon(x, m, c, thr, dir, out); return PYBNN_ISA_NEON; }
+#endif
+#if PYBNN_X86
+    if (isa >= PYBNN_ISA_AVX2) { pybnn_pack_float_avx2(x, m, c, thr, dir, out); return PYBNN_ISA_AVX2; }
+    if (isa >= PYBNN_ISA_SSE4) { pybnn_pack_float_sse4(x, m, c, thr, dir, out); return PYBNN_ISA_SSE4; }
+#endif
+    pybnn_pack_float_scalar(x, m, c, thr, dir, out);
+    return PYBNN_ISA_SCALAR;
+}
+
+/* ---------------------------------------------------------------- pack_int8 */
+
+/* q: m x c int8; thr (int32) and dir (int8): c entries each; out: m x ceil(c/32). */
+static void pybnn_pack_int8_scalar(const int8_t *q, size_t m, size_t c, const int32_t *thr,
+                                   const int8_t *dir, uint32_t *out) {
+    size_t words = pybnn_words(c);
+    for (size_t i = 0; i < m; i++)
+        pybnn_pack_int8_row_tail(q + i * c, c, thr, dir, out + i * words, 0);
+}
+
+#if PYBNN_X86
+/* Both comparisons are computed and blended on dir's sign: negating instead (as for
+ * floats) would overflow for thr = INT32_MIN.  A sign-extended negative int8 has the high
+ * bit set in all four bytes, which is what blendv_epi8 looks at. */
+PYBNN_TARGET_SSE4 static void pybnn_pack_int8_sse4(const int8_t *q, size_t m, size_t c,
+                                                   const int32_t *thr, const int8_t *dir,
+                                                   uint32_t *out) {
+    size_t words = pybnn_words(c), full = c / 32;
+    for (size_t i = 0; i < m; i++) {
+        const int8_t *qr = q + i * c;
+        uint32_t *o = out + i * words;
+        for (size_t k = 0; k < full; k++) {
+            uint32_t w = 0;
+            for (int g = 0; g < 8; g++) {
+                size_t ch = k * 32 + (size_t)g * 4;
+                int32_t q4, d4;
+                memcpy(&q4, qr + ch, 4);
+                memcpy(&d4, dir + ch, 4);
+                __m128i v = _mm_cvtepi8_epi32(_mm_cvtsi32_si128(q4));
+                __m128i d = _mm_cvtepi8_epi32(_mm_cvtsi32_si128(d4));
+                __m128i t = _mm_loadu_si128((const __m128i *)(thr + ch));
+                __m128i r = _mm_blendv_epi8(_mm_cmpgt_epi32(t, v), _mm_cmpgt_epi32(v, t), d);
+                w |= (uint32_t)_mm_movemask_ps(_mm_castsi128_ps(r)) << (g * 4);
+            }
+            o[k] = w;
+        }
+        pybnn_pack_int8_row_tail(qr, c, thr, dir, o, full);
+    }
+}
+
+PYBNN_TARGET_AVX2 static void pybnn_pack_int8_avx2(const int8_t *q, size_t m, size_t c,
+                                                   const int32_t *thr, const int8_t *dir,
+                                                   uint32_t *out) {
+    size_t words = pybnn_words(c), full = c / 32;
+    for (size_t i = 0; i < m; i++) {
+        const int8_t *qr = q + i * c;
+        uint32_t *o = out + i * words;
+        for (size_t k = 0; k < full; k++) {
+            uint32_t w = 0;
+            for (int g = 0; g < 4; g++) {
+                size_t ch = k * 32 + (size_t)g * 8;
+                __m256i v = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(qr + ch)));
+                __m256i d = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(dir + ch)));
+                __m256i t = _mm256_loadu_si256((const __m256i *)(thr + ch));
+                __m256i r = _mm256_blendv_epi8(_mm256_cmpgt_epi32(t, v), _mm256_cmpgt_epi32(v, t), d);
+                w |= (uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(r)) << (g * 8);
+            }
+            o[k] = w;
+        }
+        pybnn_pack_int8_row_tail(qr, c, thr, dir, o, full);
+    }
+}
+#endif /* PYBNN_X86 */
+
+static int pybnn_pack_int8(int isa, const int8_t *q, size_t m, size_t c, const int32_t *thr,
+                           const int8_t *dir, uint32_t *out) {
+#if PYBNN_X86
+    if (isa >= PYBNN_ISA_AVX2) { pybnn_pack_int8_avx2(q, m, c, thr, dir, out); return PYBNN_ISA_AVX2; }
+    if (isa >= PYBNN_ISA_SSE4) { pybnn_pack_int8_sse4(q, m, c, thr, dir, out); return PYBNN_ISA_SSE4; }
+#endif
+    (void)isa;
+    pybnn_pack_int8_scalar(q, m, c, thr, dir, out);
+    return PYBNN_ISA_SCALAR;
+}
+
+/* ---------------------------------------------------------------- unpack */
+
+/* bits: m x ceil(c/32) words -> out: m x c floats of +1.0 / -1.0 (padding bits ignored). */
+static void pybnn_unpack_scalar(const uint32_t *bits, size_t m, size_t c, float *out) {
+    size_t words = pybnn_words(c);
+    for (size_t i = 0; i < m; i++) {
+        const uint32_t *b = bits + i * words;
+        float *o = out + i * c;
+        for (size_t k = 0; k < words; k++) {
+            size_t n = PYBNN_MIN((size_t)32, c - k * 32);
+            for (size_t l = 0; l < n; l++) {
+                /* The channel's bit becomes the sign of 1.0f: branch-free, vectorizable. */
+                uint32_t u = 0x3f800000u | ((b[k] >> l) & 1u) << 31;
+                memcpy(o + k * 32 + l, &u, 4);
+            }
+        }
+    }
+}
+
+#if PYBNN_X86
+PYBNN_TARGET_AVX2 static void pybnn_unpack_avx2(const uint32_t *bits, size_t m, size_t c,
+                                                float *out) {
+    size_t words = pybnn_words(c), full = c / 32;
+    /* Shift channel bit l of each 8-channel group to bit 31 (the float sign), then OR in 1.0. */
+    const __m256i shift0 = _mm256_setr_epi32(31, 30, 29, 28, 27, 26, 25, 24);
+    const __m256i signbit = _mm256_set1_epi32((int32_t)0x80000000u);
+    const __m256i one = _mm256_castps_si256(_mm256_set1_ps(1.0f));
+    for (size_t i = 0; i < m; i++) {
+        const uint32_t *b = bits + i * words;
+        float *o = out + i * c;
+        for (size_t k = 0; k < full; k++) {
+            __m256i w = _mm256_set1_epi32((int32_t)b[k]);
+            for (int g = 0; g < 4; g++) {
+                __m256i sh = _mm256_sub_epi32(shift0, _mm256_set1_epi32(g * 8));
+                __m256i s = _mm256_and_si256(_mm256_sllv_epi32(w, sh), signbit);
+                _mm256_storeu_si256((__m256i *)(o + k * 32 + g * 8), _mm256_or_si256(s, one));
+            }
+        }
+        for (size_t ch = full * 32; ch < c; ch++)
+            o[ch] = ((b[ch / 32] >> (ch % 32)) & 1u) ? -1.0f : 1.0f;
+    }
+}
+#endif
+
+static int pybnn_unpack(int isa, const uint32_t *bits, size_t m, size_t c, float *out) {
+#if PYBNN_X86
+    if (isa >= PYBNN_ISA_AVX2) { pybnn_unpack_avx2(bits, m, c, out); return PYBNN_ISA_AVX2; }
+#endif
+    (void)isa;
+    pybnn_unpack_scalar(bits, m, c, out);
+    return PYBNN_ISA_SCALAR;
+}
+
+#endif /* PYBNN_BITPACK_H */

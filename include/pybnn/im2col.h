@@ -1,0 +1,90 @@
+/* im2col: unfold NHWC images into the patch matrix a convolution multiplies by its weights.
+ *
+ * Output row r = (n*hout + oh)*wout + ow holds the kh*kw*C inputs seen by output pixel
+ * (n, oh, ow), tap-major then channel: column (i*kw + j)*C + c.  Tap (i, j) reads input
+ * pixel (oh*sh - pad_top + i*dh, ow*sw - pad_left + j*dw); taps outside the image read
+ * the padding value (0.0 for floats, the input zero point for int8 so that it means 0).
+ *
+ * NHWC keeps the C channels of one tap contiguous in both the input and the output, so a
+ * tap is a memcpy (and with dw == 1 a whole run of valid taps is one memcpy).  libc's
+ * memcpy/memset are already vectorised for the CPU they run on, so there is one portable
+ * variant; the functions return PYBNN_ISA_SCALAR like every selector returns its ISA.
+ */
+#ifndef PYBNN_IM2COL_H
+#define PYBNN_IM2COL_H
+
+#include "pybnn/common.h"
+
+/* First tap index j in [0, kw) whose coordinate pos0 + j*d is >= 0, and one past the last
+ * whose coordinate is < size: the valid taps along one axis form one contiguous range. */
+static inline void pybnn_im2col_range(ptrdiff_t pos0, ptrdiff_t d, ptrdiff_t k, ptrdiff_t size,
+                                      ptrdiff_t *j0, ptrdiff_t *j1) {
+    ptrdiff_t lo = 0, hi = k;
+    if (pos0 < 0) lo = (-pos0 + d - 1) / d;                 /* ceil(-pos0 / d) */
+    if (pos0 + (k - 1) * d >= size) hi = pos0 >= size ? 0 : (size - 1 - pos0) / d + 1;
+    if (lo > hi) lo = hi;
+    *j0 = lo;
+    *j1 = hi;
+}
+
+/* Shared body for both element types.  `fill(dst, count)` writes padding; elements are
+ * `esize` bytes.  Geometry arguments are validated by the caller (the Cython layer). */
+static inline void pybnn_im2col_bytes(const uint8_t *x, ptrdiff_t n_img, ptrdiff_t h, ptrdiff_t w,
+                                      ptrdiff_t c, size_t esize, ptrdiff_t kh, ptrdiff_t kw,
+                                      ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t dh, ptrdiff_t dw,
+                                      ptrdiff_t pad_top, ptrdiff_t pad_left, ptrdiff_t hout,
+                                      ptrdiff_t wout, int fill_byte, uint8_t *out) {
+    const size_t tap = (size_t)c * esize;    /* bytes of one tap (C channels) */
+    const size_t row = (size_t)(kh * kw) * tap;
+    for (ptrdiff_t n = 0; n < n_img; n++) {
+        const uint8_t *img = x + (size_t)n * h * w * tap;
+        for (ptrdiff_t oh = 0; oh < hout; oh++) {
+            ptrdiff_t i0, i1;
+            const ptrdiff_t y0 = oh * sh - pad_top;
+            pybnn_im2col_range(y0, dh, kh, h, &i0, &i1);
+            for (ptrdiff_t ow = 0; ow < wout; ow++) {
+                uint8_t *dst = out + ((size_t)(n * hout + oh) * wout + ow) * row;
+                ptrdiff_t j0, j1;
+                const ptrdiff_t x0 = ow * sw - pad_left;
+                pybnn_im2col_range(x0, dw, kw, w, &j0, &j1);
+                for (ptrdiff_t i = 0; i < kh; i++, dst += kw * tap) {
+                    if (i < i0 || i >= i1 || j0 >= j1) {
+                        memset(dst, fill_byte, kw * tap);
+                        continue;
+                    }
+                    const uint8_t *src = img + ((size_t)(y0 + i * dh) * w + x0) * tap;
+                    memset(dst, fill_byte, j0 * tap);
+                    if (dw == 1) {
+                        memcpy(dst + j0 * tap, src + j0 * tap, (j1 - j0) * tap);
+                    } else {
+                        for (ptrdiff_t j = j0; j < j1; j++)
+                            memcpy(dst + j * tap, src + j * dw * tap, tap);
+                    }
+                    memset(dst + j1 * tap, fill_byte, (kw - j1) * tap);
+                }
+            }
+        }
+    }
+}
+
+/* x: (n, h, w, c) float32; out: (n*hout*wout, kh*kw*c); padding is +0.0 (all-zero bytes). */
+static inline int pybnn_im2col_f32(const float *x, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, ptrdiff_t c,
+                                   ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw,
+                                   ptrdiff_t dh, ptrdiff_t dw, ptrdiff_t pad_top, ptrdiff_t pad_left,
+                                   ptrdiff_t hout, ptrdiff_t wout, float *out) {
+    pybnn_im2col_bytes((const uint8_t *)x, n, h, w, c, sizeof(float), kh, kw, sh, sw, dh, dw,
+                       pad_top, pad_left, hout, wout, 0, (uint8_t *)out);
+    return PYBNN_ISA_SCALAR;
+}
+
+/* Same for int8; padding is `pad` (one byte, so memset writes it). */
+static inline int pybnn_im2col_i8(const int8_t *x, ptrdiff_t n, ptrdiff_t h, ptrdiff_t w, ptrdiff_t c,
+                                  ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw,
+                                  ptrdiff_t dh, ptrdiff_t dw, ptrdiff_t pad_top, ptrdiff_t pad_left,
+                                  ptrdiff_t hout, ptrdiff_t wout, int8_t pad, int8_t *out) {
+    pybnn_im2col_bytes((const uint8_t *)x, n, h, w, c, 1, kh, kw, sh, sw, dh, dw, pad_top,
+                       pad_left, hout, wout, (uint8_t)pad, (uint8_t *)out);
+    return PYBNN_ISA_SCALAR;
+}
+
+#endif

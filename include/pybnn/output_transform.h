@@ -1,0 +1,239 @@
+/* Output transforms: turn GEMM accumulators (M rows x C channels, row-major) into what the
+ * next layer consumes.  Fast kernels will later fuse these into their store step, so each
+ * is written per row with per-channel parameters.
+ *
+ *   to_float_i32 / to_float_f32:  out = min(max(float(acc) * mult[c] + bias[c], lo), hi)
+ *   to_int8:   out = clamp(rint(float(acc + bias[c]) * mult[c]) + zp, qmin, qmax)
+ *   to_bits:   bit (= -1) where dir[c] >= 0 ? acc < thr[c] : acc > thr[c]; rows of
+ *              ceil(C/32) little-endian uint32 words, value c in bit c%32 of word c/32,
+ *              padding bits 0
+ *
+ * Results are bit-identical to NumPy's
+ *   np.clip(acc.astype(np.float32) * mult + bias, lo, hi)
+ *   np.clip(np.rint((acc + bias).astype(np.float32) * mult) + zp, qmin, qmax)
+ * because every variant does the same float32 operations in the same order: multiply, then
+ * add (the build uses -ffp-contract=off, so no FMA), then NumPy's clip, which keeps x unless
+ * x < lo or x > hi (so NaN passes and -0.0 survives lo = 0.0).  vmaxps(lo, x) returns lo only
+ * when lo > x and vminps(hi, y) returns hi only when hi < y: exactly that rule.
+ */
+#ifndef PYBNN_OUTPUT_TRANSFORM_H
+#define PYBNN_OUTPUT_TRANSFORM_H
+
+#include "pybnn/common.h"
+
+/* Float value of the requantized product is clamped to +-PYBNN_OT_REQ_LIMIT before rounding to
+ * int: the final clamp to [qmin, qmax] (within +-128) makes any larger magnitude saturate
+ * the same way, and the bound keeps the float -> int32 conversion in range. */
+#define PYBNN_OT_REQ_LIMIT 65536.0f
+
+static inline float pybnn_ot_clip_f32(float x, float lo, float hi) {
+    x = lo > x ? lo : x;
+    return hi < x ? hi : x;
+}
+
+/* acc + bias wraps like NumPy's int32 addition (unsigned add: no undefined overflow). */
+static inline int32_t pybnn_ot_add_wrap(int32_t a, int32_t b) { return (int32_t)((uint32_t)a + (uint32_t)b); }
+
+static inline int8_t pybnn_ot_requant(int32_t acc, int32_t bias, float mult, int zp, int qmin, int qmax) {
+    float x = (float)pybnn_ot_add_wrap(acc, bias) * mult;
+    if (!(x >= -PYBNN_OT_REQ_LIMIT)) x = -PYBNN_OT_REQ_LIMIT; /* NaN goes to qmin, as in the SIMD code */
+    if (x > PYBNN_OT_REQ_LIMIT) x = PYBNN_OT_REQ_LIMIT;
+    /* Round half to even without libm: adding 1.5 * 2^23 leaves no fraction bits, so the
+     * default rounding mode rounds x there (exact for |x| < 2^22). */
+    const float r = (x + 12582912.0f) - 12582912.0f;
+    const int q = (int)r + zp;
+    return (int8_t)(q < qmin ? qmin : q > qmax ? qmax : q);
+}
+
+static inline int pybnn_ot_bit(int32_t acc, int32_t thr, int8_t dir) {
+    return dir >= 0 ? acc < thr : acc > thr;
+}
+
+/* ================================================================ scalar */
+
+static void pybnn_to_float_i32_scalar(const int32_t *acc, size_t m, size_t c, const float *mult,
+                                      const float *bias, float lo, float hi, float *out) {
+    for (size_t i = 0; i < m; i++)
+        for (size_t j = 0; j < c; j++)
+            out[i * c + j] = pybnn_ot_clip_f32((float)acc[i * c + j] * mult[j] + bias[j], lo, hi);
+}
+
+/* `out` may be `acc` (in place): each element is read before it is written. */
+static void pybnn_to_float_f32_scalar(const float *acc, size_t m, size_t c, const float *mult,
+                                      const float *bias, float lo, float hi, float *out) {
+    for (size_t i = 0; i < m; i++)
+        for (size_t j = 0; j < c; j++)
+            out[i * c + j] = pybnn_ot_clip_f32(acc[i * c + j] * mult[j] + bias[j], lo, hi);
+}
+
+static void pybnn_to_int8_scalar(const int32_t *acc, size_t m, size_t c, const int32_t *bias,
+                                 const float *mult, int zp, int qmin, int qmax, int8_t *out) {
+    for (size_t i = 0; i < m; i++)
+        for (size_t j = 0; j < c; j++)
+            out[i * c + j] = pybnn_ot_requant(acc[i * c + j], bias[j], mult[j], zp, qmin, qmax);
+}
+
+static void pybnn_to_bits_scalar(const int32_t *acc, size_t m, size_t c, const int32_t *thr,
+                                 const int8_t *dir, uint32_t *out) {
+    const size_t cw = (c + 31) / 32;
+    for (size_t i = 0; i < m; i++) {
+        for (size_t w = 0; w < cw; w++) {
+            uint32_t word = 0;
+            for (size_t b = 0; b < 32 && 32 * w + b < c; b++) {
+                const size_t j = 32 * w + b;
+                word |= (uint32_t)pybnn_ot_bit(acc[i * c + j], thr[j], dir[j]) << b;
+            }
+            out[i * cw + w] = word;
+        }
+    }
+}
+
+#if PYBNN_X86
+/* ================================================================ AVX2
+ * Channels go 8 at a time; the last C % 8 of each row reuse the scalar code, which does the
+ * same operations, so results do not depend on where a channel falls. */
+
+PYBNN_TARGET_AVX2 static void pybnn_to_float_i32_avx2(const int32_t *acc, size_t m, size_t c, const float *mult,
+                                                      const float *bias, float lo, float hi, float *out) {
+    const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
+    for (size_t i = 0; i < m; i++) {
+        const int32_t *row = acc + i * c;
+        float *dst = out + i * c;
+        size_t j = 0;
+        for (; j + 8 <= c; j += 8) {
+            const __m256 x = _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(row + j)));
+            const __m256 y = _mm256_add_ps(_mm256_mul_ps(x, _mm256_loadu_ps(mult + j)), _mm256_loadu_ps(bias + j));
+            _mm256_storeu_ps(dst + j, _mm256_min_ps(vhi, _mm256_max_ps(vlo, y)));
+        }
+        for (; j < c; j++) dst[j] = pybnn_ot_clip_f32((float)row[j] * mult[j] + bias[j], lo, hi);
+    }
+}
+
+PYBNN_TARGET_AVX2 static void pybnn_to_float_f32_avx2(const float *acc, size_t m, size_t c, const float *mult,
+                                                      const float *bias, float lo, float hi, float *out) {
+    const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
+    for (size_t i = 0; i < m; i++) {
+        const float *row = acc + i * c;
+        float *dst = out + i * c;
+        size_t j = 0;
+        for (; j + 8 <= c; j += 8) {
+            const __m256 x = _mm256_loadu_ps(row + j);
+            const __m256 y = _mm256_add_ps(_mm256_mul_ps(x, _mm256_loadu_ps(mult + j)), _mm256_loadu_ps(bias + j));
+            _mm256_storeu_ps(dst + j, _mm256_min_ps(vhi, _mm256_max_ps(vlo, y)));
+        }
+        for (; j < c; j++) dst[j] = pybnn_ot_clip_f32(row[j] * mult[j] + bias[j], lo, hi);
+    }
+}
+
+PYBNN_TARGET_AVX2 static void pybnn_to_int8_avx2(const int32_t *acc, size_t m, size_t c, const int32_t *bias,
+                                                 const float *mult, int zp, int qmin, int qmax, int8_t *out) {
+    const __m256 lim_lo = _mm256_set1_ps(-PYBNN_OT_REQ_LIMIT), lim_hi = _mm256_set1_ps(PYBNN_OT_REQ_LIMIT);
+    const __m256i vzp = _mm256_set1_epi32(zp), vqmin = _mm256_set1_epi32(qmin), vqmax = _mm256_set1_epi32(qmax);
+    for (size_t i = 0; i < m; i++) {
+        const int32_t *row = acc + i * c;
+        int8_t *dst = out + i * c;
+        size_t j = 0;
+        for (; j + 8 <= c; j += 8) {
+            const __m256i s = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(row + j)),
+                                               _mm256_loadu_si256((const __m256i *)(bias + j)));
+            __m256 x = _mm256_mul_ps(_mm256_cvtepi32_ps(s), _mm256_loadu_ps(mult + j));
+            /* max(x, lo) returns lo for NaN (second operand), like the scalar code. */
+            x = _mm256_min_ps(_mm256_max_ps(x, lim_lo), lim_hi);
+            __m256i q = _mm256_add_epi32(_mm256_cvtps_epi32(x), vzp); /* vcvtps2dq: half to even */
+            q = _mm256_min_epi32(_mm256_max_epi32(q, vqmin), vqmax);
+            /* Already within int8, so the saturating packs just narrow. */
+            const __m128i q16 = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+            _mm_storel_epi64((__m128i *)(dst + j), _mm_packs_epi16(q16, q16));
+        }
+        for (; j < c; j++) dst[j] = pybnn_ot_requant(row[j], bias[j], mult[j], zp, qmin, qmax);
+    }
+}
+
+PYBNN_TARGET_AVX2 static void pybnn_to_bits_avx2(const int32_t *acc, size_t m, size_t c, const int32_t *thr,
+                                                 const int8_t *dir, uint32_t *out) {
+    const size_t cw = (c + 31) / 32;
+    const __m256i zero = _mm256_setzero_si256();
+    for (size_t i = 0; i < m; i++) {
+        const int32_t *row = acc + i * c;
+        for (size_t w = 0; w < cw; w++) {
+            uint32_t word = 0;
+            size_t j = 32 * w;
+            const size_t end = PYBNN_MIN(32 * w + 32, c);
+            for (; j + 8 <= end; j += 8) {
+                const __m256i x = _mm256_loadu_si256((const __m256i *)(row + j));
+                const __m256i t = _mm256_loadu_si256((const __m256i *)(thr + j));
+                const __m256i neg = _mm256_cmpgt_epi32(zero, _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(dir + j))));
+                /* dir < 0 lanes take acc > thr, the others acc < thr. */
+                const __m256i bit = _mm256_blendv_epi8(_mm256_cmpgt_epi32(t, x), _mm256_cmpgt_epi32(x, t), neg);
+                word |= (uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(bit)) << (j - 32 * w);
+            }
+            for (; j < end; j++) word |= (uint32_t)pybnn_ot_bit(row[j], thr[j], dir[j]) << (j - 32 * w);
+            out[i * cw + w] = word;
+        }
+    }
+}
+#endif /* PYBNN_X86 */
+
+/* ================================================================ selectors
+ * acc/out are (m, c) row-major and contiguous (to_bits: out is (m, ceil(c/32))).  Each runs
+ * the best variant at or below `isa` that is built and supported, and returns its ISA. */
+
+#if PYBNN_X86
+#define PYBNN_OT_USE_AVX2(isa) ((isa) >= PYBNN_ISA_AVX2 && pybnn_isa_supported(PYBNN_ISA_AVX2))
+#else
+#define PYBNN_OT_USE_AVX2(isa) 0
+#endif
+
+static inline int pybnn_to_float_i32(int isa, const int32_t *acc, size_t m, size_t c, const float *mult,
+                                     const float *bias, float lo, float hi, float *out) {
+#if PYBNN_X86
+    if (PYBNN_OT_USE_AVX2(isa)) {
+        pybnn_to_float_i32_avx2(acc, m, c, mult, bias, lo, hi, out);
+        return PYBNN_ISA_AVX2;
+    }
+#endif
+    (void)isa;
+    pybnn_to_float_i32_scalar(acc, m, c, mult, bias, lo, hi, out);
+    return PYBNN_ISA_SCALAR;
+}
+
+static inline int pybnn_to_float_f32(int isa, const float *acc, size_t m, size_t c, const float *mult,
+                                     const float *bias, float lo, float hi, float *out) {
+#if PYBNN_X86
+    if (PYBNN_OT_USE_AVX2(isa)) {
+        pybnn_to_float_f32_avx2(acc, m, c, mult, bias, lo, hi, out);
+        return PYBNN_ISA_AVX2;
+    }
+#endif
+    (void)isa;
+    pybnn_to_float_f32_scalar(acc, m, c, mult, bias, lo, hi, out);
+    return PYBNN_ISA_SCALAR;
+}
+
+static inline int pybnn_to_int8(int isa, const int32_t *acc, size_t m, size_t c, const int32_t *bias,
+                                const float *mult, int zp, int qmin, int qmax, int8_t *out) {
+#if PYBNN_X86
+    if (PYBNN_OT_USE_AVX2(isa)) {
+        pybnn_to_int8_avx2(acc, m, c, bias, mult, zp, qmin, qmax, out);
+        return PYBNN_ISA_AVX2;
+    }
+#endif
+    (void)isa;
+    pybnn_to_int8_scalar(acc, m, c, bias, mult, zp, qmin, qmax, out);
+    return PYBNN_ISA_SCALAR;
+}
+
+static inline int pybnn_to_bits(int isa, const int32_t *acc, size_t m, size_t c, const int32_t *thr,
+                                const int8_t *dir, uint32_t *out) {
+#if PYBNN_X86
+    if (PYBNN_OT_USE_AVX2(isa)) {
+        pybnn_to_bits_avx2(acc, m, c, thr, dir, out);
+        return PYBNN_ISA_AVX2;
+    }
+#endif
+    (void)isa;
+    pybnn_to_bits_scalar(acc, m, c, thr, dir, out);
+    return PYBNN_ISA_SCALAR;
+}
+
+#endif

@@ -1,0 +1,179 @@
+# cython: language_level=3
+"""Binary convolution (and dense, as H = W = 1) and binary max pooling on packed tensors.
+
+Inputs are bit-packed NHWC: (N, H, W, words), words = ceil(C/32), bit 1 = -1 (see
+bitpack.pyx).  Every function validates all shapes and geometry before touching memory
+(ValueError), runs the C kernel without the GIL and returns the ISA number (pybnn.cpu) of
+the variant that ran.  The C side is include/pybnn/bconv.h, bgemm.h and bpool.h.
+"""
+import numpy as np
+
+from libc.stdint cimport uint32_t, int32_t
+
+cdef extern from "pybnn/bconv.h" nogil:
+    int pybnn_isa_supported(int isa)
+    ctypedef struct pybnn_conv_geom:
+        int n, h, w, words, channels
+        int cout, kh, kw, sh, sw, dh, dw
+        int pad_top, pad_left, hout, wout
+        int pad_value
+    size_t pybnn_xgemm_k64(size_t kwords)
+    size_t pybnn_xgemm_cblocks(size_t n)
+    size_t pybnn_xgemm_wsize(size_t n, size_t kwords)
+    void pybnn_bconv_pack_weights(const float *wf, size_t cout, size_t taps, size_t c,
+                                  uint32_t *rows, uint32_t *wp)
+    int pybnn_bconv2d(int isa, const pybnn_conv_geom *g, const uint32_t *x,
+                      const uint32_t *wp, const int32_t *tapsum, int32_t *out)
+
+cdef extern from "pybnn/bpool.h" nogil:
+    int pybnn_bmaxpool2d(int isa, const uint32_t *x, int n, int h, int w, int words, int kh,
+                         int kw, int sh, int sw, int pad_top, int pad_left, int hout,
+                         int wout, uint32_t *out)
+
+
+cdef int _check_isa(int isa) except -1:
+    if not pybnn_isa_supported(isa):
+        raise ValueError(f"ISA {isa} is not available on this CPU/build "
+                         f"(see pybnn.cpu.available())")
+    return 0
+
+
+def packed_weights_shape(int channels, int cout, int kh, int kw):
+    """Shape of pack_weights' result for (cout, kh, kw, channels) float weights:
+    (ceil(cout/4), ceil(kh*kw*ceil(channels/32)/2), 8) uint32 (layout: bgemm.h)."""
+    if channels < 1 or cout < 1 or kh < 1 or kw < 1:
+        raise ValueError(f"channels, cout, kh, kw must be >= 1; got {channels}, {cout}, {kh}, {kw}")
+    cdef size_t kwords = <size_t>kh * kw * ((channels + 31) // 32)
+    return (int(pybnn_xgemm_cblocks(cout)), int(pybnn_xgemm_k64(kwords)), 8)
+
+
+def pack_weights(const float[:, :, :, ::1] w):
+    """Binarize (bit = w < 0) and pack float32 weights (Cout, KH, KW, C) into the layout
+    bconv2d streams: uint32 (ceil(Cout/4), ceil(KH*KW*words/2), 8), i.e. per block of 4
+    output channels and per 64-bit step of the tap-major (KH*KW*words) bit row, the four
+    channels' 64-bit words side by side.  Treat it as opaque."""
+    cdef Py_ssize_t cout = w.shape[0], kh = w.shape[1], kw = w.shape[2], c = w.shape[3]
+    shape = packed_weights_shape(c, cout, kh, kw)
+    cdef uint32_t[::1] rows = np.empty(cout * kh * kw * ((c + 31) // 32), dtype=np.uint32)
+    wp = np.empty(shape, dtype=np.uint32)
+    cdef uint32_t[:, :, ::1] wpv = wp
+    with nogil:
+        pybnn_bconv_pack_weights(&w[0, 0, 0, 0], cout, kh * kw, c, &rows[0], &wpv[0, 0, 0])
+    return wp
+
+
+def tap_sums(w):
+    """tapsum for bconv2d: int32 (KH*KW, Cout), the sum over channels of the binarized
+    (+1 where w >= 0 or NaN, else -1) float weights (Cout, KH, KW, C) of each tap."""
+    a = np.asarray(w)
+    if a.ndim != 4:
+        raise ValueError(f"weights must be (Cout, KH, KW, C); got shape {a.shape}")
+    s = np.where(a < 0, -1, 1).astype(np.int32).sum(axis=3, dtype=np.int32)  # (cout, kh, kw)
+    return np.ascontiguousarray(s.reshape(s.shape[0], -1).T)
+
+
+cdef int _check_axis(str axis, long long size, int k, int s, int d, int pad, int out) except -1:
+    """Output size `out` must come from the usual formula with some pad_end >= 0
+    (ek = d*(k-1)+1) and pad >= 0.  Windows lying wholly in the padding are allowed
+    (explicit pads larger than the kernel, as ONNX permits): the kernel reads no input
+    for them and the padding correction gives pad_value times the tap sums."""
+    if k < 1 or s < 1 or d < 1:
+        raise ValueError(f"kernel, stride and dilation along {axis} must be >= 1; "
+                         f"got {k}, {s}, {d}")
+    if out < 1:
+        raise ValueError(f"output {axis} must be >= 1, got {out}")
+    cdef long long ek = <long long>d * (k - 1) + 1
+    if pad < 0:
+        raise ValueError(f"pad along {axis} must be >= 0, got {pad}")
+    # out = floor((size + pad + pad_end - ek) / s) + 1 for some pad_end >= 0
+    cdef long long hi = <long long>out * s + ek - size - pad - 1    # largest pad_end
+    if hi < 0:
+        raise ValueError(f"output {axis} {out} is inconsistent with input {size}, kernel {k}, "
+                         f"stride {s}, dilation {d} and pad {pad} (no end padding >= 0 gives it)")
+    return 0
+
+
+def bconv2d(const uint32_t[:, :, :, ::1] x, wpacked, int channels, int cout, int kh, int kw,
+            int sh, int sw, int dh, int dw, int pad_top, int pad_left, int hout, int wout,
+            int pad_value, const int32_t[:, ::1] tapsum, int32_t[:, :, :, ::1] out,
+            int isa=0):
+    """Binary convolution: out (N, hout, wout, cout) int32 from x (N, H, W, words) packed
+    with `channels` real channels and wpacked from pack_weights.
+
+    out[n,oh,ow,co] = sum_{i,j,c} xval * wval with xval the +-1 input at
+    (oh*sh - pad_top + i*dh, ow*sw - pad_left + j*dw), or pad_value (-1, 0, +1) outside.
+    tapsum (KH*KW, cout) int32 = tap_sums(w) of the float weights.
+    """
+    cdef Py_ssize_t n = x.shape[0], h = x.shape[1], wd = x.shape[2], words = x.shape[3]
+    cdef pybnn_conv_geom g
+    cdef const uint32_t[::1] wv
+    cdef int used
+    _check_isa(isa)
+    if channels < 1 or cout < 1:
+        raise ValueError(f"channels and cout must be >= 1; got {channels} and {cout}")
+    if words != (channels + 31) // 32:
+        raise ValueError(f"x has {words} words per pixel; {channels} channels need "
+                         f"{(channels + 31) // 32}")
+    if h < 1 or wd < 1:
+        raise ValueError(f"x must have H, W >= 1; got shape {(n, h, wd, words)}")
+    if pad_value not in (-1, 0, 1):
+        raise ValueError(f"pad_value must be -1, 0 or 1, got {pad_value}")
+    _check_axis("height", h, kh, sh, dh, pad_top, hout)
+    _check_axis("width", wd, kw, sw, dw, pad_left, wout)
+    if <long long>kh * kw * channels > 2**31 - 1 or n > 2**31 - 1 or h > 2**31 - 1 or wd > 2**31 - 1:
+        raise ValueError("convolution too large for 32-bit accumulators")
+    if (out.shape[0], out.shape[1], out.shape[2], out.shape[3]) != (n, hout, wout, cout):
+        raise ValueError(f"out has shape {(out.shape[0], out.shape[1], out.shape[2], out.shape[3])}; expected "
+                         f"{(n, hout, wout, cout)}")
+    if tapsum.shape[0] != <long long>kh * kw or tapsum.shape[1] != cout:
+        raise ValueError(f"tapsum has shape {(tapsum.shape[0], tapsum.shape[1])}; expected "
+                         f"{(kh * kw, cout)}")
+    expected = packed_weights_shape(channels, cout, kh, kw)
+    if not isinstance(wpacked, np.ndarray) or wpacked.dtype != np.uint32:
+        raise ValueError("wpacked must be the uint32 array returned by pack_weights")
+    if wpacked.shape != expected:
+        raise ValueError(f"wpacked has shape {wpacked.shape}; pack_weights gives {expected} "
+                         f"for cout={cout}, kernel {kh}x{kw}, {channels} channels")
+    if not wpacked.flags.c_contiguous:
+        raise ValueError("wpacked must be C-contiguous")
+    wv = wpacked.reshape(-1)
+    g.n, g.h, g.w, g.words, g.channels = n, h, wd, words, channels
+    g.cout, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw = cout, kh, kw, sh, sw, dh, dw
+    g.pad_top, g.pad_left, g.hout, g.wout, g.pad_value = pad_top, pad_left, hout, wout, pad_value
+    with nogil:
+        used = pybnn_bconv2d(isa, &g, &x[0, 0, 0, 0], &wv[0], &tapsum[0, 0], &out[0, 0, 0, 0])
+    if used < 0:
+        raise MemoryError("bconv2d: could not allocate scratch memory")
+    return used
+
+
+def bmaxpool2d(const uint32_t[:, :, :, ::1] x, int kh, int kw, int sh, int sw, int pad_top,
+               int pad_left, int hout, int wout, uint32_t[:, :, :, ::1] out, int isa=0):
+    """Binary max pooling: out (N, hout, wout, words) = AND of the packed bits over each
+    window (max of +-1 is +1 if any is +1); positions outside the input are skipped."""
+    cdef Py_ssize_t n = x.shape[0], h = x.shape[1], wd = x.shape[2], words = x.shape[3]
+    cdef int used
+    _check_isa(isa)
+    if kh < 1 or kw < 1 or sh < 1 or sw < 1:
+        raise ValueError(f"pool size and strides must be >= 1; got {kh}x{kw}, {sh}x{sw}")
+    if hout < 1 or wout < 1 or h < 1 or wd < 1:
+        raise ValueError(f"input and output H, W must be >= 1; got {h}x{wd} -> {hout}x{wout}")
+    if pad_top < 0 or pad_left < 0:
+        raise ValueError(f"pads must be >= 0; got {pad_top}, {pad_left}")
+    # Windows move monotonically, so checking the first and the last one along each axis
+    # proves every window overlaps the input.
+    if pad_top >= kh or (<long long>hout - 1) * sh - pad_top >= h:
+        raise ValueError(f"a pooling window along height lies entirely outside the input "
+                         f"(H={h}, pool {kh}, stride {sh}, pad_top {pad_top}, hout {hout})")
+    if pad_left >= kw or (<long long>wout - 1) * sw - pad_left >= wd:
+        raise ValueError(f"a pooling window along width lies entirely outside the input "
+                         f"(W={wd}, pool {kw}, stride {sw}, pad_left {pad_left}, wout {wout})")
+    if (out.shape[0], out.shape[1], out.shape[2], out.shape[3]) != (n, hout, wout, words):
+        raise ValueError(f"out has shape {(out.shape[0], out.shape[1], out.shape[2], out.shape[3])}; expected "
+                         f"{(n, hout, wout, words)}")
+    if n > 2**31 - 1 or h > 2**31 - 1 or wd > 2**31 - 1 or words > 2**31 - 1:
+        raise ValueError("tensor too large")
+    with nogil:
+        used = pybnn_bmaxpool2d(isa, &x[0, 0, 0, 0], n, h, wd, words, kh, kw, sh, sw,
+                                pad_top, pad_left, hout, wout, &out[0, 0, 0, 0])
+    return used

@@ -1,0 +1,185 @@
+# cython: language_level=3
+"""im2col and GEMM kernels: float/int8 patches, int8 and binary weights.
+
+Every function checks shapes and sizes and raises ValueError before touching memory, runs
+the C kernel without the GIL, and returns the ISA number (pybnn.cpu) of the variant that
+ran: the best one at or below `isa` that this build has and this CPU supports.
+
+Packed weights are 1-D uint8 arrays made once by pack_int8_weights / pack_binary_weights;
+they start with a 16-byte header (magic, K, cout) that the GEMMs check, and every ISA
+variant reads the same layout (documented in include/pybnn/igemm.h and fbgemm.h).
+"""
+from libc.stdint cimport int8_t, int32_t, uint8_t, uint32_t
+
+import numpy as np
+
+cdef extern from "pybnn/im2col.h" nogil:
+    int pybnn_im2col_f32(const float *x, Py_ssize_t n, Py_ssize_t h, Py_ssize_t w, Py_ssize_t c,
+                         Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                         Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t pad_top, Py_ssize_t pad_left,
+                         Py_ssize_t hout, Py_ssize_t wout, float *out)
+    int pybnn_im2col_i8(const int8_t *x, Py_ssize_t n, Py_ssize_t h, Py_ssize_t w, Py_ssize_t c,
+                        Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                        Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t pad_top, Py_ssize_t pad_left,
+                        Py_ssize_t hout, Py_ssize_t wout, int8_t pad, int8_t *out)
+
+cdef extern from "pybnn/igemm.h" nogil:
+    size_t pybnn_igemm_packed_size(size_t k, size_t cout)
+    int pybnn_igemm_check(const uint8_t *wp, size_t size, size_t k, size_t cout)
+    void pybnn_igemm_pack(const int8_t *w, size_t k, size_t cout, uint8_t *dst)
+    int pybnn_igemm(int isa, const int8_t *a, size_t lda, size_t m, const uint8_t *wp, size_t k,
+                    size_t cout, int a_zp, int32_t *out, size_t ldo)
+
+cdef extern from "pybnn/fbgemm.h" nogil:
+    size_t pybnn_bgemm_packed_size(size_t k, size_t cout)
+    int pybnn_bgemm_check(const uint8_t *wp, size_t size, size_t k, size_t cout)
+    void pybnn_bgemm_pack(const float *w, size_t k, size_t cout, uint8_t *dst)
+    int pybnn_fbgemm(int isa, const float *a, size_t lda, size_t m, const uint8_t *wp, size_t k,
+                     size_t cout, float *out, size_t ldo)
+    int pybnn_ibgemm(int isa, const int8_t *a, size_t lda, size_t m, const uint8_t *wp, size_t k,
+                     size_t cout, int a_zp, int32_t *out, size_t ldo)
+
+# Largest K for which every result is exact in int32 whatever the values: igemm sums K
+# products of at most 255 * 128 (a - zp, w); ibgemm K products of at most 255.
+MAX_K_INT8 = 1 << 16
+MAX_K_BINARY = 1 << 23
+MAX_COUT = 1 << 24
+
+
+cdef int _check_im2col(tuple xshape, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                       Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t hout, Py_ssize_t wout,
+                       tuple oshape) except -1:
+    n, h, w, c = xshape
+    if min(kh, kw, sh, sw, dh, dw) < 1:
+        raise ValueError(f"kernel {kh}x{kw}, stride {sh}x{sw} and dilation {dh}x{dw} must be >= 1")
+    if hout < 0 or wout < 0:
+        raise ValueError(f"output size {hout}x{wout} must be >= 0")
+    want = (n * hout * wout, kh * kw * c)
+    if oshape != want:
+        raise ValueError(f"im2col output has shape {oshape}, expected {want} for input "
+                         f"{xshape}, kernel {kh}x{kw} and output {hout}x{wout}")
+    return 0
+
+
+def im2col_f32(const float[:, :, :, ::1] x, int kh, int kw, int sh, int sw, int dh, int dw,
+               int pad_top, int pad_left, int hout, int wout, float[:, ::1] out):
+    """Patch matrix of NHWC float `x` into `out` (N*hout*wout, kh*kw*C); pads with 0.0.
+
+    Row (n, oh, ow), column (i, j, c): input pixel (oh*sh - pad_top + i*dh,
+    ow*sw - pad_left + j*dw), channel c.  Returns the ISA used (always scalar: memcpy).
+    """
+    _check_im2col((x.shape[0], x.shape[1], x.shape[2], x.shape[3]), kh, kw, sh, sw, dh, dw, hout, wout, (out.shape[0], out.shape[1]))
+    cdef int isa = 0
+    if out.shape[0] == 0 or out.shape[1] == 0:
+        return isa
+    with nogil:
+        isa = pybnn_im2col_f32(&x[0, 0, 0, 0], x.shape[0], x.shape[1], x.shape[2], x.shape[3],
+                               kh, kw, sh, sw, dh, dw, pad_top, pad_left, hout, wout, &out[0, 0])
+    return isa
+
+
+def im2col_i8(const int8_t[:, :, :, ::1] x, int kh, int kw, int sh, int sw, int dh, int dw,
+              int pad_top, int pad_left, int hout, int wout, int8_t pad, int8_t[:, ::1] out):
+    """im2col_f32 for int8; outside taps read `pad` (the input zero point, i.e. real 0)."""
+    _check_im2col((x.shape[0], x.shape[1], x.shape[2], x.shape[3]), kh, kw, sh, sw, dh, dw, hout, wout, (out.shape[0], out.shape[1]))
+    cdef int isa = 0
+    if out.shape[0] == 0 or out.shape[1] == 0:
+        return isa
+    with nogil:
+        isa = pybnn_im2col_i8(&x[0, 0, 0, 0], x.shape[0], x.shape[1], x.shape[2], x.shape[3],
+                              kh, kw, sh, sw, dh, dw, pad_top, pad_left, hout, wout, pad, &out[0, 0])
+    return isa
+
+
+cdef int _check_kc(Py_ssize_t k, Py_ssize_t cout, Py_ssize_t max_k) except -1:
+    if not 1 <= k <= max_k:
+        raise ValueError(f"K = {k} must be in [1, {max_k}]")
+    if not 1 <= cout <= MAX_COUT:
+        raise ValueError(f"cout = {cout} must be in [1, {MAX_COUT}]")
+    return 0
+
+
+cdef int _check_gemm(str name, tuple ashape, Py_ssize_t k, Py_ssize_t cout, Py_ssize_t max_k,
+                     tuple oshape) except -1:
+    _check_kc(k, cout, max_k)
+    if ashape[1] != k:
+        raise ValueError(f"{name}: activations have {ashape[1]} columns, expected K = {k}")
+    if oshape != (ashape[0], cout):
+        raise ValueError(f"{name}: output has shape {oshape}, expected {(ashape[0], cout)}")
+    return 0
+
+
+cdef int _check_zp(int a_zp) except -1:
+    if not -128 <= a_zp <= 127:
+        raise ValueError(f"activation zero point {a_zp} is outside [-128, 127]")
+    return 0
+
+
+def pack_int8_weights(const int8_t[:, ::1] w):
+    """Pack int8 weights w (cout, K) for igemm: a 1-D uint8 array (layout in igemm.h)."""
+    cdef Py_ssize_t cout = w.shape[0], k = w.shape[1]
+    _check_kc(k, cout, MAX_K_INT8)
+    packed = np.empty(pybnn_igemm_packed_size(k, cout), dtype=np.uint8)
+    cdef uint8_t[::1] dst = packed
+    with nogil:
+        pybnn_igemm_pack(&w[0, 0], k, cout, &dst[0])
+    return packed
+
+
+def igemm(const int8_t[:, ::1] a, const uint8_t[::1] wpacked, int K, int cout, int a_zp,
+          int32_t[:, ::1] out, int isa=0):
+    """out[m, n] = sum_k (a[m, k] - a_zp) * w[n, k], exact int32; returns the ISA used."""
+    _check_gemm("igemm", (a.shape[0], a.shape[1]), K, cout, MAX_K_INT8, (out.shape[0], out.shape[1]))
+    _check_zp(a_zp)
+    if not pybnn_igemm_check(&wpacked[0], wpacked.shape[0], K, cout):
+        raise ValueError(f"igemm: wpacked was not made by pack_int8_weights for K={K}, cout={cout}")
+    cdef int used
+    cdef size_t m = a.shape[0]
+    with nogil:
+        used = pybnn_igemm(isa, &a[0, 0] if m else NULL, K, m, &wpacked[0], K, cout, a_zp,
+                           &out[0, 0] if m else NULL, cout)
+    return used
+
+
+def pack_binary_weights(const float[:, ::1] w):
+    """Binarize w (cout, K) (+1 where w >= 0, else -1) and pack it for ibgemm / fbgemm."""
+    cdef Py_ssize_t cout = w.shape[0], k = w.shape[1]
+    _check_kc(k, cout, MAX_K_BINARY)
+    packed = np.empty(pybnn_bgemm_packed_size(k, cout), dtype=np.uint8)
+    cdef uint8_t[::1] dst = packed
+    with nogil:
+        pybnn_bgemm_pack(&w[0, 0], k, cout, &dst[0])
+    return packed
+
+
+cdef int _check_bpacked(str name, const uint8_t[::1] wpacked, Py_ssize_t k, Py_ssize_t cout) except -1:
+    if not pybnn_bgemm_check(&wpacked[0], wpacked.shape[0], k, cout):
+        raise ValueError(f"{name}: wpacked was not made by pack_binary_weights for K={k}, cout={cout}")
+    return 0
+
+
+def ibgemm(const int8_t[:, ::1] a, const uint8_t[::1] wpacked, int K, int cout, int a_zp,
+           int32_t[:, ::1] out, int isa=0):
+    """out[m, n] = sum_k (a[m, k] - a_zp) * s[n, k] (s = +-1), exact int32; returns the ISA."""
+    _check_gemm("ibgemm", (a.shape[0], a.shape[1]), K, cout, MAX_K_BINARY, (out.shape[0], out.shape[1]))
+    _check_zp(a_zp)
+    _check_bpacked("ibgemm", wpacked, K, cout)
+    cdef int used
+    cdef size_t m = a.shape[0]
+    with nogil:
+        used = pybnn_ibgemm(isa, &a[0, 0] if m else NULL, K, m, &wpacked[0], K, cout, a_zp,
+                            &out[0, 0] if m else NULL, cout)
+    return used
+
+
+def fbgemm(const float[:, ::1] a, const uint8_t[::1] wpacked, int K, int cout,
+           float[:, ::1] out, int isa=0):
+    """out[m, n] = sum_k a[m, k] * s[n, k] (s = +-1), float32; returns the ISA used."""
+    _check_gemm("fbgemm", (a.shape[0], a.shape[1]), K, cout, MAX_K_BINARY, (out.shape[0], out.shape[1]))
+    _check_bpacked("fbgemm", wpacked, K, cout)
+    cdef int used
+    cdef size_t m = a.shape[0]
+    with nogil:
+        used = pybnn_fbgemm(isa, &a[0, 0] if m else NULL, K, m, &wpacked[0], K, cout,
+                            &out[0, 0] if m else NULL, cout)
+    return used

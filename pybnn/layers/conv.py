@@ -1,0 +1,438 @@
+"""Convolution and dense layers of every kind.
+
+| layer                         | input   | weights                  | accumulator            |
+|-------------------------------|---------|--------------------------|------------------------|
+| Conv2D / Dense                | float32 | float32                  | float (BLAS matmul)    |
+| BinaryConv2D / BinaryDense    | binary  | 1 bit (+ optional scale) | int: K - 2*popcount    |
+| Int8Conv2D / Int8Dense        | int8    | int8, per-channel scale  | int32, exact           |
+| FloatBinaryConv2D / ...Dense  | float32 | 1 bit + per-channel scale| float                  |
+| Int8BinaryConv2D / ...Dense   | int8    | 1 bit + per-channel scale| int32, exact           |
+
+Every kind computes an accumulator per output, then one output transform (see
+reference.py): float  y = float32(acc [+ int bias]) * mult + bias, clamped by the activation;
+int8 (int-accumulator kinds) the requantize rule; bits (after folding a Sign) a per-channel
+threshold.  Dense layers are convolutions whose kernel covers the whole input grid.
+"""
+import numpy as np
+
+from .. import cpu
+from .. import reference as ref
+from .._kernels import bconv as kbin, gemm as kgemm, transform as ktr
+from ..errors import ConfigError, ShapeError, WeightsError
+from ..shapes import as_pair, as_padding, conv_output, words
+from .base import Layer, TensorSpec
+
+ACTIVATIONS = {None: (-np.inf, np.inf), "linear": (-np.inf, np.inf), "relu": (0.0, np.inf)}
+
+
+class _Conv(Layer):
+    acc = "float"          # what the accumulator holds: "float" or "int"
+    kernel_kind = "float"  # how the kernel is stored: "float", "int8" or "bits"
+    dense = False
+
+    def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1,
+                 use_bias=True, activation=None, name=None):
+        super().__init__(name)
+        who = name or type(self).__name__
+        if isinstance(filters, bool) or not isinstance(filters, (int, np.integer)) or filters < 1:
+            raise ConfigError(f"{who}: {'units' if self.dense else 'filters'} must be a positive int, got {filters!r}")
+        self.filters = int(filters)
+        self.kernel_size = as_pair(kernel_size, "kernel_size", who)
+        self.strides = as_pair(strides, "strides", who)
+        self.dilation_rate = as_pair(dilation_rate, "dilation_rate", who)
+        self.padding = as_padding(padding, who)
+        self.use_bias = bool(use_bias)
+        if activation not in ACTIVATIONS:
+            raise ConfigError(f"{who}: activation must be one of {[a for a in ACTIVATIONS if a]} or None, "
+                              f"got {activation!r}")
+        self.activation = activation
+        self._out = None  # output transform, set from the weights (and replaced by folding)
+
+    def get_config(self):
+        config = {"name": self.name, "filters": self.filters, "kernel_size": list(self.kernel_size),
+                  "strides": list(self.strides), "padding": self.padding if isinstance(self.padding, str)
+                  else [list(p) for p in self.padding], "dilation_rate": list(self.dilation_rate),
+                  "use_bias": self.use_bias, "activation": self.activation}
+        if self.dense:
+            config["units"] = config.pop("filters")
+            for key in ("kernel_size", "strides", "padding", "dilation_rate"):
+                del config[key]
+        return config
+
+    # ------------------------------------------------------------ geometry
+    def _build(self, spec):
+        if self.dense:
+            if len(spec.shape) != 1:
+                raise ShapeError(f"{self.name}: a dense layer takes (batch, features) input, got "
+                                 f"{spec.describe()}; add a Flatten first")
+            # Binary input keeps its pixel grid: the dense kernel covers it (valid, stride 1).
+            h, w, c = spec.grid if spec.kind == "binary" else (1, 1, spec.shape[0])
+            self.kernel_size, self.strides, self.dilation_rate = (h, w), (1, 1), (1, 1)
+            self._geom = (h, w, c, 0, 0, 0, 0, 1, 1)
+            out_shape = (self.filters,)
+        else:
+            if len(spec.shape) != 3:
+                raise ShapeError(f"{self.name}: takes (batch, height, width, channels) input, got {spec.describe()}")
+            h, w, c = spec.shape
+            kh, kw = self.kernel_size
+            pt, pb, hout = conv_output(h, kh, self.strides[0], self.dilation_rate[0], self.padding, 0, self.name)
+            pl, pr, wout = conv_output(w, kw, self.strides[1], self.dilation_rate[1], self.padding, 1, self.name)
+            self._geom = (h, w, c, pt, pb, pl, pr, hout, wout)
+            out_shape = (hout, wout, self.filters)
+        self._check_input(spec)
+        return self._output_spec(out_shape, spec)
+
+    def _check_input(self, spec):
+        pass
+
+    def _output_spec(self, shape, spec):
+        return TensorSpec("float32", shape)
+
+    @property
+    def in_channels(self):
+        return self._geom[2]
+
+    @property
+    def depth(self):
+        """K: inputs summed per output."""
+        return self.kernel_size[0] * self.kernel_size[1] * self.in_channels
+
+    def _pads(self):
+        _, _, _, pt, pb, pl, pr, _, _ = self._geom
+        return ((pt, pb), (pl, pr))
+
+    # ------------------------------------------------------------ weights
+    def _kernel_shape(self):
+        kh, kw = self.kernel_size
+        if self.dense:
+            return (kh * kw * self.in_channels, self.filters)
+        return (kh, kw, self.in_channels, self.filters)
+
+    def _extra_weights(self):
+        return [("bias", (self.filters,), "float")] if self.use_bias else []
+
+    def weight_specs(self):
+        self._require_built("weight_specs")
+        return [("kernel", self._kernel_shape(), self.kernel_kind)] + self._extra_weights()
+
+    def _named(self):
+        return {spec[0]: w for spec, w in zip(self.weight_specs(), self._weights)}
+
+    def _prepare(self):
+        named = self._named()
+        kh, kw = self.kernel_size
+        self._kernel4 = named["kernel"].reshape(kh, kw, self.in_channels, self.filters)
+        self._pack(self._kernel4)
+        self._out = self._default_output(named)
+
+    def _pack(self, kernel4):
+        raise NotImplementedError
+
+    def _default_output(self, named):
+        lo, hi = ACTIVATIONS[self.activation]
+        bias = named.get("bias", np.zeros(self.filters, np.float32))
+        return {"kind": "float", "mult": np.ones(self.filters, np.float32), "bias": bias,
+                "lo": lo, "hi": hi, "ibias": None}
+
+    def mops(self):
+        _, _, _, _, _, _, _, hout, wout = self._geom
+        return 2.0 * hout * wout * self.filters * self.depth / 1e6
+
+    # ------------------------------------------------------------ running
+    def acc_range(self):
+        """Bounds of the integer accumulator (int kinds), used to fold thresholds."""
+        raise NotImplementedError
+
+    def call(self, x):
+        if self._weights is None:
+            raise ShapeError(f"{self.name}: has no weights; call set_weights() or load a weights file")
+        acc, isa = self._accumulate(x)
+        self.last_isa = isa
+        return self._transform(acc, x.shape[0])
+
+    def reference(self, x):
+        if self._weights is None:
+            raise ShapeError(f"{self.name}: has no weights; call set_weights() or load a weights file")
+        acc = self._reference_acc(x)
+        n = x.shape[0]
+        acc = acc.reshape(-1, self.filters)
+        out = self._out
+        if out["kind"] == "float":
+            if self.acc == "float":
+                acc = acc.astype(np.float32)
+            elif out["ibias"] is not None:
+                acc = acc + out["ibias"]
+            y = ref.to_float(acc, out["mult"], out["bias"], out["lo"], out["hi"])
+        elif out["kind"] == "int8":
+            y = ref.requantize(acc, out["ibias"], out["mult"], out["zp"], out["qmin"], out["qmax"])
+        else:
+            y = ref.pack_bits(ref.threshold_negative(acc, out["thr"], out["dir"]))
+        return y.reshape(self.output_spec.array_shape(n))
+
+    def _transform(self, acc, n):
+        out, isa = self._out, cpu.active()
+        if out["kind"] == "float":
+            if self.acc == "float":
+                ktr.to_float_f32(acc, out["mult"], out["bias"], out["lo"], out["hi"], acc, isa)
+                y = acc
+            else:
+                if out["ibias"] is not None:
+                    np.add(acc, out["ibias"], out=acc)
+                y = np.empty(acc.shape, np.float32)
+                ktr.to_float_i32(acc, out["mult"], out["bias"], out["lo"], out["hi"], y, isa)
+        elif out["kind"] == "int8":
+            y = np.empty(acc.shape, np.int8)
+            ktr.to_int8(acc, out["ibias"], out["mult"], out["zp"], out["qmin"], out["qmax"], y, isa)
+        else:
+            y = np.empty((acc.shape[0], words(self.filters)), np.uint32)
+            ktr.to_bits(acc, out["thr"], out["dir"], y, isa)
+        return y.reshape(self.output_spec.array_shape(n))
+
+    def _columns(self, x, im2col, pad=None):
+        """im2col of an NHWC batch; a 1x1/stride-1/unpadded kernel needs none."""
+        h, w, c, pt, pb, pl, pr, hout, wout = self._geom
+        kh, kw = self.kernel_size
+        n = x.shape[0]
+        x4 = x.reshape(n, h, w, c)
+        if (kh, kw) == (h, w) and (hout, wout) == (1, 1) and not (pt or pl):
+            return x4.reshape(n, self.depth)  # dense: the whole input is one column
+        if (kh, kw) == (1, 1) and self.strides == (1, 1) and not (pt or pb or pl or pr):
+            return x4.reshape(n * h * w, c)
+        cols = np.empty((n * hout * wout, self.depth), x.dtype)
+        args = (x4, kh, kw, *self.strides, *self.dilation_rate, pt, pl, hout, wout)
+        im2col(*args, cols) if pad is None else im2col(*args, pad, cols)
+        return cols
+
+    def _reference_input(self, x):
+        h, w, c = self._geom[:3]
+        return x.reshape(x.shape[0], h, w, c)
+
+    def _reference_conv(self, x, kernel4, pad_value=0):
+        return ref.conv2d(x, kernel4, self.strides, self.dilation_rate, self._pads(), pad_value)
+
+
+class Conv2D(_Conv):
+    """Float32 convolution: im2col + NumPy's BLAS matmul (a well-kept float GEMM)."""
+
+    def _pack(self, kernel4):
+        self._wmat = np.ascontiguousarray(kernel4.reshape(self.depth, self.filters))
+
+    def _accumulate(self, x):
+        cols = self._columns(x, kgemm.im2col_f32)
+        return np.matmul(cols, self._wmat), "blas"
+
+    def _reference_acc(self, x):
+        return self._reference_conv(self._reference_input(x), self._kernel4)
+
+
+class FloatBinaryConv2D(_Conv):
+    """Float input x binary weights with a per-output-channel scale (BinaryConnect / BWN):
+    y = scale[c] * sum x * sign(w) + bias[c]."""
+
+    input_kinds = ("float32",)
+    kernel_kind = "bits"
+
+    def _extra_weights(self):
+        return [("scale", (self.filters,), "float")] + super()._extra_weights()
+
+    def _pack(self, kernel4):
+        flat = ref.binarize(kernel4).transpose(3, 0, 1, 2).reshape(self.filters, self.depth)
+        self._wpacked = kgemm.pack_binary_weights(np.ascontiguousarray(flat))
+
+    def _default_output(self, named):
+        out = super()._default_output(named)
+        out["mult"] = named["scale"]
+        return out
+
+    def _accumulate(self, x):
+        cols = self._columns(x, kgemm.im2col_f32)
+        acc = np.empty((cols.shape[0], self.filters), np.float32)
+        isa = kgemm.fbgemm(cols, self._wpacked, self.depth, self.filters, acc, cpu.active())
+        return acc, isa
+
+    def _reference_acc(self, x):
+        return self._reference_conv(self._reference_input(x), ref.binarize(self._kernel4))
+
+
+class BinaryConv2D(_Conv):
+    """Binary input x binary weights: dot = K - 2*popcount(x XOR w) on packed bits.
+
+    pad_value: what the border holds for the binary input: 0 (default, what larq and
+    PyTorch BNN code compute), +1 (larq's pad_values=1) or -1 (daBNN, Bolt, BMXNet).
+    use_scale adds a per-output-channel multiplier (XNOR-Net's alpha)."""
+
+    input_kinds = ("binary",)
+    kernel_kind = "bits"
+    acc = "int"
+
+    def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1,
+                 pad_value=0, use_bias=False, use_scale=False, activation=None, name=None):
+        super().__init__(filters, kernel_size, strides, padding, dilation_rate, use_bias, activation, name)
+        if pad_value not in (-1, 0, 1) or isinstance(pad_value, bool):
+            raise ConfigError(f"{name or type(self).__name__}: pad_value must be -1, 0 or 1, got {pad_value!r}")
+        self.pad_value, self.use_scale = int(pad_value), bool(use_scale)
+
+    def get_config(self):
+        config = super().get_config()
+        config["use_scale"] = self.use_scale
+        if not self.dense:
+            config["pad_value"] = self.pad_value
+        return config
+
+    def _extra_weights(self):
+        scale = [("scale", (self.filters,), "float")] if self.use_scale else []
+        return scale + super()._extra_weights()
+
+    def _pack(self, kernel4):
+        signs = ref.binarize(kernel4)
+        self._wpacked = kbin.pack_weights(np.ascontiguousarray(signs.transpose(3, 0, 1, 2)))
+        kh, kw = self.kernel_size
+        self._tapsum = np.ascontiguousarray(signs.sum(axis=2).reshape(kh * kw, self.filters).astype(np.int32))
+
+    def _default_output(self, named):
+        out = super()._default_output(named)
+        if self.use_scale:
+            out["mult"] = named["scale"]
+        return out
+
+    def acc_range(self):
+        return -self.depth, self.depth
+
+    def _accumulate(self, x):
+        h, w, c, pt, pb, pl, pr, hout, wout = self._geom
+        kh, kw = self.kernel_size
+        acc = np.empty((x.shape[0], hout, wout, self.filters), np.int32)
+        isa = kbin.bconv2d(x, self._wpacked, c, self.filters, kh, kw, *self.strides, *self.dilation_rate,
+                           pt, pl, hout, wout, self.pad_value, self._tapsum, acc, cpu.active())
+        return acc.reshape(-1, self.filters), isa
+
+    def _reference_acc(self, x):
+        h, w, c = self._geom[:3]
+        values = ref.unpack_bits(x, c)
+        return ref.binary_conv2d(values, self._kernel4, self.strides, self.dilation_rate, self._pads(),
+                                 self.pad_value)
+
+
+class Int8Conv2D(_Conv):
+    """Int8 input x int8 weights (symmetric, per-output-channel kernel_scale), exact int32
+    accumulation, int32 bias at scale input_scale * kernel_scale (the TFLite / ONNX
+    QLinearConv convention).  output="float" dequantizes: y = float32(acc + bias) * mult;
+    output="int8" requantizes to (output_scale, output_zero_point)."""
+
+    input_kinds = ("int8",)
+    kernel_kind = "int8"
+    acc = "int"
+    scale_name = "kernel_scale"
+
+    def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1,
+                 use_bias=True, activation=None, output="float", output_scale=None,
+                 output_zero_point=0, name=None):
+        super().__init__(filters, kernel_size, strides, padding, dilation_rate, use_bias, activation, name)
+        who = name or type(self).__name__
+        if output not in ("float", "int8"):
+            raise ConfigError(f"{who}: output must be 'float' or 'int8', got {output!r}")
+        if output == "int8":
+            if output_scale is None or not np.isfinite(output_scale) or output_scale <= 0:
+                raise ConfigError(f"{who}: output='int8' needs a positive output_scale, got {output_scale!r}")
+            if not -128 <= int(output_zero_point) <= 127:
+                raise ConfigError(f"{who}: output_zero_point must be in [-128, 127], got {output_zero_point!r}")
+        self.output, self.output_scale, self.output_zero_point = output, output_scale, int(output_zero_point)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(output=self.output, output_scale=self.output_scale,
+                      output_zero_point=self.output_zero_point)
+        return config
+
+    def _output_spec(self, shape, spec):
+        if self.output == "int8":
+            return TensorSpec("int8", shape, self.output_scale, self.output_zero_point)
+        return TensorSpec("float32", shape)
+
+    def _extra_weights(self):
+        bias = [("bias", (self.filters,), "int32")] if self.use_bias else []
+        return [(self.scale_name, (self.filters,), "float")] + bias
+
+    def _pack(self, kernel4):
+        flat = kernel4.transpose(3, 0, 1, 2).reshape(self.filters, self.depth)
+        self._wpacked = kgemm.pack_int8_weights(np.ascontiguousarray(flat))
+
+    def _default_output(self, named):
+        scale = named[self.scale_name]
+        if self.scale_name == "kernel_scale" and not np.all(scale > 0):
+            raise WeightsError(f"{self.name}: kernel_scale must be positive")
+        ibias = named.get("bias")
+        in_scale = self.input_spec.scale
+        lo, hi = ACTIVATIONS[self.activation]
+        if self.output == "float":
+            mult = (np.float64(in_scale) * scale).astype(np.float32)
+            return {"kind": "float", "mult": mult, "bias": np.zeros(self.filters, np.float32),
+                    "lo": lo, "hi": hi, "ibias": ibias}
+        mult = (np.float64(in_scale) * scale / self.output_scale).astype(np.float32)
+        zp = self.output_zero_point
+        return {"kind": "int8", "mult": mult, "zp": zp, "qmin": max(-128, zp) if lo == 0 else -128,
+                "qmax": 127, "ibias": ibias if ibias is not None else np.zeros(self.filters, np.int32)}
+
+    def acc_range(self):
+        return -self.depth * 255 * 127, self.depth * 255 * 127
+
+    def _accumulate(self, x):
+        zp = self.input_spec.zero_point
+        cols = self._columns(x, kgemm.im2col_i8, pad=zp)
+        acc = np.empty((cols.shape[0], self.filters), np.int32)
+        isa = kgemm.igemm(cols, self._wpacked, self.depth, self.filters, zp, acc, cpu.active())
+        return acc, isa
+
+    def _reference_acc(self, x):
+        return ref.int8_conv2d(self._reference_input(x), self.input_spec.zero_point, self._kernel4,
+                               self.strides, self.dilation_rate, self._pads())
+
+
+class Int8BinaryConv2D(Int8Conv2D):
+    """Int8 input x binary weights with a per-output-channel scale: an Int8Conv2D whose
+    weights are ±1 and whose kernel scale is the binary scale (alpha)."""
+
+    kernel_kind = "bits"
+    scale_name = "scale"
+
+    def _pack(self, kernel4):
+        flat = ref.binarize(kernel4).transpose(3, 0, 1, 2).reshape(self.filters, self.depth)
+        self._wpacked = kgemm.pack_binary_weights(np.ascontiguousarray(flat))
+
+    def acc_range(self):
+        return -self.depth * 255, self.depth * 255
+
+    def _accumulate(self, x):
+        zp = self.input_spec.zero_point
+        cols = self._columns(x, kgemm.im2col_i8, pad=zp)
+        acc = np.empty((cols.shape[0], self.filters), np.int32)
+        isa = kgemm.ibgemm(cols, self._wpacked, self.depth, self.filters, zp, acc, cpu.active())
+        return acc, isa
+
+    def _reference_acc(self, x):
+        return ref.int8_conv2d(self._reference_input(x), self.input_spec.zero_point,
+                               ref.binarize(self._kernel4).astype(np.int64), self.strides,
+                               self.dilation_rate, self._pads())
+
+
+def _dense(conv_cls, doc):
+    """The dense form of a convolution kind: units instead of filters, kernel (in, units)."""
+
+    def __init__(self, units, use_bias=conv_cls is not BinaryConv2D, activation=None, name=None, **kwargs):
+        conv_cls.__init__(self, units, 1, use_bias=use_bias, activation=activation, name=name, **kwargs)
+
+    def from_config(cls, config):
+        config = dict(config)
+        return cls(config.pop("units"), **config)
+
+    name = conv_cls.__name__.replace("Conv2D", "Dense")
+    return type(name, (conv_cls,), {"__doc__": doc, "dense": True, "__init__": __init__,
+                                    "from_config": classmethod(from_config)})
+
+
+Dense = _dense(Conv2D, "Float32 fully connected layer (BLAS matmul).")
+BinaryDense = _dense(BinaryConv2D, "Binary input x binary weights, fully connected.  After a Flatten "
+                     "of a binary tensor it reads the packed bits in place.")
+Int8Dense = _dense(Int8Conv2D, "Int8 fully connected layer (see Int8Conv2D).")
+FloatBinaryDense = _dense(FloatBinaryConv2D, "Float input x binary weights, fully connected.")
+Int8BinaryDense = _dense(Int8BinaryConv2D, "Int8 input x binary weights, fully connected.")

@@ -1,0 +1,173 @@
+"""Binarization, quantization, normalization, activations and reshaping."""
+import numpy as np
+
+from .. import cpu
+from .. import reference as ref
+from .._kernels import bitpack as kpack
+from ..errors import ConfigError, ShapeError, WeightsError
+from ..shapes import words
+from .base import KINDS, Layer, TensorSpec
+
+
+class Sign(Layer):
+    """Binarize to packed bits: +1 where x >= 0 (so sign(0) = +1, -0.0 too; NaN gives +1),
+    -1 where x < 0; int8 input binarizes as q < zero_point.  After folding, a Sign can carry
+    per-channel thresholds and directions (-1 where dir >= 0 and x < thr, or dir < 0 and
+    x > thr).  Binary input passes through."""
+
+    input_kinds = KINDS
+
+    def __init__(self, name=None):
+        super().__init__(name)
+        self.thresholds = None  # (thr, dir) per channel, set by folding
+
+    def _build(self, spec):
+        if spec.kind == "binary":
+            return spec
+        return TensorSpec("binary", spec.shape)
+
+    def _thresholds(self):
+        spec = self.input_spec
+        if self.thresholds is not None:
+            return self.thresholds
+        if spec.kind == "int8":
+            return (np.full(spec.channels, spec.zero_point, np.int32), np.ones(spec.channels, np.int8))
+        return None, None
+
+    def call(self, x):
+        spec = self.input_spec
+        if spec.kind == "binary":
+            return x
+        c = spec.channels
+        rows = x.reshape(-1, c)
+        out = np.empty((rows.shape[0], words(c)), np.uint32)
+        thr, direction = self._thresholds()
+        if spec.kind == "float32":
+            self.last_isa = kpack.pack_float(rows, out, thr, direction, cpu.active())
+        else:
+            self.last_isa = kpack.pack_int8(rows, out, thr.astype(np.int32), direction, cpu.active())
+        return out.reshape(self.output_spec.array_shape(x.shape[0]))
+
+    def reference(self, x):
+        if self.input_spec.kind == "binary":
+            return x
+        thr, direction = self._thresholds()
+        negative = x < 0 if thr is None else ref.threshold_negative(x, thr, direction)
+        return ref.pack_bits(negative).reshape(self.output_spec.array_shape(x.shape[0]))
+
+
+class Quantize(Layer):
+    """float32 -> int8 with a per-tensor scale and zero point (round half to even, as ONNX
+    QuantizeLinear)."""
+
+    def __init__(self, scale, zero_point=0, name=None):
+        super().__init__(name)
+        if not np.isfinite(scale) or scale <= 0:
+            raise ConfigError(f"{name or 'Quantize'}: scale must be positive, got {scale!r}")
+        if not -128 <= int(zero_point) <= 127:
+            raise ConfigError(f"{name or 'Quantize'}: zero_point must be in [-128, 127], got {zero_point!r}")
+        self.scale, self.zero_point = float(scale), int(zero_point)
+
+    def get_config(self):
+        return {"scale": self.scale, "zero_point": self.zero_point, "name": self.name}
+
+    def _build(self, spec):
+        return TensorSpec("int8", spec.shape, self.scale, self.zero_point)
+
+    def call(self, x):
+        return ref.quantize(x, self.scale, self.zero_point)
+
+
+class Dequantize(Layer):
+    """int8 -> float32 ((q - zp) * scale) or binary -> float32 (±1)."""
+
+    input_kinds = ("int8", "binary")
+
+    def _build(self, spec):
+        return TensorSpec("float32", spec.shape)
+
+    def call(self, x):
+        spec = self.input_spec
+        if spec.kind == "binary":
+            return ref.unpack_bits(x, spec.grid[2]).reshape((x.shape[0],) + spec.shape)
+        return ref.dequantize(x, spec.scale, spec.zero_point)
+
+
+class BatchNormalization(Layer):
+    """Inference batch norm over the last axis: (x - mean) * (gamma / sqrt(var + eps)) + beta.
+    Weights in Keras order: gamma, beta, moving_mean, moving_variance.  A model folds it into
+    the preceding layer's multiplier/bias, or exactly into a following Sign's thresholds."""
+
+    def __init__(self, epsilon=1e-3, name=None):
+        super().__init__(name)
+        if not np.isfinite(epsilon) or epsilon < 0:
+            raise ConfigError(f"{name or 'BatchNormalization'}: epsilon must be >= 0, got {epsilon!r}")
+        self.epsilon = float(epsilon)
+
+    def get_config(self):
+        return {"epsilon": self.epsilon, "name": self.name}
+
+    def weight_specs(self):
+        c = (self._require_built("weight_specs").input_spec.channels,)
+        return [("gamma", c, "float"), ("beta", c, "float"), ("moving_mean", c, "float"),
+                ("moving_variance", c, "float")]
+
+    def _prepare(self):
+        if np.any(self._weights[3] + np.float32(self.epsilon) <= 0):
+            raise WeightsError(f"{self.name}: moving_variance + epsilon must be positive")
+
+    def call(self, x):
+        return ref.batch_norm(x, *self._weights, self.epsilon)
+
+    def channel_function(self):
+        """The per-channel float32 function this layer applies (for exact threshold folding)."""
+        return lambda v: ref.batch_norm(v, *self._weights, self.epsilon)
+
+
+class ReLU(Layer):
+    """max(x, 0) (or negative_slope * x below 0), optionally capped at max_value."""
+
+    def __init__(self, max_value=None, negative_slope=0.0, name=None):
+        super().__init__(name)
+        if max_value is not None and not max_value >= 0:
+            raise ConfigError(f"{name or 'ReLU'}: max_value must be >= 0, got {max_value!r}")
+        self.max_value, self.negative_slope = max_value, float(negative_slope)
+
+    def get_config(self):
+        return {"max_value": self.max_value, "negative_slope": self.negative_slope, "name": self.name}
+
+    def call(self, x):
+        return ref.relu(x, self.max_value, self.negative_slope)
+
+
+class PReLU(Layer):
+    """x where x >= 0, alpha[c] * x below; weights: alpha (C,)."""
+
+    def weight_specs(self):
+        return [("alpha", (self._require_built("weight_specs").input_spec.channels,), "float")]
+
+    def call(self, x):
+        return ref.prelu(x, self._weights[0])
+
+
+class Softmax(Layer):
+    """Softmax over the last axis."""
+
+    def call(self, x):
+        return ref.softmax(x)
+
+
+class Flatten(Layer):
+    """(H, W, C) -> (H*W*C,) in (h, w, c) order.  Binary tensors keep their packed pixel grid,
+    so flattening them moves no data."""
+
+    input_kinds = KINDS
+
+    def _build(self, spec):
+        return TensorSpec(spec.kind, (int(np.prod(spec.shape)),), spec.scale, spec.zero_point,
+                          spec.grid if spec.kind == "binary" else None)
+
+    def call(self, x):
+        if self.input_spec.kind == "binary":
+            return x
+        return x.reshape(x.shape[0], -1)

@@ -1,0 +1,351 @@
+"""Binary kernels (bit packing, binary convolution, binary max pooling) against small
+independent NumPy oracles, on every instruction-set path this machine has."""
+import numpy as np
+import pytest
+
+import pybnn.cpu
+from pybnn._kernels import bconv, bitpack
+
+ISAS = pybnn.cpu.available()
+CHANNELS = [1, 3, 31, 32, 33, 63, 64, 65, 130]
+
+# Variants each kernel implements; asking for another path falls back to the best lower one.
+IMPLEMENTED = {
+    "pack_float": {"scalar", "sse4", "avx2", "neon"},
+    "pack_int8": {"scalar", "sse4", "avx2"},
+    "unpack": {"scalar", "avx2"},
+    "bconv2d": {"scalar", "sse4", "avx2", "neon"},
+    "bmaxpool2d": {"scalar", "avx2"},
+}
+
+
+def isa_num(name):
+    return pybnn.cpu.ISAS.index(name)
+
+
+def expected_isa(kernel, name):
+    """The variant a kernel should report when asked for `name` on this machine."""
+    avail = set(ISAS)
+    options = [i for i, n in enumerate(pybnn.cpu.ISAS)
+               if n in IMPLEMENTED[kernel] and n in avail and i <= isa_num(name)]
+    return max(options)
+
+
+# ------------------------------------------------------------------------------ oracles
+
+def ref_pack(bits):
+    """bool (..., C) with True = -1 -> uint32 (..., ceil(C/32)), channel c = bit c%32."""
+    c = bits.shape[-1]
+    words = (c + 31) // 32
+    padded = np.zeros(bits.shape[:-1] + (words * 32,), dtype=np.uint64)
+    padded[..., :c] = bits
+    weights = np.uint64(1) << np.arange(32, dtype=np.uint64)
+    return (padded.reshape(bits.shape[:-1] + (words, 32)) * weights).sum(-1).astype(np.uint32)
+
+
+def ref_unpack(words, c):
+    """uint32 (..., words) -> float64 (..., C) of +-1."""
+    ch = np.arange(c)
+    bit = (words[..., ch // 32] >> (ch % 32).astype(np.uint32)) & 1
+    return np.where(bit == 1, -1.0, 1.0)
+
+
+def ref_sign(x):
+    """+1 where x >= 0 (and for NaN), -1 where x < 0."""
+    return np.where(x < 0, -1.0, 1.0)
+
+
+def ref_conv(xf, wf, sh, sw, dh, dw, pt, pl, hout, wout, pad_value):
+    """xf (N,H,W,C) of +-1, wf (Cout,KH,KW,C) of +-1 -> int64 (N,hout,wout,Cout)."""
+    n, h, w, c = xf.shape
+    cout, kh, kw, _ = wf.shape
+    pb = max(0, (hout - 1) * sh + dh * (kh - 1) + 1 - h - pt)
+    pr = max(0, (wout - 1) * sw + dw * (kw - 1) + 1 - w - pl)
+    xp = np.full((n, pt + h + pb, pl + w + pr, c), float(pad_value))
+    xp[:, pt:pt + h, pl:pl + w] = xf
+    out = np.zeros((n, hout, wout, cout))
+    for i in range(kh):
+        for j in range(kw):
+            patch = xp[:, i * dh:i * dh + (hout - 1) * sh + 1:sh,
+                       j * dw:j * dw + (wout - 1) * sw + 1:sw]
+            out += patch @ wf[:, i, j, :].T
+    return out.astype(np.int64)
+
+
+def ref_maxpool(xf, kh, kw, sh, sw, pt, pl, hout, wout):
+    """Max pooling of +-1 floats, skipping out-of-range positions (padded with -inf)."""
+    n, h, w, c = xf.shape
+    xp = np.full((n, pt + h + kh + hout * sh, pl + w + kw + wout * sw, c), -np.inf)
+    xp[:, pt:pt + h, pl:pl + w] = xf
+    out = np.full((n, hout, wout, c), -np.inf)
+    for i in range(kh):
+        for j in range(kw):
+            out = np.maximum(out, xp[:, i:i + (hout - 1) * sh + 1:sh, j:j + (wout - 1) * sw + 1:sw])
+    return out
+
+
+def same_pads(size, k, s, d):
+    """TF 'SAME': (out, pad_before)."""
+    ek = d * (k - 1) + 1
+    out = -(-size // s)
+    total = max((out - 1) * s + ek - size, 0)
+    return out, total // 2
+
+
+# ------------------------------------------------------------------------------ pack_float
+
+def test_pack_float_literal_encoding():
+    x = np.array([[1, -1, 0, -0.0, np.nan, -2]], dtype=np.float32)
+    out = np.zeros((1, 1), dtype=np.uint32)
+    for name in ISAS:
+        out[:] = 0xFFFFFFFF
+        bitpack.pack_float(x, out, isa=isa_num(name))
+        assert out[0, 0] == 0b100010 == 34
+    x = np.array([[np.inf, -np.inf, -np.nan, 1e-45, -1e-45]], dtype=np.float32)
+    bitpack.pack_float(x, out)
+    assert out[0, 0] == 0b10010
+
+
+def test_pack_float_thresholds_literal():
+    x = np.array([[0.5, 0.5, 2, 2, 1, 1, np.nan, np.nan]], dtype=np.float32)
+    thr = np.ones(8, dtype=np.float32)
+    d = np.array([1, -1, 1, -1, 1, -1, 1, -1], dtype=np.int8)
+    out = np.zeros((1, 1), dtype=np.uint32)
+    for name in ISAS:
+        bitpack.pack_float(x, out, thr, d, isa=isa_num(name))
+        # 0.5<1 -> 1; 0.5>1 -> 0; 2<1 -> 0; 2>1 -> 1; equal and NaN -> 0
+        assert out[0, 0] == 0b1001
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("c", CHANNELS + [96, 257])
+def test_pack_float_random(isa, c):
+    rng = np.random.default_rng(c)
+    x = rng.standard_normal((5, c)).astype(np.float32)
+    x[rng.random(x.shape) < 0.1] = 0.0
+    x[rng.random(x.shape) < 0.05] = -0.0
+    x[rng.random(x.shape) < 0.05] = np.nan
+    thr = rng.standard_normal(c).astype(np.float32)
+    x[:, ::7] = thr[::7]  # some x exactly at the threshold
+    d = rng.choice(np.array([-3, -1, 0, 1, 5], dtype=np.int8), c)
+    out = np.full((5, (c + 31) // 32), 0xFFFFFFFF, dtype=np.uint32)
+
+    assert bitpack.pack_float(x, out, isa=isa_num(isa)) == expected_isa("pack_float", isa)
+    np.testing.assert_array_equal(out, ref_pack(x < 0))
+
+    out[:] = 0xFFFFFFFF
+    assert bitpack.pack_float(x, out, thr, d, isa=isa_num(isa)) == expected_isa("pack_float", isa)
+    np.testing.assert_array_equal(out, ref_pack(np.where(d >= 0, x < thr, x > thr)))
+    if c % 32:  # padding bits of the last word are zero
+        assert not (out[:, -1] >> np.uint32(c % 32)).any()
+
+
+# ------------------------------------------------------------------------------ pack_int8
+
+def test_pack_int8_literal():
+    q = np.array([[-128, 127, 0, 5, 5, 7, 7, -128, 127]], dtype=np.int8)
+    i32 = np.iinfo(np.int32)
+    thr = np.array([0, 0, 0, 5, 5, i32.max, i32.min, i32.min, i32.max], dtype=np.int32)
+    d = np.array([1, 1, 1, 1, -1, 1, -1, -1, 1], dtype=np.int8)
+    out = np.zeros((1, 1), dtype=np.uint32)
+    for name in ISAS:
+        bitpack.pack_int8(q, out, thr, d, isa=isa_num(name))
+        # bits: 0:-128<0  5:7<max  6:7>min  8:127<max  (7: -128>min -> also 1)
+        assert out[0, 0] == 0b111100001
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("c", CHANNELS)
+def test_pack_int8_random(isa, c):
+    rng = np.random.default_rng(100 + c)
+    q = rng.integers(-128, 128, (4, c)).astype(np.int8)
+    thr = rng.integers(-140, 140, c).astype(np.int32)
+    q[:, ::5] = np.clip(thr[::5], -128, 127)
+    d = rng.choice(np.array([-1, 0, 1], dtype=np.int8), c)
+    out = np.full((4, (c + 31) // 32), 0xFFFFFFFF, dtype=np.uint32)
+    assert bitpack.pack_int8(q, out, thr, d, isa=isa_num(isa)) == expected_isa("pack_int8", isa)
+    qi = q.astype(np.int64)
+    np.testing.assert_array_equal(out, ref_pack(np.where(d >= 0, qi < thr, qi > thr)))
+
+
+# ------------------------------------------------------------------------------ unpack
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_unpack(isa):
+    out = np.zeros((1, 6), dtype=np.float32)
+    assert bitpack.unpack(np.array([[34]], dtype=np.uint32), 6, out, isa=isa_num(isa)) \
+        == expected_isa("unpack", isa)
+    np.testing.assert_array_equal(out, [[1, -1, 1, 1, 1, -1]])
+    rng = np.random.default_rng(7)
+    for c in CHANNELS:
+        bits = ref_pack(rng.random((3, c)) < 0.5)
+        out = np.zeros((3, c), dtype=np.float32)
+        bitpack.unpack(bits, c, out, isa=isa_num(isa))
+        np.testing.assert_array_equal(out, ref_unpack(bits, c))
+
+
+def test_bitpack_validation():
+    x = np.zeros((2, 33), dtype=np.float32)
+    with pytest.raises(ValueError):
+        bitpack.pack_float(x, np.zeros((2, 1), dtype=np.uint32))
+    with pytest.raises(ValueError):
+        bitpack.pack_float(x, np.zeros((3, 2), dtype=np.uint32))
+    with pytest.raises(ValueError):
+        bitpack.pack_float(x, np.zeros((2, 2), dtype=np.uint32), thr=np.zeros(33, np.float32))
+    with pytest.raises(ValueError):
+        bitpack.pack_float(x, np.zeros((2, 2), dtype=np.uint32), np.zeros(32, np.float32),
+                           np.zeros(32, np.int8))
+    with pytest.raises(ValueError):
+        bitpack.pack_float(x, np.zeros((2, 2), dtype=np.uint32), isa=99)
+    with pytest.raises(ValueError):
+        bitpack.pack_int8(np.zeros((2, 33), np.int8), np.zeros((2, 2), np.uint32),
+                          np.zeros(33, np.int32), np.zeros(34, np.int8))
+    with pytest.raises(ValueError):
+        bitpack.unpack(np.zeros((2, 2), np.uint32), 65, np.zeros((2, 65), np.float32))
+    with pytest.raises(ValueError):
+        bitpack.unpack(np.zeros((2, 2), np.uint32), 64, np.zeros((2, 63), np.float32))
+
+
+# ------------------------------------------------------------------------------ bconv2d
+
+# (N, H, W, KH, KW, SH, SW, DH, DW, padding) with padding "same", "valid" or explicit
+# (top, bottom, left, right).
+GEOMETRIES = [
+    (1, 5, 5, 3, 3, 1, 1, 1, 1, "same"),
+    (3, 7, 7, 3, 3, 2, 2, 1, 1, "same"),
+    (1, 7, 5, 5, 5, 1, 1, 1, 1, "same"),
+    (3, 5, 7, 1, 3, 1, 2, 1, 1, "same"),        # non-square kernel and strides
+    (1, 7, 7, 3, 3, 1, 1, 2, 2, "same"),        # dilation 2
+    (1, 5, 7, 3, 5, 2, 1, 1, 1, (2, 1, 0, 2)),  # explicit asymmetric pads
+    (2, 7, 5, 3, 2, 1, 1, 1, 1, "valid"),
+    (2, 7, 7, 2, 2, 2, 2, 1, 1, "valid"),       # stride leaving the last row unused
+    (3, 1, 1, 1, 1, 1, 1, 1, 1, "valid"),       # dense layer: 1x1 input (no im2col)
+    (2, 5, 5, 1, 1, 1, 1, 1, 1, "valid"),       # 1x1 convolution (no im2col)
+    (1, 5, 7, 1, 1, 2, 2, 1, 1, "valid"),       # strided 1x1 (im2col)
+    (3, 5, 5, 5, 5, 1, 1, 1, 1, "valid"),       # kernel = whole image (dense-like, no im2col)
+    (1, 1, 1, 3, 3, 1, 1, 1, 1, "same"),        # only the centre tap is inside
+    (3, 1, 5, 1, 3, 1, 1, 1, 1, "same"),
+]
+
+
+def geometry_args(h, w, kh, kw, sh, sw, dh, dw, padding):
+    if padding == "same":
+        hout, pt = same_pads(h, kh, sh, dh)
+        wout, pl = same_pads(w, kw, sw, dw)
+    else:
+        pt, pb, pl, pr = (0, 0, 0, 0) if padding == "valid" else padding
+        hout = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+        wout = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+    return pt, pl, hout, wout
+
+
+def run_bconv(xf, wf, sh, sw, dh, dw, pt, pl, hout, wout, pad_value, isa):
+    n, h, w, c = xf.shape
+    cout, kh, kw, _ = wf.shape
+    x = ref_pack(xf < 0)
+    out = np.full((n, hout, wout, cout), -12345, dtype=np.int32)
+    used = bconv.bconv2d(x, bconv.pack_weights(wf.astype(np.float32)), c, cout, kh, kw,
+                         sh, sw, dh, dw, pt, pl, hout, wout, pad_value, bconv.tap_sums(wf),
+                         out, isa=isa)
+    return out, used
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("c", CHANNELS)
+def test_bconv2d(isa, c):
+    rng = np.random.default_rng(c)
+    for gi, (n, h, w, kh, kw, sh, sw, dh, dw, padding) in enumerate(GEOMETRIES):
+        pt, pl, hout, wout = geometry_args(h, w, kh, kw, sh, sw, dh, dw, padding)
+        cout = [1, 4, 5, 13][gi % 4]
+        xf = ref_sign(rng.standard_normal((n, h, w, c)))
+        wraw = rng.standard_normal((cout, kh, kw, c)).astype(np.float32)
+        wraw[rng.random(wraw.shape) < 0.1] = 0.0  # zero weights binarize to +1
+        wf = ref_sign(wraw)
+        for pad_value in (-1, 0, 1):
+            out, used = run_bconv(xf, wraw, sh, sw, dh, dw, pt, pl, hout, wout, pad_value,
+                                  isa_num(isa))
+            assert used == expected_isa("bconv2d", isa)
+            expect = ref_conv(xf, wf, sh, sw, dh, dw, pt, pl, hout, wout, pad_value)
+            np.testing.assert_array_equal(out, expect, err_msg=f"geometry {gi} pad {pad_value}")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_bconv2d_long_rows_and_many_chunks(isa):
+    """K spanning several 31-step byte-accumulator flushes, many output chunks, odd words."""
+    rng = np.random.default_rng(1)
+    xf = ref_sign(rng.standard_normal((2, 9, 9, 161)))
+    wf = ref_sign(rng.standard_normal((9, 5, 5, 161)))
+    pt, pl, hout, wout = geometry_args(9, 9, 5, 5, 1, 1, 1, 1, "same")
+    with pybnn.cpu.use_isa(isa):
+        out, _ = run_bconv(xf, wf, 1, 1, 1, 1, pt, pl, hout, wout, 0, pybnn.cpu.active())
+    np.testing.assert_array_equal(out, ref_conv(xf, wf, 1, 1, 1, 1, pt, pl, hout, wout, 0))
+
+
+def test_bconv2d_validation():
+    c, cout, kh, kw = 33, 5, 3, 3
+    x = np.zeros((1, 5, 5, 2), dtype=np.uint32)
+    wf = np.ones((cout, kh, kw, c), dtype=np.float32)
+    wp, ts = bconv.pack_weights(wf), bconv.tap_sums(wf)
+    assert wp.shape == bconv.packed_weights_shape(c, cout, kh, kw) == (2, 9, 8)
+    out = np.zeros((1, 5, 5, cout), dtype=np.int32)
+    good = dict(x=x, wpacked=wp, channels=c, cout=cout, kh=kh, kw=kw, sh=1, sw=1, dh=1, dw=1,
+                pad_top=1, pad_left=1, hout=5, wout=5, pad_value=0, tapsum=ts, out=out)
+    assert bconv.bconv2d(**good) == 0
+    bad = [
+        dict(channels=65),                                   # words mismatch
+        dict(channels=0),
+        dict(hout=7), dict(wout=2), dict(hout=0),            # inconsistent output size
+        dict(pad_top=3), dict(pad_left=-1),                  # pad beyond the kernel
+        dict(pad_value=2),
+        dict(sh=0), dict(dw=0), dict(kh=0),
+        dict(wpacked=wp.reshape(-1)), dict(wpacked=wp.astype(np.int32)),
+        dict(wpacked=bconv.pack_weights(np.ones((cout, kh, kw, 65), np.float32))),
+        dict(wpacked=wp[:, ::2]),
+        dict(tapsum=ts[:, :4].copy()), dict(tapsum=np.zeros((8, cout), np.int32)),
+        dict(out=np.zeros((1, 5, 4, cout), np.int32)), dict(out=np.zeros((1, 5, 5, 6), np.int32)),
+        dict(cout=4), dict(kh=1, pad_top=0),                 # kernel vs packed weights
+        dict(isa=99),
+    ]
+    for change in bad:
+        with pytest.raises(ValueError):
+            bconv.bconv2d(**{**good, **change})
+    with pytest.raises(ValueError):  # wrong dtype of a typed argument
+        bconv.bconv2d(**{**good, "x": x.astype(np.int32)})
+
+
+# ------------------------------------------------------------------------------ bmaxpool2d
+
+POOLS = [  # (N, H, W, KH, KW, SH, SW, pad_top, pad_left, hout, wout)
+    (1, 5, 5, 2, 2, 2, 2, 0, 0, 2, 2),
+    (3, 7, 7, 3, 3, 2, 2, 1, 1, 4, 4),
+    (1, 5, 7, 3, 2, 1, 2, 1, 0, 5, 4),
+    (2, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1),
+    (1, 7, 5, 5, 5, 1, 1, 2, 2, 7, 5),
+    (1, 1, 5, 3, 3, 1, 1, 1, 1, 1, 5),
+]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("c", CHANNELS + [300])
+def test_bmaxpool2d(isa, c):
+    rng = np.random.default_rng(c)
+    for (n, h, w, kh, kw, sh, sw, pt, pl, hout, wout) in POOLS:
+        xf = ref_sign(rng.standard_normal((n, h, w, c)) + 0.8)  # mostly -1: ANDs matter
+        x = ref_pack(xf < 0)
+        out = np.full((n, hout, wout, x.shape[-1]), 0xFFFFFFFF, dtype=np.uint32)
+        used = bconv.bmaxpool2d(x, kh, kw, sh, sw, pt, pl, hout, wout, out, isa=isa_num(isa))
+        assert used == expected_isa("bmaxpool2d", isa)
+        expect = ref_pack(ref_maxpool(xf, kh, kw, sh, sw, pt, pl, hout, wout) < 0)
+        np.testing.assert_array_equal(out, expect)
+
+
+def test_bmaxpool2d_validation():
+    x = np.zeros((1, 5, 5, 1), dtype=np.uint32)
+    good = dict(x=x, kh=2, kw=2, sh=2, sw=2, pad_top=0, pad_left=0, hout=2, wout=2,
+                out=np.zeros((1, 2, 2, 1), np.uint32))
+    bconv.bmaxpool2d(**good)
+    for change in [dict(pad_top=2), dict(hout=4, out=np.zeros((1, 4, 2, 1), np.uint32)),
+                   dict(out=np.zeros((1, 2, 2, 2), np.uint32)), dict(sh=0), dict(kw=0),
+                   dict(pad_left=-1), dict(isa=99)]:
+        with pytest.raises(ValueError):
+            bconv.bmaxpool2d(**{**good, **change})

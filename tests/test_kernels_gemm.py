@@ -1,0 +1,432 @@
+"""im2col, GEMM (int8 / binary weights) and output-transform kernels against NumPy oracles
+written here, on every instruction-set path this machine has.
+
+Integer results must match exactly; fbgemm sums floats in its own order and is checked to
+rtol 1e-5 + atol 1e-5 * sqrt(K) * max|a|; the output transforms must match NumPy bit for bit.
+"""
+import itertools
+
+import numpy as np
+import pytest
+
+import pybnn.cpu
+from pybnn._kernels import gemm, transform
+
+ISAS = pybnn.cpu.available()
+KS = [1, 3, 27, 31, 32, 33, 63, 64, 65, 130, 576, 1000]
+COUTS = [1, 3, 7, 8, 9, 33, 64]
+MS = [1, 5, 49]
+ZPS = [0, -128, 127, 5]
+CHANNELS = [1, 3, 7, 8, 9, 31, 32, 33, 64, 65, 130]
+
+# Variants each kernel implements; asking for another path falls back to the best lower one.
+IMPLEMENTED = {
+    "igemm": {"scalar", "sse4", "avx2", "neon"},
+    "ibgemm": {"scalar", "sse4", "avx2", "neon"},
+    "fbgemm": {"scalar", "sse4", "avx2", "neon"},
+    "transform": {"scalar", "avx2"},
+}
+
+
+def isa_num(name):
+    return pybnn.cpu.ISAS.index(name)
+
+
+def expected_isa(kernel, name):
+    """The variant a kernel should report when asked for `name` on this machine."""
+    return max(i for i, n in enumerate(pybnn.cpu.ISAS)
+               if n in IMPLEMENTED[kernel] and n in ISAS and i <= isa_num(name))
+
+
+def cases(k):
+    """(M, cout, a_zp) combinations for one K: every cout, cycling M and the zero point."""
+    return [(MS[(i + k) % len(MS)], cout, ZPS[(i + 2 * k) % len(ZPS)]) for i, cout in enumerate(COUTS)]
+
+
+# ------------------------------------------------------------------------------ oracles
+
+def ref_im2col(x, kh, kw, sh, sw, dh, dw, pt, pl, hout, wout, pad):
+    n, h, w, c = x.shape
+    out = np.full((n, hout, wout, kh, kw, c), pad, dtype=x.dtype)
+    for i, j in itertools.product(range(kh), range(kw)):
+        iy = np.arange(hout) * sh - pt + i * dh
+        ix = np.arange(wout) * sw - pl + j * dw
+        vy, vx = (iy >= 0) & (iy < h), (ix >= 0) & (ix < w)
+        block = x[:, iy[vy]][:, :, ix[vx]]
+        out[:, np.flatnonzero(vy)[:, None], np.flatnonzero(vx)[None, :], i, j] = block
+    return out.reshape(n * hout * wout, kh * kw * c)
+
+
+def ref_igemm(a, w, zp):
+    return ((a.astype(np.int64) - zp) @ w.astype(np.int64).T).astype(np.int32)
+
+
+def signs(w):
+    """The sign rule of pack_binary_weights: +1 where w >= 0 (0 and -0.0 too), else -1."""
+    return np.where(w >= 0, 1, -1)
+
+
+def ref_pack_bits(bits):
+    """bool (rows, C) with True = -1 -> uint32 (rows, ceil(C/32)), value c = bit c%32."""
+    rows, c = bits.shape
+    words = (c + 31) // 32
+    padded = np.zeros((rows, words * 32), dtype=np.uint64)
+    padded[:, :c] = bits
+    weights = np.uint64(1) << np.arange(32, dtype=np.uint64)
+    return (padded.reshape(rows, words, 32) * weights).sum(-1).astype(np.uint32)
+
+
+def random_float_weights(rng, cout, k):
+    w = rng.standard_normal((cout, k)).astype(np.float32)
+    w.flat[::7] = 0.0    # zero binarizes to +1 ...
+    w.flat[3::11] = -0.0  # ... and so does negative zero
+    return w
+
+
+def bitwise_equal(x, y):
+    """Same float32 bits (so -0.0 != 0.0 and NaNs must match too)."""
+    return x.shape == y.shape and np.array_equal(x.view(np.uint32), y.view(np.uint32))
+
+
+# ------------------------------------------------------------------------------ im2col
+
+IM2COL_GEOMETRY = [  # (kh, kw, sh, sw, dh, dw, pad_top, pad_bottom, pad_left, pad_right)
+    (1, 1, 1, 1, 1, 1, 0, 0, 0, 0),
+    (1, 1, 2, 2, 1, 1, 0, 0, 0, 0),
+    (3, 3, 1, 1, 1, 1, 1, 1, 1, 1),
+    (3, 3, 2, 2, 1, 1, 1, 0, 0, 1),
+    (3, 3, 1, 2, 2, 2, 2, 2, 1, 3),
+    (5, 5, 1, 1, 1, 1, 2, 2, 2, 2),
+    (5, 5, 2, 1, 1, 2, 0, 3, 4, 1),
+    (5, 3, 2, 2, 2, 1, 6, 1, 0, 2),   # more padding than image: whole rows of padding
+    (3, 5, 1, 1, 1, 1, 0, 0, 0, 0),   # no padding ("valid")
+]
+
+
+def _im2col_out(h, w, geom):
+    kh, kw, sh, sw, dh, dw, pt, pb, pl, pr = geom
+    return (h + pt + pb - dh * (kh - 1) - 1) // sh + 1, (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
+
+
+# Only the (image, geometry) pairs whose kernel fits the padded image.
+IM2COL_CASES = [(h, w, g) for (h, w) in [(1, 1), (1, 5), (5, 7), (7, 7), (7, 1)] for g in IM2COL_GEOMETRY
+                if min(_im2col_out(h, w, g)) >= 1]
+
+
+@pytest.mark.parametrize("h,w,geom", IM2COL_CASES)
+def test_im2col(h, w, geom):
+    kh, kw, sh, sw, dh, dw, pt, pb, pl, pr = geom
+    hout, wout = _im2col_out(h, w, geom)
+    rng = np.random.default_rng(h * 100 + w)
+    for n, c in [(1, 1), (2, 3), (1, 8)]:
+        xf = rng.standard_normal((n, h, w, c)).astype(np.float32)
+        out = np.full((n * hout * wout, kh * kw * c), np.nan, np.float32)
+        assert gemm.im2col_f32(xf, kh, kw, sh, sw, dh, dw, pt, pl, hout, wout, out) == 0
+        assert bitwise_equal(out, ref_im2col(xf, kh, kw, sh, sw, dh, dw, pt, pl, hout, wout, 0.0))
+
+        xi = rng.integers(-128, 128, (n, h, w, c), dtype=np.int8)
+        for pad in (-128, 0, 127, 5):
+            out = np.full((n * hout * wout, kh * kw * c), 99, np.int8)
+            assert gemm.im2col_i8(xi, kh, kw, sh, sw, dh, dw, pt, pl, hout, wout, pad, out) == 0
+            np.testing.assert_array_equal(out, ref_im2col(xi, kh, kw, sh, sw, dh, dw, pt, pl, hout, wout, pad))
+
+
+def test_im2col_rejects_bad_shapes():
+    x = np.zeros((1, 5, 5, 3), np.float32)
+    with pytest.raises(ValueError):
+        gemm.im2col_f32(x, 3, 3, 1, 1, 1, 1, 1, 1, 5, 5, np.zeros((25, 26), np.float32))
+    with pytest.raises(ValueError):
+        gemm.im2col_f32(x, 3, 3, 1, 1, 1, 1, 1, 1, 5, 5, np.zeros((24, 27), np.float32))
+    with pytest.raises(ValueError):
+        gemm.im2col_f32(x, 3, 3, 0, 1, 1, 1, 1, 1, 5, 5, np.zeros((25, 27), np.float32))
+    with pytest.raises(ValueError):
+        gemm.im2col_i8(x.astype(np.int8), 3, 3, 1, 1, 1, 0, 1, 1, 5, 5, 0, np.zeros((25, 27), np.int8))
+
+
+# ------------------------------------------------------------------------------ igemm
+
+@pytest.mark.parametrize("name", ISAS)
+@pytest.mark.parametrize("k", KS)
+def test_igemm(name, k):
+    rng = np.random.default_rng(k)
+    for m, cout, zp in cases(k):
+        a = rng.integers(-128, 128, (m, k), dtype=np.int8)
+        w = rng.integers(-127, 128, (cout, k), dtype=np.int8)
+        out = np.full((m, cout), 12345, np.int32)
+        used = gemm.igemm(a, gemm.pack_int8_weights(w), k, cout, zp, out, isa_num(name))
+        assert used == expected_isa("igemm", name)
+        np.testing.assert_array_equal(out, ref_igemm(a, w, zp), err_msg=f"M={m} cout={cout} zp={zp}")
+
+
+@pytest.mark.parametrize("name", ISAS)
+@pytest.mark.parametrize("k", [1, 33, 1000, 4100, 65536])
+def test_igemm_extremes(name, k):
+    """Every input at -128 or 127 and weights at +-127 (and -128): no overflow, no saturation.
+    K = 65536 is the largest allowed; |sum| reaches 255 * 127 * 65536 ~ 2.1e9."""
+    m = 2 if k == 65536 else 4
+    for cout, wval in [(9, 127), (9, -127), (3, -128)]:
+        w = np.full((cout, k), wval, np.int8)
+        w[1::2, ::3] = -wval if wval != -128 else 127
+        wp = gemm.pack_int8_weights(w)
+        for aval, zp in [(-128, 127), (127, -128), (-128, -128), (127, 127), (127, 0)]:
+            a = np.full((m, k), aval, np.int8)
+            a[1, ::2] = -1 - aval  # the other extreme
+            out = np.empty((m, cout), np.int32)
+            gemm.igemm(a, wp, k, cout, zp, out, isa_num(name))
+            np.testing.assert_array_equal(out, ref_igemm(a, w, zp), err_msg=f"a={aval} zp={zp} w={wval}")
+
+
+def test_pack_int8_weights_layout():
+    """Header, 8-channel panels of interleaved k-pairs, then row sums (see igemm.h)."""
+    k, cout = 5, 9
+    w = np.arange(cout * k, dtype=np.int8).reshape(cout, k) - 20
+    wp = gemm.pack_int8_weights(w)
+    kp, npan = 8, 2
+    header = wp[:16].view(np.uint32)
+    assert header[1] == k and header[2] == cout
+    panels = wp[16:16 + npan * kp * 8].view(np.int8).reshape(npan, kp // 2, 8, 2)
+    full = np.zeros((npan * 8, kp), np.int8)
+    full[:cout, :k] = w
+    np.testing.assert_array_equal(panels, full.reshape(npan, 8, kp // 2, 2).transpose(0, 2, 1, 3))
+    sums = wp[16 + npan * kp * 8:].view(np.int32)
+    np.testing.assert_array_equal(sums, full.astype(np.int32).sum(1))
+
+
+# ------------------------------------------------------------------------------ binary weights
+
+def test_pack_binary_weights_layout():
+    """Header, rows of the standard bit packing (bit 1 = -1), then row popcounts."""
+    rng = np.random.default_rng(0)
+    for k, cout in [(1, 1), (31, 3), (32, 2), (33, 7), (130, 5)]:
+        w = random_float_weights(rng, cout, k)
+        w[0, 0] = np.nan  # not >= 0: -1
+        wp = gemm.pack_binary_weights(w)
+        words = (k + 31) // 32
+        header = wp[:16].view(np.uint32)
+        assert header[1] == k and header[2] == cout
+        bits = ~(w >= 0)
+        rows = wp[16:16 + cout * words * 4].view(np.uint32).reshape(cout, words)
+        np.testing.assert_array_equal(rows, ref_pack_bits(bits))
+        np.testing.assert_array_equal(wp[16 + cout * words * 4:].view(np.int32), bits.sum(1))
+
+
+@pytest.mark.parametrize("name", ISAS)
+@pytest.mark.parametrize("k", KS)
+def test_ibgemm(name, k):
+    rng = np.random.default_rng(1000 + k)
+    for m, cout, zp in cases(k):
+        a = rng.integers(-128, 128, (m, k), dtype=np.int8)
+        w = random_float_weights(rng, cout, k)
+        out = np.full((m, cout), 12345, np.int32)
+        used = gemm.ibgemm(a, gemm.pack_binary_weights(w), k, cout, zp, out, isa_num(name))
+        assert used == expected_isa("ibgemm", name)
+        np.testing.assert_array_equal(out, ref_igemm(a, signs(w), zp), err_msg=f"M={m} cout={cout} zp={zp}")
+
+
+@pytest.mark.parametrize("name", ISAS)
+@pytest.mark.parametrize("k", [1, 32, 1000, 4100, 70000])
+def test_ibgemm_extremes(name, k):
+    """Inputs at -128 / 127, all weights -1 or +1 and mixed: long rows pass through several
+    int16 -> int32 widenings; the sums reach +-255 * K."""
+    cout, m = 5, 3
+    w = np.ones((cout, k), np.float32)
+    w[1] = -1.0
+    w[2, ::2] = -1.0
+    w[3, : k // 2] = -1.0
+    wp = gemm.pack_binary_weights(w)
+    for aval, zp in [(-128, 127), (127, -128), (127, 127), (-128, -128), (127, 0)]:
+        a = np.full((m, k), aval, np.int8)
+        a[1, ::3] = -1 - aval
+        out = np.empty((m, cout), np.int32)
+        gemm.ibgemm(a, wp, k, cout, zp, out, isa_num(name))
+        np.testing.assert_array_equal(out, ref_igemm(a, signs(w), zp), err_msg=f"a={aval} zp={zp}")
+
+
+def fb_tolerance(a, k):
+    return dict(rtol=1e-5, atol=1e-5 * np.sqrt(k) * max(float(np.abs(a).max()), 1e-30))
+
+
+@pytest.mark.parametrize("name", ISAS)
+@pytest.mark.parametrize("k", KS)
+def test_fbgemm(name, k):
+    rng = np.random.default_rng(2000 + k)
+    for m, cout, _ in cases(k):
+        a = (rng.standard_normal((m, k)) * 3).astype(np.float32)
+        w = random_float_weights(rng, cout, k)
+        out = np.full((m, cout), np.nan, np.float32)
+        used = gemm.fbgemm(a, gemm.pack_binary_weights(w), k, cout, out, isa_num(name))
+        assert used == expected_isa("fbgemm", name)
+        want = a.astype(np.float64) @ signs(w).T.astype(np.float64)
+        np.testing.assert_allclose(out, want, **fb_tolerance(a, k), err_msg=f"M={m} cout={cout}")
+
+
+@pytest.mark.parametrize("name", ISAS)
+def test_fbgemm_exact_values(name):
+    """Small integers sum exactly in float32 in any order: checks signs bit for bit."""
+    rng = np.random.default_rng(7)
+    for k, cout in [(5, 9), (37, 4), (300, 33)]:
+        a = rng.integers(-50, 51, (6, k)).astype(np.float32)
+        w = random_float_weights(rng, cout, k)
+        out = np.empty((6, cout), np.float32)
+        gemm.fbgemm(a, gemm.pack_binary_weights(w), k, cout, out, isa_num(name))
+        np.testing.assert_array_equal(out, (a @ signs(w).T.astype(np.float32)))
+
+
+@pytest.mark.parametrize("name", ISAS)
+def test_gemm_empty_batch(name):
+    a8, af = np.zeros((0, 10), np.int8), np.zeros((0, 10), np.float32)
+    w = np.ones((3, 10), np.float32)
+    assert gemm.igemm(a8, gemm.pack_int8_weights(w.astype(np.int8)), 10, 3, 0,
+                      np.zeros((0, 3), np.int32), isa_num(name)) == expected_isa("igemm", name)
+    assert gemm.ibgemm(a8, gemm.pack_binary_weights(w), 10, 3, 0, np.zeros((0, 3), np.int32),
+                       isa_num(name)) == expected_isa("ibgemm", name)
+    assert gemm.fbgemm(af, gemm.pack_binary_weights(w), 10, 3, np.zeros((0, 3), np.float32),
+                       isa_num(name)) == expected_isa("fbgemm", name)
+
+
+def test_gemm_rejects_bad_arguments():
+    a = np.zeros((4, 10), np.int8)
+    wi = gemm.pack_int8_weights(np.ones((3, 10), np.int8))
+    wb = gemm.pack_binary_weights(np.ones((3, 10), np.float32))
+    out = np.zeros((4, 3), np.int32)
+    gemm.igemm(a, wi, 10, 3, 0, out)  # the good call
+    bad = [
+        lambda: gemm.igemm(a, wi, 11, 3, 0, out),                          # K mismatch
+        lambda: gemm.igemm(a, wi, 10, 4, 0, np.zeros((4, 4), np.int32)),   # packed for 3 channels
+        lambda: gemm.igemm(a, wi, 10, 3, 0, np.zeros((4, 2), np.int32)),   # output shape
+        lambda: gemm.igemm(a, wi, 10, 3, 0, np.zeros((5, 3), np.int32)),
+        lambda: gemm.igemm(a, wi, 10, 3, 200, out),                        # zero point
+        lambda: gemm.igemm(a, wb, 10, 3, 0, out),                          # binary-packed weights
+        lambda: gemm.igemm(a, wi[:-1], 10, 3, 0, out),                     # truncated buffer
+        lambda: gemm.ibgemm(a, wi, 10, 3, 0, out),                         # int8-packed weights
+        lambda: gemm.ibgemm(a, wb, 10, 3, -129, out),
+        lambda: gemm.fbgemm(a.astype(np.float32), wb, 10, 3, np.zeros((4, 3), np.float32)[:, :2]),
+        lambda: gemm.fbgemm(np.zeros((4, 9), np.float32), wb, 10, 3, np.zeros((4, 3), np.float32)),
+        lambda: gemm.pack_int8_weights(np.zeros((3, 0), np.int8)),
+        lambda: gemm.pack_binary_weights(np.zeros((0, 5), np.float32)),
+    ]
+    for i, call in enumerate(bad):
+        with pytest.raises(ValueError):
+            call()
+            pytest.fail(f"bad call {i} was accepted")
+
+
+# ------------------------------------------------------------------------------ output transforms
+
+LO_HI = [(-np.inf, np.inf), (0.0, np.inf), (0.0, 6.0), (-1.0, 1.0), (-np.inf, -0.0)]
+
+
+def channel_params(rng, c):
+    mult = rng.uniform(-0.1, 0.1, c).astype(np.float32)
+    bias = rng.uniform(-3, 3, c).astype(np.float32)
+    mult[::5] = -0.5       # with acc = 0 and bias -0.0: -0.0 results
+    bias[::5] = -0.0
+    return mult, bias
+
+
+@pytest.mark.parametrize("name", ISAS)
+@pytest.mark.parametrize("c", CHANNELS)
+def test_to_float(name, c):
+    rng = np.random.default_rng(c)
+    acc = rng.integers(-2 ** 20, 2 ** 20, (13, c)).astype(np.int32)
+    acc[::3] = 0
+    acc[1, 0] = 2 ** 31 - 1  # rounds when converted to float32
+    mult, bias = channel_params(rng, c)
+    for lo, hi in LO_HI:
+        out = np.full((13, c), np.nan, np.float32)
+        used = transform.to_float_i32(acc, mult, bias, lo, hi, out, isa_num(name))
+        assert used == expected_isa("transform", name)
+        assert bitwise_equal(out, np.clip(acc.astype(np.float32) * mult + bias, lo, hi)), (lo, hi)
+
+        facc = (acc * np.float32(0.001)).astype(np.float32)
+        want = np.clip(facc * mult + bias, lo, hi)
+        out = np.full((13, c), np.nan, np.float32)
+        assert transform.to_float_f32(facc, mult, bias, lo, hi, out, isa_num(name)) == used
+        assert bitwise_equal(out, want), (lo, hi)
+        transform.to_float_f32(facc, mult, bias, lo, hi, facc, isa_num(name))  # in place
+        assert bitwise_equal(facc, want), (lo, hi)
+
+
+@pytest.mark.parametrize("name", ISAS)
+def test_to_float_nan_and_inf(name):
+    """NumPy's clip keeps NaN; inf * 0 is NaN; infinities clip to the bounds."""
+    c = 19
+    acc = np.zeros((3, c), np.int32)
+    acc[1] = 7
+    acc[2] = -7
+    mult = np.full(c, np.inf, np.float32)
+    mult[::2] = np.nan
+    bias = np.zeros(c, np.float32)
+    for lo, hi in LO_HI:
+        out = np.empty((3, c), np.float32)
+        transform.to_float_i32(acc, mult, bias, lo, hi, out, isa_num(name))
+        with np.errstate(invalid="ignore"):
+            want = np.clip(acc.astype(np.float32) * mult + bias, lo, hi)
+        assert bitwise_equal(out, want), (lo, hi)
+
+
+def ref_to_int8(acc, bias, mult, zp, qmin, qmax):
+    return np.clip(np.rint((acc + bias).astype(np.float32) * mult) + zp, qmin, qmax).astype(np.int8)
+
+
+@pytest.mark.parametrize("name", ISAS)
+@pytest.mark.parametrize("c", CHANNELS)
+def test_to_int8(name, c):
+    rng = np.random.default_rng(100 + c)
+    acc = rng.integers(-40000, 40000, (11, c)).astype(np.int32)
+    acc[0] = np.arange(c) - c // 2                       # x.5 ties with mult 0.5: half to even
+    acc[1] = rng.integers(-2 ** 30, 2 ** 30, c)          # far out of range: saturates
+    acc[2, 0] = 2 ** 31 - 1                              # acc + bias wraps like NumPy's int32
+    bias = rng.integers(-1000, 1000, c).astype(np.int32)
+    bias[0] = 1
+    mult = rng.uniform(0.0005, 0.01, c).astype(np.float32)
+    mult[::3] = 0.5
+    mult[1::4] = -0.003
+    for zp, qmin, qmax in [(0, -128, 127), (-128, -128, 127), (127, -128, 127), (5, 5, 127),
+                           (-3, -100, 100), (0, 0, 0)]:
+        out = np.full((11, c), 99, np.int8)
+        with np.errstate(over="ignore"):
+            want = ref_to_int8(acc, bias, mult, zp, qmin, qmax)
+        used = transform.to_int8(acc, bias, mult, zp, qmin, qmax, out, isa_num(name))
+        assert used == expected_isa("transform", name)
+        np.testing.assert_array_equal(out, want, err_msg=f"zp={zp} q=[{qmin}, {qmax}]")
+
+
+@pytest.mark.parametrize("name", ISAS)
+@pytest.mark.parametrize("c", CHANNELS)
+def test_to_bits(name, c):
+    rng = np.random.default_rng(200 + c)
+    thr = rng.integers(-5, 5, c).astype(np.int32)
+    thr[::7] = np.iinfo(np.int32).min
+    thr[1::7] = np.iinfo(np.int32).max
+    dir_ = rng.choice(np.array([-128, -1, 0, 1, 127], np.int8), c)
+    acc = rng.integers(-6, 6, (9, c)).astype(np.int32)   # often equal to the threshold
+    acc[0] = np.iinfo(np.int32).min
+    acc[1] = np.iinfo(np.int32).max
+    out = np.full((9, (c + 31) // 32), 0xDEADBEEF, np.uint32)
+    used = transform.to_bits(acc, thr, dir_, out, isa_num(name))
+    assert used == expected_isa("transform", name)
+    bits = np.where(dir_ >= 0, acc < thr, acc > thr)
+    np.testing.assert_array_equal(out, ref_pack_bits(bits))
+
+
+def test_transform_rejects_bad_arguments():
+    acc = np.zeros((4, 10), np.int32)
+    f = np.zeros(10, np.float32)
+    i = np.zeros(10, np.int32)
+    bad = [
+        lambda: transform.to_float_i32(acc, f[:9], f, 0, 1, np.zeros((4, 10), np.float32)),
+        lambda: transform.to_float_i32(acc, f, f, 0, 1, np.zeros((4, 11), np.float32)),
+        lambda: transform.to_float_f32(acc.astype(np.float32), f, f[:3], 0, 1, np.zeros((4, 10), np.float32)),
+        lambda: transform.to_int8(acc, i, f, 0, -128, 127, np.zeros((3, 10), np.int8)),
+        lambda: transform.to_int8(acc, i[:2], f, 0, -128, 127, np.zeros((4, 10), np.int8)),
+        lambda: transform.to_int8(acc, i, f, 128, -128, 127, np.zeros((4, 10), np.int8)),
+        lambda: transform.to_int8(acc, i, f, 0, 5, 4, np.zeros((4, 10), np.int8)),
+        lambda: transform.to_int8(acc, i, f, 0, -129, 4, np.zeros((4, 10), np.int8)),
+        lambda: transform.to_bits(acc, i, np.zeros(10, np.int8), np.zeros((4, 2), np.uint32)),
+        lambda: transform.to_bits(acc, i, np.zeros(9, np.int8), np.zeros((4, 1), np.uint32)),
+    ]
+    for n, call in enumerate(bad):
+        with pytest.raises(ValueError):
+            call()
+            pytest.fail(f"bad call {n} was accepted")
