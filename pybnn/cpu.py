@@ -61,7 +61,60 @@ def use_isa(name):
         _active = previous
 
 
+def physical_cores():
+    """Physical cores this process may run on (hyper-threads share a core's SIMD units, so
+    binary kernels gain little from them); falls back to the logical count."""
+    try:
+        allowed = os.sched_getaffinity(0)
+    except AttributeError:
+        allowed = set(range(os.cpu_count() or 1))
+    cores = set()
+    for cpu_id in allowed:
+        try:
+            with open(f"/sys/devices/system/cpu/cpu{cpu_id}/topology/core_id") as f:
+                core = f.read().strip()
+            with open(f"/sys/devices/system/cpu/cpu{cpu_id}/topology/physical_package_id") as f:
+                cores.add((f.read().strip(), core))
+        except OSError:
+            return max(len(allowed), 1)
+    return max(len(cores), 1)
+
+
+def _parse_threads(n):
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"number of threads must be a positive int, got {n!r}")
+    return n
+
+
+_threads = (_parse_threads(int(os.environ["PYBNN_NUM_THREADS"])) if os.environ.get("PYBNN_NUM_THREADS")
+            else physical_cores())
+
+
+def num_threads():
+    """Threads kernels may use (PYBNN_NUM_THREADS, set_num_threads; default: physical cores)."""
+    return _threads
+
+
+def set_num_threads(n):
+    global _threads
+    _threads = _parse_threads(n)
+
+
+@contextlib.contextmanager
+def use_threads(n):
+    """Context manager: run the enclosed calls with n threads (None keeps the current count)."""
+    global _threads
+    previous = _threads
+    if n is not None:
+        _threads = _parse_threads(n)
+    try:
+        yield
+    finally:
+        _threads = previous
+
+
 def info():
     """What was detected and what is used: a dict for logs and bug reports."""
     return {"arch": _cpu.arch_family(), "available": available(), "active": get_isa(),
-            "forced_by_env": os.environ.get("PYBNN_ISA") or None}
+            "forced_by_env": os.environ.get("PYBNN_ISA") or None, "threads": _threads,
+            "physical_cores": physical_cores()}

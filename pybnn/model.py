@@ -26,9 +26,12 @@ class Sequential:
     and bias, BatchNormalization + Sign into per-channel thresholds, and an integer
     convolution followed by Sign into a convolution that writes packed bits directly.
     Folding into thresholds is exact (see folding.py); folding into float multipliers
-    changes float rounding only."""
+    changes float rounding only.
 
-    def __init__(self, layers, name="sequential", fold=True):
+    num_threads: threads the kernels use (None: pybnn.cpu.num_threads()); results are
+    identical for every thread count."""
+
+    def __init__(self, layers, name="sequential", fold=True, num_threads=None):
         if not isinstance(layers, (list, tuple)) or not layers:
             raise ConfigError(f"{name}: Sequential takes a non-empty list of layers, got {layers!r}")
         for i, layer in enumerate(layers):
@@ -38,6 +41,7 @@ class Sequential:
             raise ConfigError(f"{name}: the first layer must be pybnn.layers.Input(shape, dtype), "
                               f"got {type(layers[0]).__name__}")
         self.name, self.fold = name, bool(fold)
+        self.num_threads = num_threads  # None: pybnn.cpu.num_threads() (PYBNN_NUM_THREADS / physical cores)
         self.layers = list(layers)
         seen = set()
         for i, layer in enumerate(self.layers):
@@ -112,7 +116,8 @@ class Sequential:
 
         Returns float32: float outputs as they are, int8 outputs dequantized, binary outputs
         as ±1."""
-        return self._run(x, batch_size, self.plan(), "call")
+        with cpu.use_threads(self.num_threads):
+            return self._run(x, batch_size, self.plan(), "call")
 
     def predict_reference(self, x, folded=False):
         """The same prediction computed by the NumPy reference of every layer (slow), either
