@@ -220,3 +220,45 @@ def test_truncated_and_corrupt_files_raise_format_error(tmp_path):
             pybnn.load_model(bad)
         except pybnn.FormatError:
             pass  # a flip inside the JSON can still leave a valid, equivalent file
+
+
+def every_layer_model():
+    return pybnn.Sequential([
+        L.Input((9, 8, 5), dtype="uint8", scale=0.02, zero_point=100),
+        L.Int8Conv2D(6, 3, strides=(2, 1), padding=((1, 0), (2, 1)), output="int8", output_scale=0.1,
+                     output_zero_point=-4, activation="relu"),
+        L.Int8BinaryConv2D(7, (1, 3), padding="same", dilation_rate=(1, 2)),
+        L.FloatBinaryConv2D(9, 3, padding="same", activation="relu"),
+        L.AveragePool2D(2, strides=1, padding="same"), L.PReLU(), L.ReLU(max_value=3.0),
+        L.BatchNormalization(epsilon=1e-4), L.Sign(),
+        L.BinaryConv2D(40, 3, padding="same", pad_value=-1, use_scale=True, use_bias=True),
+        L.Sign(), L.MaxPool2D(2, padding="same"),
+        L.Conv2D(8, 1), L.Quantize(0.05, 2), L.MaxPool2D(1),
+        L.Int8Conv2D(4, 1, output="int8", output_scale=0.2), L.GlobalAveragePooling2D(),
+        L.Int8Dense(12, output="int8", output_scale=0.3), L.Int8BinaryDense(11), L.Quantize(0.5),
+        L.Dequantize(), L.FloatBinaryDense(10), L.Sign(), L.BinaryDense(9, use_scale=True),
+        L.Dense(8), L.Flatten(), L.Softmax()])
+
+
+def test_every_layer_config_round_trips_and_the_model_runs(isa, tmp_path):
+    model = every_layer_model().randomize(5)
+    for layer in model.layers:
+        clone = type(layer).from_config(layer.get_config())
+        assert clone.get_config() == layer.get_config()
+    x = np.random.default_rng(0).integers(0, 256, (3, 9, 8, 5)).astype(np.uint8)
+    y = model.predict(x)
+    assert y.shape == (3, 8) and np.allclose(y.sum(axis=1), 1, rtol=1e-5)
+    np.testing.assert_allclose(y, model.predict_reference(x), rtol=1e-4, atol=1e-6)
+    model.save(tmp_path / "all.bin")
+    np.testing.assert_array_equal(pybnn.load_model(tmp_path / "all.bin").predict(x), y)
+
+
+def test_command_line_info_and_cpu(tmp_path, capsys):
+    from pybnn.__main__ import main
+    tie_heavy_weights(bnn()).save(tmp_path / "m.bin")
+    assert main(["info", str(tmp_path / "m.bin")]) == 0
+    assert "bconv2 (BinaryConv2D)" in capsys.readouterr().out
+    (tmp_path / "bad.bin").write_bytes(b"nonsense")
+    assert main(["info", str(tmp_path / "bad.bin")]) == 1
+    assert "too short for a pybnn file" in capsys.readouterr().err
+    assert main(["cpu"]) == 0 and '"available"' in capsys.readouterr().out
