@@ -8,6 +8,7 @@ falls back to the next lower one).
 """
 import contextlib
 import os
+import threading
 
 from ._kernels import _cpu
 from .errors import ConfigError
@@ -88,33 +89,62 @@ def _parse_threads(n):
 
 _threads = (_parse_threads(int(os.environ["PYBNN_NUM_THREADS"])) if os.environ.get("PYBNN_NUM_THREADS")
             else physical_cores())
+_local = threading.local()   # .threads: use_threads override of the calling thread
+_went_parallel = False       # num_threads() has returned > 1 in this process
+_forked_serial = False       # forked after that: kernels stay on one thread (see below)
 
 
 def num_threads():
-    """Threads kernels may use (PYBNN_NUM_THREADS, set_num_threads; default: physical cores)."""
-    return _threads
+    """Threads kernels may use (use_threads in this thread, else set_num_threads /
+    PYBNN_NUM_THREADS; default: physical cores).
+
+    In a child process forked (os.fork, multiprocessing's "fork" start method) after the
+    parent ran kernels on several threads this is always 1: GNU OpenMP cannot start
+    threads again in such a child (it would wait forever for the parent's threads)."""
+    global _went_parallel
+    n = _current_threads()
+    if n > 1 and not _went_parallel:
+        _went_parallel = True
+    return n
+
+
+def _current_threads():
+    return 1 if _forked_serial else getattr(_local, "threads", None) or _threads
 
 
 def set_num_threads(n):
+    """Set the process-wide thread count (a use_threads block overrides it in its thread)."""
     global _threads
     _threads = _parse_threads(n)
 
 
 @contextlib.contextmanager
 def use_threads(n):
-    """Context manager: run the enclosed calls with n threads (None keeps the current count)."""
-    global _threads
-    previous = _threads
+    """Context manager: kernels called by this Python thread inside the block use n threads
+    (None keeps the current count).  Other Python threads are not affected, so concurrent
+    blocks (e.g. two models with different num_threads predicting in parallel) do not
+    interfere."""
+    previous = getattr(_local, "threads", None)
     if n is not None:
-        _threads = _parse_threads(n)
+        _local.threads = _parse_threads(n)
     try:
         yield
     finally:
-        _threads = previous
+        _local.threads = previous
+
+
+def _after_fork_in_child():
+    global _forked_serial
+    if _went_parallel and _cpu.openmp():
+        _forked_serial = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def info():
     """What was detected and what is used: a dict for logs and bug reports."""
     return {"arch": _cpu.arch_family(), "available": available(), "active": get_isa(),
-            "forced_by_env": os.environ.get("PYBNN_ISA") or None, "threads": _threads,
-            "physical_cores": physical_cores()}
+            "forced_by_env": os.environ.get("PYBNN_ISA") or None, "threads": _current_threads(),
+            "openmp": _cpu.openmp(), "physical_cores": physical_cores()}

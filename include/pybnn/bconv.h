@@ -16,6 +16,9 @@
  * out-of-range tap columns, so correction = R[oh] + C[ow] - corner(oh, ow)).
  * A 1x1 stride-1 unpadded convolution and a "kernel = whole image" valid convolution
  * (dense layers) need no copy: the input itself is the im2col matrix.
+ * Threads: each part (common.h, pybnn_par_run) takes a contiguous range of output pixels
+ * with its own scratch, or, when pixels are few (a dense layer at batch 1), a range of
+ * output-channel blocks of every pixel; results are integers, identical for any split.
  *
  * The packed weights are the pybnn_xgemm layout of the (Cout, KH*KW*words) tap-major rows:
  * uint32 (ceil(Cout/4), ceil(KH*KW*words/2), 8); see bgemm.h.
@@ -126,9 +129,11 @@ static void pybnn_bconv_pad_tables(const pybnn_conv_geom *g, const int32_t *taps
     }
 }
 
-/* Adds the padding correction to the GEMM results of pixels p0 .. p0+mc-1. */
+/* Adds the padding correction to the GEMM results of pixels p0 .. p0+mc-1, channels
+ * c0 .. c1-1. */
 static void pybnn_bconv_pad_fix(const pybnn_conv_geom *g, const int32_t *tapsum,
-                                const pybnn_pad_tables *t, size_t p0, size_t mc, int32_t *out) {
+                                const pybnn_pad_tables *t, size_t p0, size_t mc, size_t c0,
+                                size_t c1, int32_t *out) {
     size_t cout = (size_t)g->cout;
     int32_t scale = g->pad_value - 1;
     for (size_t p = p0; p < p0 + mc; p++) {
@@ -139,7 +144,7 @@ static void pybnn_bconv_pad_fix(const pybnn_conv_geom *g, const int32_t *tapsum,
             continue;
         int32_t *o = out + p * cout;
         const int32_t *rc = t->rowc + (size_t)oh * cout, *cc = t->colc + (size_t)ow * cout;
-        for (size_t co = 0; co < cout; co++)
+        for (size_t co = c0; co < c1; co++)
             o[co] += rc[co] + cc[co];
         if (rowpad && colpad) { /* corner: taps clipped both ways were counted twice */
             for (int i = 0; i < g->kh; i++) {
@@ -149,7 +154,7 @@ static void pybnn_bconv_pad_fix(const pybnn_conv_geom *g, const int32_t *tapsum,
                     if (j >= t->clo[ow] && j < t->chi[ow])
                         continue;
                     const int32_t *ts = tapsum + (size_t)(i * g->kw + j) * cout;
-                    for (size_t co = 0; co < cout; co++)
+                    for (size_t co = c0; co < c1; co++)
                         o[co] -= scale * ts[co];
                 }
             }
@@ -164,35 +169,114 @@ static inline size_t pybnn_bconv_chunk(size_t kwords) {
     return PYBNN_MAX((size_t)8, PYBNN_MIN((size_t)512, mc));
 }
 
+/* One call's shared state; each part of pybnn_par_run works on its own range. */
+typedef struct {
+    const pybnn_conv_geom *g;
+    pybnn_xgemm_fn gemm;
+    const uint32_t *x, *wp;
+    const int32_t *tapsum;
+    int32_t *out;
+    uint32_t *scratch;             /* nparts blocks of scratch_words (NULL when direct) */
+    size_t scratch_words, mc, kwords, total, cblocks;
+    int32_t kbits;
+    int direct, fix, by_pixels;
+    const pybnn_pad_tables *t;
+} pybnn_bconv_job;
+
+/* Pixels [lo, hi) x all channels (by_pixels), or all pixels x channel blocks [lo, hi). */
+static void pybnn_bconv_part(void *ctx, int part, int nparts) {
+    const pybnn_bconv_job *j = (const pybnn_bconv_job *)ctx;
+    const pybnn_conv_geom *g = j->g;
+    size_t lo, hi, p_lo = 0, p_hi = j->total, c0 = 0, c1 = (size_t)g->cout;
+    size_t cout = (size_t)g->cout, kwords = j->kwords;
+    pybnn_par_range(j->by_pixels ? j->total : j->cblocks, part, nparts, &lo, &hi);
+    if (j->by_pixels) {
+        p_lo = lo;
+        p_hi = hi;
+    } else {
+        c0 = lo * PYBNN_XGEMM_NR;
+        c1 = PYBNN_MIN(hi * PYBNN_XGEMM_NR, cout);
+    }
+    if (p_lo >= p_hi || c0 >= c1)
+        return;
+    const uint32_t *wp = j->wp; /* first weight block of channel c0 */
+    if (!j->by_pixels)
+        wp += lo * pybnn_xgemm_k64(kwords) * 2 * PYBNN_XGEMM_NR;
+    uint32_t *scratch = j->scratch ? j->scratch + (size_t)part * j->scratch_words : NULL;
+    /* pixel p_lo as (n, oh, ow), then advanced incrementally */
+    int ow = (int)(p_lo % (size_t)g->wout), oh = (int)((p_lo / (size_t)g->wout) % (size_t)g->hout);
+    int n = (int)(p_lo / ((size_t)g->wout * (size_t)g->hout));
+    for (size_t p0 = p_lo; p0 < p_hi; p0 += j->mc) {
+        size_t m = PYBNN_MIN(j->mc, p_hi - p0);
+        const uint32_t *a;
+        if (j->direct) {
+            a = j->x + p0 * kwords; /* kwords == words (1x1) or h*w*words (whole image) */
+        } else {
+            for (size_t r = 0; r < m; r++) {
+                pybnn_bconv_im2col_row(g, j->x, n, oh, ow, scratch + r * kwords);
+                if (++ow == g->wout) {
+                    ow = 0;
+                    if (++oh == g->hout) {
+                        oh = 0;
+                        n++;
+                    }
+                }
+            }
+            a = scratch;
+        }
+        j->gemm(a, kwords, m, kwords, wp, c1 - c0, j->kbits, j->out + p0 * cout + c0, cout);
+        if (j->fix)
+            pybnn_bconv_pad_fix(g, j->tapsum, j->t, p0, m, c0, c1, j->out);
+    }
+}
+
 /* x: (n, h, w, words); wp: packed weights; tapsum: (kh*kw, cout); out: (n, hout, wout, cout).
- * Returns the ISA of the GEMM variant used, or -1 if scratch memory could not be allocated. */
-static int pybnn_bconv2d(int isa, const pybnn_conv_geom *g, const uint32_t *x, const uint32_t *wp,
-                         const int32_t *tapsum, int32_t *out) {
+ * Uses up to `threads` threads: output pixels are split into contiguous ranges, or, when
+ * there are too few pixels (dense layers at small batch), the output channels in blocks
+ * of 4.  Returns the ISA of the GEMM variant used, or -1 if scratch memory could not be
+ * allocated. */
+static int pybnn_bconv2d(int isa, int threads, const pybnn_conv_geom *g, const uint32_t *x,
+                         const uint32_t *wp, const int32_t *tapsum, int32_t *out) {
     int used;
-    pybnn_xgemm_fn gemm = pybnn_xgemm_pick(isa, &used);
+    pybnn_bconv_job j;
+    j.g = g;
+    j.gemm = pybnn_xgemm_pick(isa, &used);
+    j.x = x, j.wp = wp, j.tapsum = tapsum, j.out = out;
     size_t words = (size_t)g->words, cout = (size_t)g->cout;
-    size_t kwords = (size_t)g->kh * g->kw * words;
-    int32_t kbits = g->kh * g->kw * g->channels;
-    size_t total = (size_t)g->n * g->hout * g->wout;
+    j.kwords = (size_t)g->kh * g->kw * words;
+    j.kbits = g->kh * g->kw * g->channels;
+    j.total = (size_t)g->n * g->hout * g->wout;
+    j.cblocks = pybnn_xgemm_cblocks(cout);
     int unpadded = g->pad_top == 0 && g->pad_left == 0;
     /* Cases where each pixel's receptive field already is one contiguous input row. */
-    int direct = unpadded && ((g->kh == 1 && g->kw == 1 && g->sh == 1 && g->sw == 1 &&
-                               g->hout == g->h && g->wout == g->w) ||
-                              (g->kh == g->h && g->kw == g->w && g->dh == 1 && g->dw == 1 &&
-                               g->hout == 1 && g->wout == 1));
+    j.direct = unpadded && ((g->kh == 1 && g->kw == 1 && g->sh == 1 && g->sw == 1 &&
+                             g->hout == g->h && g->wout == g->w) ||
+                            (g->kh == g->h && g->kw == g->w && g->dh == 1 && g->dw == 1 &&
+                             g->hout == 1 && g->wout == 1));
     /* Any tap ever out of range?  Only then can padding need a correction. */
     int padded = g->pad_top > 0 || g->pad_left > 0 ||
                  (long)(g->hout - 1) * g->sh - g->pad_top + (long)(g->kh - 1) * g->dh >= g->h ||
                  (long)(g->wout - 1) * g->sw - g->pad_left + (long)(g->kw - 1) * g->dw >= g->w;
-    int fix = padded && g->pad_value != 1;
-    size_t mc = pybnn_bconv_chunk(kwords);
+    j.fix = padded && g->pad_value != 1;
+    j.mc = pybnn_bconv_chunk(j.kwords);
+    if (j.total == 0)
+        return used;
+
+    /* Work (common.h units): one per 32-bit word of the XNOR-popcount GEMM (+ the im2col copy). */
+    double work = (double)j.total * (double)j.kwords * ((double)cout + (j.direct ? 0.0 : 1.0));
+    int nparts = pybnn_par_parts(threads, PYBNN_MAX(j.total, j.cblocks), work);
+    /* Split pixels while every part gets a few GEMM row blocks; else output channels. */
+    j.by_pixels = j.total >= (size_t)nparts * 16 || j.cblocks < (size_t)nparts;
+    nparts = (int)PYBNN_MIN((size_t)nparts, j.by_pixels ? j.total : j.cblocks);
+    size_t rows = j.by_pixels ? PYBNN_MIN(j.mc, (j.total + nparts - 1) / nparts) : PYBNN_MIN(j.mc, j.total);
+    j.scratch_words = rows * j.kwords;
 
     uint32_t *scratch = NULL;
     void *tables = NULL;
     pybnn_pad_tables t = {0};
-    if (!direct && total > 0 && !(scratch = malloc(PYBNN_MIN(mc, total) * kwords * sizeof(uint32_t))))
+    if (!j.direct && !(scratch = malloc((size_t)nparts * j.scratch_words * sizeof(uint32_t))))
         return -1;
-    if (fix) {
+    if (j.fix) {
         size_t hw = (size_t)g->hout + g->wout;
         tables = malloc(hw * 2 * sizeof(int) + hw * cout * sizeof(int32_t));
         if (!tables) {
@@ -207,30 +291,9 @@ static int pybnn_bconv2d(int isa, const pybnn_conv_geom *g, const uint32_t *x, c
         t.chi = t.clo + g->wout;
         pybnn_bconv_pad_tables(g, tapsum, &t);
     }
-
-    int n = 0, oh = 0, ow = 0; /* pixel p0, advanced incrementally */
-    for (size_t p0 = 0; p0 < total; p0 += mc) {
-        size_t m = PYBNN_MIN(mc, total - p0);
-        const uint32_t *a;
-        if (direct) {
-            a = x + p0 * kwords; /* kwords == words (1x1) or h*w*words (whole image) */
-        } else {
-            for (size_t r = 0; r < m; r++) {
-                pybnn_bconv_im2col_row(g, x, n, oh, ow, scratch + r * kwords);
-                if (++ow == g->wout) {
-                    ow = 0;
-                    if (++oh == g->hout) {
-                        oh = 0;
-                        n++;
-                    }
-                }
-            }
-            a = scratch;
-        }
-        gemm(a, kwords, m, kwords, wp, cout, kbits, out + p0 * cout, cout);
-        if (fix)
-            pybnn_bconv_pad_fix(g, tapsum, &t, p0, m, out);
-    }
+    j.scratch = scratch;
+    j.t = &t;
+    pybnn_par_run(nparts, pybnn_bconv_part, &j);
     free(scratch);
     free(tables);
     return used;

@@ -207,7 +207,7 @@ static void pybnn_pack_float_neon(const float *x, size_t m, size_t c, const floa
 }
 #endif /* PYBNN_NEON */
 
-static int pybnn_pack_float(int isa, const float *x, size_t m, size_t c, const float *thr,
+static int pybnn_pack_float_serial(int isa, const float *x, size_t m, size_t c, const float *thr,
                             const int8_t *dir, uint32_t *out) {
 #if PYBNN_NEON
     if (isa >= PYBNN_ISA_NEON) { pybnn_pack_float_neon(x, m, c, thr, dir, out); return PYBNN_ISA_NEON; }
@@ -284,7 +284,7 @@ PYBNN_TARGET_AVX2 static void pybnn_pack_int8_avx2(const int8_t *q, size_t m, si
 }
 #endif /* PYBNN_X86 */
 
-static int pybnn_pack_int8(int isa, const int8_t *q, size_t m, size_t c, const int32_t *thr,
+static int pybnn_pack_int8_serial(int isa, const int8_t *q, size_t m, size_t c, const int32_t *thr,
                            const int8_t *dir, uint32_t *out) {
 #if PYBNN_X86
     if (isa >= PYBNN_ISA_AVX2) { pybnn_pack_int8_avx2(q, m, c, thr, dir, out); return PYBNN_ISA_AVX2; }
@@ -339,13 +339,77 @@ PYBNN_TARGET_AVX2 static void pybnn_unpack_avx2(const uint32_t *bits, size_t m, 
 }
 #endif
 
-static int pybnn_unpack(int isa, const uint32_t *bits, size_t m, size_t c, float *out) {
+static int pybnn_unpack_serial(int isa, const uint32_t *bits, size_t m, size_t c, float *out) {
 #if PYBNN_X86
     if (isa >= PYBNN_ISA_AVX2) { pybnn_unpack_avx2(bits, m, c, out); return PYBNN_ISA_AVX2; }
 #endif
     (void)isa;
     pybnn_unpack_scalar(bits, m, c, out);
     return PYBNN_ISA_SCALAR;
+}
+
+/* ---------------------------------------------------------------- drivers
+ * The *_serial selectors above run one range of rows; the drivers split the m rows into up
+ * to `threads` contiguous ranges (each row is packed independently) and return the ISA. */
+
+enum { PYBNN_BP_FLOAT, PYBNN_BP_INT8, PYBNN_BP_UNPACK };
+
+typedef struct {
+    int kind, isa;
+    const void *in;
+    size_t m, c;
+    const void *thr;
+    const int8_t *dir;
+    void *out;
+} pybnn_bp_job;
+
+static int pybnn_bp_rows(const pybnn_bp_job *j, size_t r0, size_t r1) {
+    size_t c = j->c, words = pybnn_words(c);
+    switch (j->kind) {
+    case PYBNN_BP_FLOAT:
+        return pybnn_pack_float_serial(j->isa, (const float *)j->in + r0 * c, r1 - r0, c,
+                                       (const float *)j->thr, j->dir, (uint32_t *)j->out + r0 * words);
+    case PYBNN_BP_INT8:
+        return pybnn_pack_int8_serial(j->isa, (const int8_t *)j->in + r0 * c, r1 - r0, c,
+                                      (const int32_t *)j->thr, j->dir, (uint32_t *)j->out + r0 * words);
+    default:
+        return pybnn_unpack_serial(j->isa, (const uint32_t *)j->in + r0 * words, r1 - r0, c,
+                                   (float *)j->out + r0 * c);
+    }
+}
+
+static void pybnn_bp_part(void *ctx, int part, int nparts) {
+    const pybnn_bp_job *j = (const pybnn_bp_job *)ctx;
+    size_t r0, r1;
+    pybnn_par_range(j->m, part, nparts, &r0, &r1);
+    if (r0 < r1)
+        pybnn_bp_rows(j, r0, r1);
+}
+
+static int pybnn_bp_run(int threads, const pybnn_bp_job *j) {
+    /* Work (common.h units): one per channel. */
+    int nparts = pybnn_par_parts(threads, j->m, (double)j->m * (double)j->c);
+    if (nparts > 1)
+        pybnn_par_run(nparts, pybnn_bp_part, (void *)j);
+    /* The serial call also tells which variant runs (with 0 rows when already done). */
+    return pybnn_bp_rows(j, nparts > 1 ? j->m : 0, j->m);
+}
+
+static int pybnn_pack_float(int isa, int threads, const float *x, size_t m, size_t c,
+                            const float *thr, const int8_t *dir, uint32_t *out) {
+    pybnn_bp_job j = {PYBNN_BP_FLOAT, isa, x, m, c, thr, dir, out};
+    return pybnn_bp_run(threads, &j);
+}
+
+static int pybnn_pack_int8(int isa, int threads, const int8_t *q, size_t m, size_t c,
+                           const int32_t *thr, const int8_t *dir, uint32_t *out) {
+    pybnn_bp_job j = {PYBNN_BP_INT8, isa, q, m, c, thr, dir, out};
+    return pybnn_bp_run(threads, &j);
+}
+
+static int pybnn_unpack(int isa, int threads, const uint32_t *bits, size_t m, size_t c, float *out) {
+    pybnn_bp_job j = {PYBNN_BP_UNPACK, isa, bits, m, c, NULL, NULL, out};
+    return pybnn_bp_run(threads, &j);
 }
 
 #endif /* PYBNN_BITPACK_H */

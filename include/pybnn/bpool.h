@@ -42,31 +42,47 @@ static pybnn_band_fn pybnn_band_pick(int isa, int *used) {
     return pybnn_band_scalar;
 }
 
-/* x: (n, h, w, words) -> out: (n, hout, wout, words). */
-static int pybnn_bmaxpool2d(int isa, const uint32_t *x, int n, int h, int w, int words, int kh,
-                            int kw, int sh, int sw, int pad_top, int pad_left, int hout, int wout,
-                            uint32_t *out) {
-    int used;
-    pybnn_band_fn band = pybnn_band_pick(isa, &used);
-    size_t wd = (size_t)words;
-    for (int b = 0; b < n; b++) {
-        const uint32_t *xb = x + (size_t)b * h * w * wd;
-        for (int oh = 0; oh < hout; oh++) {
-            long ih0 = (long)oh * sh - pad_top;
-            long i0 = PYBNN_MAX(ih0, 0L), i1 = PYBNN_MIN(ih0 + kh, (long)h);
-            for (int ow = 0; ow < wout; ow++) {
-                long iw0 = (long)ow * sw - pad_left;
-                long j0 = PYBNN_MAX(iw0, 0L), j1 = PYBNN_MIN(iw0 + kw, (long)w);
-                uint32_t *dst = out + (((size_t)b * hout + oh) * wout + ow) * wd;
-                /* Start from the first in-range pixel rather than all-ones, so padding
-                 * bits are copied zeros. */
-                memcpy(dst, xb + ((size_t)i0 * w + j0) * wd, wd * sizeof(uint32_t));
-                for (long i = i0; i < i1; i++)
-                    for (long j = (i == i0 ? j0 + 1 : j0); j < j1; j++)
-                        band(dst, xb + ((size_t)i * w + j) * wd, wd);
-            }
-        }
+typedef struct {
+    pybnn_band_fn band;
+    const uint32_t *x;
+    int h, w, words, kh, kw, sh, sw, pad_top, pad_left, hout, wout;
+    size_t total;
+    uint32_t *out;
+} pybnn_bpool_job;
+
+/* Output pixels [lo, hi) of the flattened (n, hout, wout) grid. */
+static void pybnn_bpool_part(void *ctx, int part, int nparts) {
+    const pybnn_bpool_job *j = (const pybnn_bpool_job *)ctx;
+    size_t lo, hi, wd = (size_t)j->words;
+    pybnn_par_range(j->total, part, nparts, &lo, &hi);
+    for (size_t p = lo; p < hi; p++) {
+        int ow = (int)(p % (size_t)j->wout), oh = (int)((p / (size_t)j->wout) % (size_t)j->hout);
+        size_t b = p / ((size_t)j->wout * (size_t)j->hout);
+        const uint32_t *xb = j->x + b * (size_t)j->h * j->w * wd;
+        long ih0 = (long)oh * j->sh - j->pad_top, iw0 = (long)ow * j->sw - j->pad_left;
+        long i0 = PYBNN_MAX(ih0, 0L), i1 = PYBNN_MIN(ih0 + j->kh, (long)j->h);
+        long j0 = PYBNN_MAX(iw0, 0L), j1 = PYBNN_MIN(iw0 + j->kw, (long)j->w);
+        uint32_t *dst = j->out + p * wd;
+        /* Start from the first in-range pixel rather than all-ones, so padding
+         * bits are copied zeros. */
+        memcpy(dst, xb + ((size_t)i0 * j->w + j0) * wd, wd * sizeof(uint32_t));
+        for (long i = i0; i < i1; i++)
+            for (long jj = (i == i0 ? j0 + 1 : j0); jj < j1; jj++)
+                j->band(dst, xb + ((size_t)i * j->w + jj) * wd, wd);
     }
+}
+
+/* x: (n, h, w, words) -> out: (n, hout, wout, words); output pixels are split into up to
+ * `threads` contiguous ranges. */
+static int pybnn_bmaxpool2d(int isa, int threads, const uint32_t *x, int n, int h, int w,
+                            int words, int kh, int kw, int sh, int sw, int pad_top, int pad_left,
+                            int hout, int wout, uint32_t *out) {
+    int used;
+    pybnn_bpool_job j = {pybnn_band_pick(isa, &used), x, h, w, words, kh, kw, sh, sw, pad_top,
+                         pad_left, hout, wout, (size_t)n * hout * wout, out};
+    /* Work (common.h units): ~3 ns per window position plus its words. */
+    double work = (double)j.total * (double)kh * kw * (30.0 + words);
+    pybnn_par_run(pybnn_par_parts(threads, j.total, work), pybnn_bpool_part, &j);
     return used;
 }
 

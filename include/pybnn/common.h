@@ -14,6 +14,10 @@
 #include <stddef.h>
 #include <string.h>
 
+#ifdef _OPENMP
+#include <unistd.h> /* getpid */
+#endif
+
 /* Instruction-set paths, best last.  The numbers are part of the Python API (pybnn.cpu). */
 enum {
     PYBNN_ISA_SCALAR = 0, /* portable C: the runtime fallback on every CPU */
@@ -66,6 +70,82 @@ static inline int pybnn_isa_supported(int isa) {
     default:
         return 0;
     }
+}
+
+/* ---------------------------------------------------------------- threads
+ *
+ * Every driver (the selector-level function a Cython wrapper calls) takes `threads`, the
+ * most threads it may use, splits its output into `nparts` contiguous ranges (of rows, of
+ * pixels, or of output-channel blocks) and hands each range to pybnn_par_run, which runs
+ * the parts on an OpenMP team when the build has OpenMP and one after the other otherwise.
+ * Every output element is computed by exactly one part, by the same code and in the same
+ * order whatever the partition, so results are bit-identical for every thread count
+ * (float kernels split channels only at boundaries of their channel groups).
+ *
+ * Work is estimated per kernel in units of about 0.1 ns of one AVX2 core (calibrated per
+ * kernel: one 32-bit XNOR-popcount word per output channel in bconv2d, 2-6 multiply-adds
+ * in the GEMMs, ~3 bytes copied by im2col, ...).  A part must get at least
+ * PYBNN_PAR_GRAIN units (about 13 us), so a kernel goes parallel only above 2 grains
+ * (about 25-40 us on one core): waking the team costs a few us when its threads are
+ * still spinning from the previous kernel and tens of us when they sleep, and on a busy
+ * machine a part can wait a whole scheduler time slice for a core. */
+#define PYBNN_PAR_GRAIN 131072.0
+#define PYBNN_PAR_MAX_THREADS 256
+
+/* Parts to split `work` units into: at most `threads`, at most `units` (the number of
+ * indivisible pieces of output) and at most work / PYBNN_PAR_GRAIN. */
+static inline int pybnn_par_parts(int threads, size_t units, double work) {
+    if (threads <= 1 || units <= 1 || work < 2.0 * PYBNN_PAR_GRAIN)
+        return 1;
+    double by_work = work / PYBNN_PAR_GRAIN;
+    size_t t = (size_t)PYBNN_MIN(threads, PYBNN_PAR_MAX_THREADS);
+    if ((double)t > by_work)
+        t = (size_t)by_work;
+    if (t > units)
+        t = units;
+    return t < 1 ? 1 : (int)t;
+}
+
+/* Range [*lo, *hi) of part `part` when `units` are split into `nparts` near-equal ranges. */
+static inline void pybnn_par_range(size_t units, int part, int nparts, size_t *lo, size_t *hi) {
+    *lo = units / (size_t)nparts * (size_t)part + PYBNN_MIN(units % (size_t)nparts, (size_t)part);
+    *hi = *lo + units / (size_t)nparts + ((size_t)part < units % (size_t)nparts);
+}
+
+typedef void (*pybnn_part_fn)(void *ctx, int part, int nparts);
+
+/* Runs fn(ctx, p, nparts) for p = 0 .. nparts-1, in parallel when OpenMP is available.
+ * GNU OpenMP cannot run a parallel region in a child forked after the parent ran one (the
+ * child waits forever for the parent's threads), so a process that is not the one that
+ * first went parallel here runs the parts serially: same results, one core. */
+static void pybnn_par_run(int nparts, pybnn_part_fn fn, void *ctx) {
+#ifdef _OPENMP
+    if (nparts > 1) {
+        static pid_t owner = 0; /* process that ran this module's first parallel region */
+        pid_t me = getpid(), expected = 0;
+        if (!__atomic_compare_exchange_n(&owner, &expected, me, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE) &&
+            expected != me) {
+            for (int p = 0; p < nparts; p++)
+                fn(ctx, p, nparts);
+            return;
+        }
+#pragma omp parallel for schedule(static) num_threads(nparts)
+        for (int p = 0; p < nparts; p++)
+            fn(ctx, p, nparts);
+        return;
+    }
+#endif
+    for (int p = 0; p < nparts; p++)
+        fn(ctx, p, nparts);
+}
+
+/* 1 if this build runs parts in parallel (compiled with OpenMP). */
+static inline int pybnn_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
 }
 
 #endif

@@ -52,6 +52,11 @@ static inline int32_t pybnn_bgemm_popcount(const uint8_t *wp, size_t k, size_t c
     return (int32_t)pybnn_bgemm_u32(wp + PYBNN_BGEMM_HEADER + (cout * pybnn_bgemm_words(k) + n) * 4);
 }
 
+/* Row `n` counted from `rows`, the first row of a channel range (variants see only their range). */
+static inline const uint8_t *pybnn_bgemm_wrow(const uint8_t *rows, size_t k, size_t n) {
+    return rows + n * pybnn_bgemm_words(k) * 4;
+}
+
 /* w: (cout, k) float32 row-major; bit = 1 (weight -1) unless w >= 0 (so 0.0 and -0.0 give
  * +1; NaN gives -1).  dst: pybnn_bgemm_packed_size(k, cout) bytes. */
 static inline void pybnn_bgemm_pack(const float *w, size_t k, size_t cout, uint8_t *dst) {
@@ -73,13 +78,13 @@ static inline void pybnn_bgemm_pack(const float *w, size_t k, size_t cout, uint8
 
 /* ================================================================ scalar */
 
-static void pybnn_fbgemm_scalar(const float *a, size_t lda, size_t m, const uint8_t *wp, size_t k,
+static void pybnn_fbgemm_scalar(const float *a, size_t lda, size_t m, const uint8_t *rows, size_t k,
                                 size_t cout, float *out, size_t ldo) {
     const size_t kw = pybnn_bgemm_words(k);
     for (size_t i = 0; i < m; i++) {
         const float *arow = a + i * lda;
         for (size_t n = 0; n < cout; n++) {
-            const uint8_t *wrow = pybnn_bgemm_row(wp, k, n);
+            const uint8_t *wrow = pybnn_bgemm_wrow(rows, k, n);
             float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}; /* 4 chains: the adds do not wait on each other */
             for (size_t j = 0; j < kw; j++) {
                 const uint32_t word = pybnn_bgemm_u32(wrow + 4 * j);
@@ -99,13 +104,14 @@ static void pybnn_fbgemm_scalar(const float *a, size_t lda, size_t m, const uint
     }
 }
 
-static void pybnn_ibgemm_scalar(const int8_t *a, size_t lda, size_t m, const uint8_t *wp, size_t k,
-                                size_t cout, int a_zp, int32_t *out, size_t ldo) {
+static void pybnn_ibgemm_scalar(const int8_t *a, size_t lda, size_t m, const uint8_t *rows,
+                                const uint8_t *pops, size_t k, size_t cout, int a_zp, int32_t *out,
+                                size_t ldo) {
     const size_t kw = pybnn_bgemm_words(k);
     for (size_t i = 0; i < m; i++) {
         const int8_t *arow = a + i * lda;
         for (size_t n = 0; n < cout; n++) {
-            const uint8_t *wrow = pybnn_bgemm_row(wp, k, n);
+            const uint8_t *wrow = pybnn_bgemm_wrow(rows, k, n);
             int32_t acc = 0;
             for (size_t j = 0; j < kw; j++) {
                 const uint32_t word = pybnn_bgemm_u32(wrow + 4 * j);
@@ -199,8 +205,9 @@ PYBNN_TARGET_SSE4 static inline int32_t pybnn_ibgemm_usum_sse4(const int8_t *aro
     return (int32_t)(_mm_cvtsi128_si64(s) + _mm_extract_epi64(s, 1));
 }
 
-PYBNN_TARGET_SSE4 static void pybnn_ibgemm_sse4(const int8_t *a, size_t lda, size_t m, const uint8_t *wp,
-                                                size_t k, size_t cout, int a_zp, int32_t *out, size_t ldo) {
+PYBNN_TARGET_SSE4 static void pybnn_ibgemm_sse4(const int8_t *a, size_t lda, size_t m, const uint8_t *rows,
+                                                const uint8_t *pops, size_t k, size_t cout, int a_zp,
+                                                int32_t *out, size_t ldo) {
     const size_t kw = pybnn_bgemm_words(k);
     int8_t tailbuf[32];
     for (size_t i = 0; i < m; i++) {
@@ -214,11 +221,11 @@ PYBNN_TARGET_SSE4 static void pybnn_ibgemm_sse4(const int8_t *a, size_t lda, siz
         for (size_t n = 0; n < cout;) {
             const int nc = n + 4 <= cout ? 4 : 1;
             if (nc == 4)
-                pybnn_ibgemm_row_sse4(arow, tail, kw, pybnn_bgemm_row(wp, k, n), 4, t);
+                pybnn_ibgemm_row_sse4(arow, tail, kw, pybnn_bgemm_wrow(rows, k, n), 4, t);
             else
-                pybnn_ibgemm_row_sse4(arow, tail, kw, pybnn_bgemm_row(wp, k, n), 1, t);
+                pybnn_ibgemm_row_sse4(arow, tail, kw, pybnn_bgemm_wrow(rows, k, n), 1, t);
             for (int c = 0; c < nc; c++)
-                out[i * ldo + n + c] = pybnn_ibgemm_finish(usum, t[c], k, pybnn_bgemm_popcount(wp, k, cout, n + c), a_zp);
+                out[i * ldo + n + c] = pybnn_ibgemm_finish(usum, t[c], k, (int32_t)pybnn_bgemm_u32(pops + 4 * (n + c)), a_zp);
             n += nc;
         }
     }
@@ -260,16 +267,16 @@ pybnn_fbgemm_row_sse4(const float *arow, size_t k, const uint8_t *w, size_t kw, 
     }
 }
 
-PYBNN_TARGET_SSE4 static void pybnn_fbgemm_sse4(const float *a, size_t lda, size_t m, const uint8_t *wp,
+PYBNN_TARGET_SSE4 static void pybnn_fbgemm_sse4(const float *a, size_t lda, size_t m, const uint8_t *rows,
                                                 size_t k, size_t cout, float *out, size_t ldo) {
     const size_t kw = pybnn_bgemm_words(k);
     for (size_t i = 0; i < m; i++) {
         for (size_t n = 0; n < cout;) {
             if (n + 4 <= cout) {
-                pybnn_fbgemm_row_sse4(a + i * lda, k, pybnn_bgemm_row(wp, k, n), kw, 4, out + i * ldo + n);
+                pybnn_fbgemm_row_sse4(a + i * lda, k, pybnn_bgemm_wrow(rows, k, n), kw, 4, out + i * ldo + n);
                 n += 4;
             } else {
-                pybnn_fbgemm_row_sse4(a + i * lda, k, pybnn_bgemm_row(wp, k, n), kw, 1, out + i * ldo + n);
+                pybnn_fbgemm_row_sse4(a + i * lda, k, pybnn_bgemm_wrow(rows, k, n), kw, 1, out + i * ldo + n);
                 n += 1;
             }
         }
@@ -327,8 +334,9 @@ PYBNN_TARGET_AVX2 static inline int32_t pybnn_ibgemm_usum_avx2(const int8_t *aro
     return (int32_t)(_mm_cvtsi128_si64(h) + _mm_extract_epi64(h, 1));
 }
 
-PYBNN_TARGET_AVX2 static void pybnn_ibgemm_avx2(const int8_t *a, size_t lda, size_t m, const uint8_t *wp,
-                                                size_t k, size_t cout, int a_zp, int32_t *out, size_t ldo) {
+PYBNN_TARGET_AVX2 static void pybnn_ibgemm_avx2(const int8_t *a, size_t lda, size_t m, const uint8_t *rows,
+                                                const uint8_t *pops, size_t k, size_t cout, int a_zp,
+                                                int32_t *out, size_t ldo) {
     const size_t kw = pybnn_bgemm_words(k);
     int8_t tailbuf[32];
     for (size_t i = 0; i < m; i++) {
@@ -342,11 +350,11 @@ PYBNN_TARGET_AVX2 static void pybnn_ibgemm_avx2(const int8_t *a, size_t lda, siz
         for (size_t n = 0; n < cout;) {
             const int nc = n + 4 <= cout ? 4 : 1;
             if (nc == 4)
-                pybnn_ibgemm_row_avx2(arow, tail, kw, pybnn_bgemm_row(wp, k, n), 4, t);
+                pybnn_ibgemm_row_avx2(arow, tail, kw, pybnn_bgemm_wrow(rows, k, n), 4, t);
             else
-                pybnn_ibgemm_row_avx2(arow, tail, kw, pybnn_bgemm_row(wp, k, n), 1, t);
+                pybnn_ibgemm_row_avx2(arow, tail, kw, pybnn_bgemm_wrow(rows, k, n), 1, t);
             for (int c = 0; c < nc; c++)
-                out[i * ldo + n + c] = pybnn_ibgemm_finish(usum, t[c], k, pybnn_bgemm_popcount(wp, k, cout, n + c), a_zp);
+                out[i * ldo + n + c] = pybnn_ibgemm_finish(usum, t[c], k, (int32_t)pybnn_bgemm_u32(pops + 4 * (n + c)), a_zp);
             n += nc;
         }
     }
@@ -388,16 +396,16 @@ pybnn_fbgemm_row_avx2(const float *arow, size_t k, const uint8_t *w, size_t kw, 
     }
 }
 
-PYBNN_TARGET_AVX2 static void pybnn_fbgemm_avx2(const float *a, size_t lda, size_t m, const uint8_t *wp,
+PYBNN_TARGET_AVX2 static void pybnn_fbgemm_avx2(const float *a, size_t lda, size_t m, const uint8_t *rows,
                                                 size_t k, size_t cout, float *out, size_t ldo) {
     const size_t kw = pybnn_bgemm_words(k);
     for (size_t i = 0; i < m; i++) {
         for (size_t n = 0; n < cout;) {
             if (n + 4 <= cout) {
-                pybnn_fbgemm_row_avx2(a + i * lda, k, pybnn_bgemm_row(wp, k, n), kw, 4, out + i * ldo + n);
+                pybnn_fbgemm_row_avx2(a + i * lda, k, pybnn_bgemm_wrow(rows, k, n), kw, 4, out + i * ldo + n);
                 n += 4;
             } else {
-                pybnn_fbgemm_row_avx2(a + i * lda, k, pybnn_bgemm_row(wp, k, n), kw, 1, out + i * ldo + n);
+                pybnn_fbgemm_row_avx2(a + i * lda, k, pybnn_bgemm_wrow(rows, k, n), kw, 1, out + i * ldo + n);
                 n += 1;
             }
         }
@@ -409,7 +417,7 @@ PYBNN_TARGET_AVX2 static void pybnn_fbgemm_avx2(const float *a, size_t lda, size
 /* ================================================================ NEON */
 
 /* fbgemm: vtstq marks the lanes whose weight bit is set; their sign bit is flipped. */
-static void pybnn_fbgemm_neon(const float *a, size_t lda, size_t m, const uint8_t *wp, size_t k,
+static void pybnn_fbgemm_neon(const float *a, size_t lda, size_t m, const uint8_t *rows, size_t k,
                               size_t cout, float *out, size_t ldo) {
     const size_t kw = pybnn_bgemm_words(k);
     const uint32_t bits_init[4] = {1, 2, 4, 8};
@@ -417,7 +425,7 @@ static void pybnn_fbgemm_neon(const float *a, size_t lda, size_t m, const uint8_
     for (size_t i = 0; i < m; i++) {
         const float *arow = a + i * lda;
         for (size_t n = 0; n < cout; n++) {
-            const uint8_t *wrow = pybnn_bgemm_row(wp, k, n);
+            const uint8_t *wrow = pybnn_bgemm_wrow(rows, k, n);
             float32x4_t acc = vdupq_n_f32(0.0f);
             for (size_t j = 0; j < kw; j++) {
                 const uint32x4_t wv = vdupq_n_u32(pybnn_bgemm_u32(wrow + 4 * j));
@@ -445,8 +453,9 @@ static void pybnn_fbgemm_neon(const float *a, size_t lda, size_t m, const uint8_
  * sum (a - zp) s = A - 2T - zp (K - 2 popcount).  int16 lanes gain at most 4*128 per word
  * (two pairwise adds of two bytes) and are widened every PYBNN_IBGEMM_FLUSH_NEON words. */
 #define PYBNN_IBGEMM_FLUSH_NEON 32
-static void pybnn_ibgemm_neon(const int8_t *a, size_t lda, size_t m, const uint8_t *wp, size_t k,
-                              size_t cout, int a_zp, int32_t *out, size_t ldo) {
+static void pybnn_ibgemm_neon(const int8_t *a, size_t lda, size_t m, const uint8_t *rows,
+                              const uint8_t *pops, size_t k, size_t cout, int a_zp, int32_t *out,
+                              size_t ldo) {
     const size_t kw = pybnn_bgemm_words(k);
     const uint8_t bitsel_init[16] = {1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128};
     const uint8x16_t bitsel = vld1q_u8(bitsel_init);
@@ -458,7 +467,7 @@ static void pybnn_ibgemm_neon(const int8_t *a, size_t lda, size_t m, const uint8
         int32_t asum = 0;
         for (size_t kk = 0; kk < k; kk++) asum += arow[kk];
         for (size_t n = 0; n < cout; n++) {
-            const uint8_t *wrow = pybnn_bgemm_row(wp, k, n);
+            const uint8_t *wrow = pybnn_bgemm_wrow(rows, k, n);
             int16x8_t acc16 = vdupq_n_s16(0);
             int32x4_t acc32 = vdupq_n_s32(0);
             for (size_t j = 0; j < kw; j++) {
@@ -478,7 +487,7 @@ static void pybnn_ibgemm_neon(const int8_t *a, size_t lda, size_t m, const uint8
             int32_t s[4];
             vst1q_s32(s, acc32);
             const int32_t t = s[0] + s[1] + s[2] + s[3];
-            const int32_t pop = pybnn_bgemm_popcount(wp, k, cout, n);
+            const int32_t pop = (int32_t)pybnn_bgemm_u32(pops + 4 * n);
             out[i * ldo + n] = (int32_t)((uint32_t)asum - 2u * (uint32_t)t -
                                          (uint32_t)a_zp * ((uint32_t)k - 2u * (uint32_t)pop));
         }
@@ -486,54 +495,110 @@ static void pybnn_ibgemm_neon(const int8_t *a, size_t lda, size_t m, const uint8
 }
 #endif /* PYBNN_NEON */
 
-/* ================================================================ selectors
- * Run the best variant at or below `isa` that is built and supported; return its ISA.
- * `wp` must have passed pybnn_bgemm_check(wp, size, k, cout); k >= 1. */
+/* ================================================================ drivers
+ *
+ * Variants take the rows (and, for ibgemm, popcounts) of the channel range they compute and
+ * its channel count.  The drivers split rows, or, when there are fewer rows than parts
+ * (dense layers at small batch), output channels in groups of 4, into up to `threads`
+ * contiguous ranges.  Channel ranges start at multiples of 4 and end at a multiple of 4 or
+ * at cout, so every channel lands in the same 4-channel group of the SSE4/AVX2 fbgemm as
+ * without threads and its float sum is rounded identically: results are bit-identical for
+ * every thread count.  `wp` must have passed pybnn_bgemm_check(wp, size, k, cout); k >= 1. */
+#define PYBNN_BGEMM_NGROUP 4
 
-static inline int pybnn_fbgemm(int isa, const float *a, size_t lda, size_t m, const uint8_t *wp, size_t k,
-                               size_t cout, float *out, size_t ldo) {
+typedef void (*pybnn_fbgemm_fn)(const float *a, size_t lda, size_t m, const uint8_t *rows, size_t k,
+                                size_t cout, float *out, size_t ldo);
+typedef void (*pybnn_ibgemm_fn)(const int8_t *a, size_t lda, size_t m, const uint8_t *rows,
+                                const uint8_t *pops, size_t k, size_t cout, int a_zp, int32_t *out,
+                                size_t ldo);
+
+static inline pybnn_fbgemm_fn pybnn_fbgemm_pick(int isa, int *used) {
 #if PYBNN_NEON
-    if (isa >= PYBNN_ISA_NEON) {
-        pybnn_fbgemm_neon(a, lda, m, wp, k, cout, out, ldo);
-        return PYBNN_ISA_NEON;
-    }
+    if (isa >= PYBNN_ISA_NEON) { *used = PYBNN_ISA_NEON; return pybnn_fbgemm_neon; }
 #endif
 #if PYBNN_X86
-    if (isa >= PYBNN_ISA_AVX2 && pybnn_isa_supported(PYBNN_ISA_AVX2)) {
-        pybnn_fbgemm_avx2(a, lda, m, wp, k, cout, out, ldo);
-        return PYBNN_ISA_AVX2;
-    }
-    if (isa >= PYBNN_ISA_SSE4 && pybnn_isa_supported(PYBNN_ISA_SSE4)) {
-        pybnn_fbgemm_sse4(a, lda, m, wp, k, cout, out, ldo);
-        return PYBNN_ISA_SSE4;
-    }
+    if (isa >= PYBNN_ISA_AVX2 && pybnn_isa_supported(PYBNN_ISA_AVX2)) { *used = PYBNN_ISA_AVX2; return pybnn_fbgemm_avx2; }
+    if (isa >= PYBNN_ISA_SSE4 && pybnn_isa_supported(PYBNN_ISA_SSE4)) { *used = PYBNN_ISA_SSE4; return pybnn_fbgemm_sse4; }
 #endif
     (void)isa;
-    pybnn_fbgemm_scalar(a, lda, m, wp, k, cout, out, ldo);
-    return PYBNN_ISA_SCALAR;
+    *used = PYBNN_ISA_SCALAR;
+    return pybnn_fbgemm_scalar;
 }
 
-static inline int pybnn_ibgemm(int isa, const int8_t *a, size_t lda, size_t m, const uint8_t *wp, size_t k,
-                               size_t cout, int a_zp, int32_t *out, size_t ldo) {
+static inline pybnn_ibgemm_fn pybnn_ibgemm_pick(int isa, int *used) {
 #if PYBNN_NEON
-    if (isa >= PYBNN_ISA_NEON) {
-        pybnn_ibgemm_neon(a, lda, m, wp, k, cout, a_zp, out, ldo);
-        return PYBNN_ISA_NEON;
-    }
+    if (isa >= PYBNN_ISA_NEON) { *used = PYBNN_ISA_NEON; return pybnn_ibgemm_neon; }
 #endif
 #if PYBNN_X86
-    if (isa >= PYBNN_ISA_AVX2 && pybnn_isa_supported(PYBNN_ISA_AVX2)) {
-        pybnn_ibgemm_avx2(a, lda, m, wp, k, cout, a_zp, out, ldo);
-        return PYBNN_ISA_AVX2;
-    }
-    if (isa >= PYBNN_ISA_SSE4 && pybnn_isa_supported(PYBNN_ISA_SSE4)) {
-        pybnn_ibgemm_sse4(a, lda, m, wp, k, cout, a_zp, out, ldo);
-        return PYBNN_ISA_SSE4;
-    }
+    if (isa >= PYBNN_ISA_AVX2 && pybnn_isa_supported(PYBNN_ISA_AVX2)) { *used = PYBNN_ISA_AVX2; return pybnn_ibgemm_avx2; }
+    if (isa >= PYBNN_ISA_SSE4 && pybnn_isa_supported(PYBNN_ISA_SSE4)) { *used = PYBNN_ISA_SSE4; return pybnn_ibgemm_sse4; }
 #endif
     (void)isa;
-    pybnn_ibgemm_scalar(a, lda, m, wp, k, cout, a_zp, out, ldo);
-    return PYBNN_ISA_SCALAR;
+    *used = PYBNN_ISA_SCALAR;
+    return pybnn_ibgemm_scalar;
+}
+
+typedef struct {
+    pybnn_fbgemm_fn ffn;
+    pybnn_ibgemm_fn ifn;
+    const void *a;     /* float or int8 rows */
+    size_t esize;      /* bytes per activation */
+    const uint8_t *rows, *pops;
+    size_t lda, m, k, cout, ldo;
+    int a_zp, by_rows;
+    void *out;         /* float or int32, 4 bytes per element */
+} pybnn_bgemm_job;
+
+static void pybnn_bgemm_part(void *ctx, int part, int nparts) {
+    const pybnn_bgemm_job *j = (const pybnn_bgemm_job *)ctx;
+    size_t r0 = 0, r1 = j->m, c0 = 0, c1 = j->cout, lo, hi;
+    if (j->by_rows) {
+        pybnn_par_range(j->m, part, nparts, &r0, &r1);
+    } else {
+        pybnn_par_range((j->cout + PYBNN_BGEMM_NGROUP - 1) / PYBNN_BGEMM_NGROUP, part, nparts, &lo, &hi);
+        c0 = lo * PYBNN_BGEMM_NGROUP;
+        c1 = PYBNN_MIN(hi * PYBNN_BGEMM_NGROUP, j->cout);
+    }
+    if (r0 >= r1 || c0 >= c1)
+        return;
+    const uint8_t *a = (const uint8_t *)j->a + r0 * j->lda * j->esize;
+    const uint8_t *rows = pybnn_bgemm_wrow(j->rows, j->k, c0);
+    uint8_t *out = (uint8_t *)j->out + (r0 * j->ldo + c0) * 4;
+    if (j->ffn)
+        j->ffn((const float *)a, j->lda, r1 - r0, rows, j->k, c1 - c0, (float *)out, j->ldo);
+    else
+        j->ifn((const int8_t *)a, j->lda, r1 - r0, rows, j->pops + 4 * c0, j->k, c1 - c0, j->a_zp,
+               (int32_t *)out, j->ldo);
+}
+
+static inline void pybnn_bgemm_run(pybnn_bgemm_job *j, int threads, double work) {
+    size_t groups = (j->cout + PYBNN_BGEMM_NGROUP - 1) / PYBNN_BGEMM_NGROUP;
+    int nparts = pybnn_par_parts(threads, PYBNN_MAX(j->m, groups), work);
+    j->by_rows = j->m >= (size_t)nparts * 4 || groups < (size_t)nparts;
+    nparts = (int)PYBNN_MIN((size_t)nparts, j->by_rows ? j->m : groups);
+    pybnn_par_run(nparts, pybnn_bgemm_part, j);
+}
+
+static inline int pybnn_fbgemm(int isa, int threads, const float *a, size_t lda, size_t m,
+                               const uint8_t *wp, size_t k, size_t cout, float *out, size_t ldo) {
+    int used;
+    pybnn_bgemm_job j = {pybnn_fbgemm_pick(isa, &used), NULL, a, sizeof(float),
+                         pybnn_bgemm_row(wp, k, 0), NULL, lda, m, k, cout, ldo, 0, 1, out};
+    if (m)  /* Work (common.h units): one per 2 float adds. */
+        pybnn_bgemm_run(&j, threads, (double)m * (double)cout * (double)k / 2.0);
+    return used;
+}
+
+static inline int pybnn_ibgemm(int isa, int threads, const int8_t *a, size_t lda, size_t m,
+                               const uint8_t *wp, size_t k, size_t cout, int a_zp, int32_t *out,
+                               size_t ldo) {
+    int used;
+    pybnn_bgemm_job j = {NULL, pybnn_ibgemm_pick(isa, &used), a, 1, pybnn_bgemm_row(wp, k, 0),
+                         wp + PYBNN_BGEMM_HEADER + cout * pybnn_bgemm_words(k) * 4, lda, m, k, cout,
+                         ldo, a_zp, 1, out};
+    if (m)  /* Work (common.h units): one per 6 multiply-adds. */
+        pybnn_bgemm_run(&j, threads, (double)m * (double)cout * (double)k / 6.0);
+    return used;
 }
 
 #endif

@@ -81,10 +81,11 @@ static inline void pybnn_igemm_pack(const int8_t *w, size_t k, size_t cout, uint
 /* ---------------------------------------------------------------- scalar */
 
 /* Reference variant: (a - zp) * w directly, independent of the row sums. */
-static void pybnn_igemm_scalar(const int8_t *a, size_t lda, size_t m, const uint8_t *wp, size_t k,
-                               size_t cout, int a_zp, int32_t *out, size_t ldo) {
+static void pybnn_igemm_scalar(const int8_t *a, size_t lda, size_t m, const int8_t *panels,
+                               const uint8_t *sums, size_t k, size_t cout, int a_zp, int32_t *out,
+                               size_t ldo) {
+    (void)sums;
     const size_t kp = pybnn_igemm_kpad(k), np = pybnn_igemm_npanels(cout);
-    const int8_t *panels = pybnn_igemm_panels(wp);
     for (size_t i = 0; i < m; i++) {
         const int8_t *arow = a + i * lda;
         for (size_t p = 0; p < np; p++) {
@@ -169,11 +170,10 @@ pybnn_igemm_row_sse4(const int8_t *arow, size_t k, size_t kp, const int8_t *pane
     }
 }
 
-PYBNN_TARGET_SSE4 static void pybnn_igemm_sse4(const int8_t *a, size_t lda, size_t m, const uint8_t *wp,
-                                               size_t k, size_t cout, int a_zp, int32_t *out, size_t ldo) {
+PYBNN_TARGET_SSE4 static void pybnn_igemm_sse4(const int8_t *a, size_t lda, size_t m, const int8_t *panels,
+                                               const uint8_t *sums, size_t k, size_t cout, int a_zp,
+                                               int32_t *out, size_t ldo) {
     const size_t kp = pybnn_igemm_kpad(k), np = pybnn_igemm_npanels(cout);
-    const int8_t *panels = pybnn_igemm_panels(wp);
-    const uint8_t *sums = pybnn_igemm_rowsums(wp, k, cout);
     for (size_t i = 0; i < m; i++) {
         for (size_t p = 0; p < np;) {
             const size_t n0 = p * PYBNN_IGEMM_NR;
@@ -227,11 +227,10 @@ pybnn_igemm_row_avx2(const int8_t *arow, size_t k, size_t kp, const int8_t *pane
     }
 }
 
-PYBNN_TARGET_AVX2 static void pybnn_igemm_avx2(const int8_t *a, size_t lda, size_t m, const uint8_t *wp,
-                                               size_t k, size_t cout, int a_zp, int32_t *out, size_t ldo) {
+PYBNN_TARGET_AVX2 static void pybnn_igemm_avx2(const int8_t *a, size_t lda, size_t m, const int8_t *panels,
+                                               const uint8_t *sums, size_t k, size_t cout, int a_zp,
+                                               int32_t *out, size_t ldo) {
     const size_t kp = pybnn_igemm_kpad(k), np = pybnn_igemm_npanels(cout);
-    const int8_t *panels = pybnn_igemm_panels(wp);
-    const uint8_t *sums = pybnn_igemm_rowsums(wp, k, cout);
     for (size_t i = 0; i < m; i++) {
         for (size_t p = 0; p < np;) {
             const size_t n0 = p * PYBNN_IGEMM_NR;
@@ -255,11 +254,10 @@ PYBNN_TARGET_AVX2 static void pybnn_igemm_avx2(const int8_t *a, size_t lda, size
 
 /* One row, one panel: per k-pair, vmull_s8 of 4 channels x (a0, a1) gives 8 int16 products
  * (|p| <= 16384, exact) and vpadalq_s16 adds each pair into that channel's int32 sum. */
-static void pybnn_igemm_neon(const int8_t *a, size_t lda, size_t m, const uint8_t *wp, size_t k,
-                             size_t cout, int a_zp, int32_t *out, size_t ldo) {
+static void pybnn_igemm_neon(const int8_t *a, size_t lda, size_t m, const int8_t *panels,
+                             const uint8_t *sums, size_t k, size_t cout, int a_zp, int32_t *out,
+                             size_t ldo) {
     const size_t kp = pybnn_igemm_kpad(k), np = pybnn_igemm_npanels(cout);
-    const int8_t *panels = pybnn_igemm_panels(wp);
-    const uint8_t *sums = pybnn_igemm_rowsums(wp, k, cout);
     const int32x4_t zp = vdupq_n_s32(a_zp);
     for (size_t i = 0; i < m; i++) {
         const int8_t *arow = a + i * lda;
@@ -286,31 +284,74 @@ static void pybnn_igemm_neon(const int8_t *a, size_t lda, size_t m, const uint8_
 }
 #endif /* PYBNN_NEON */
 
-/* ---------------------------------------------------------------- selector */
+/* ---------------------------------------------------------------- driver
+ *
+ * Variants take the panels and row sums of the channel range they compute (starting at a
+ * panel boundary) and its channel count; the driver splits rows, or, when there are fewer
+ * rows than parts (dense layers at small batch), output-channel panels, into up to
+ * `threads` contiguous ranges.  Integer results: identical for any split. */
+typedef void (*pybnn_igemm_fn)(const int8_t *a, size_t lda, size_t m, const int8_t *panels,
+                               const uint8_t *sums, size_t k, size_t cout, int a_zp, int32_t *out,
+                               size_t ldo);
 
-/* Runs the best variant at or below `isa` that is built and supported; returns its ISA.
- * `wp` must have passed pybnn_igemm_check(wp, size, k, cout); k >= 1. */
-static inline int pybnn_igemm(int isa, const int8_t *a, size_t lda, size_t m, const uint8_t *wp, size_t k,
-                              size_t cout, int a_zp, int32_t *out, size_t ldo) {
+/* The variant for `isa` (walking down to scalar); *used receives its ISA number. */
+static inline pybnn_igemm_fn pybnn_igemm_pick(int isa, int *used) {
 #if PYBNN_NEON
-    if (isa >= PYBNN_ISA_NEON) {
-        pybnn_igemm_neon(a, lda, m, wp, k, cout, a_zp, out, ldo);
-        return PYBNN_ISA_NEON;
-    }
+    if (isa >= PYBNN_ISA_NEON) { *used = PYBNN_ISA_NEON; return pybnn_igemm_neon; }
 #endif
 #if PYBNN_X86
-    if (isa >= PYBNN_ISA_AVX2 && pybnn_isa_supported(PYBNN_ISA_AVX2)) {
-        pybnn_igemm_avx2(a, lda, m, wp, k, cout, a_zp, out, ldo);
-        return PYBNN_ISA_AVX2;
-    }
-    if (isa >= PYBNN_ISA_SSE4 && pybnn_isa_supported(PYBNN_ISA_SSE4)) {
-        pybnn_igemm_sse4(a, lda, m, wp, k, cout, a_zp, out, ldo);
-        return PYBNN_ISA_SSE4;
-    }
+    if (isa >= PYBNN_ISA_AVX2 && pybnn_isa_supported(PYBNN_ISA_AVX2)) { *used = PYBNN_ISA_AVX2; return pybnn_igemm_avx2; }
+    if (isa >= PYBNN_ISA_SSE4 && pybnn_isa_supported(PYBNN_ISA_SSE4)) { *used = PYBNN_ISA_SSE4; return pybnn_igemm_sse4; }
 #endif
     (void)isa;
-    pybnn_igemm_scalar(a, lda, m, wp, k, cout, a_zp, out, ldo);
-    return PYBNN_ISA_SCALAR;
+    *used = PYBNN_ISA_SCALAR;
+    return pybnn_igemm_scalar;
+}
+
+typedef struct {
+    pybnn_igemm_fn fn;
+    const int8_t *a, *panels;
+    const uint8_t *sums;
+    size_t lda, m, k, kp, cout, ldo;
+    int a_zp, by_rows;
+    int32_t *out;
+} pybnn_igemm_job;
+
+static void pybnn_igemm_part(void *ctx, int part, int nparts) {
+    const pybnn_igemm_job *j = (const pybnn_igemm_job *)ctx;
+    size_t lo, hi;
+    if (j->by_rows) {
+        pybnn_par_range(j->m, part, nparts, &lo, &hi);
+        if (lo < hi)
+            j->fn(j->a + lo * j->lda, j->lda, hi - lo, j->panels, j->sums, j->k, j->cout, j->a_zp,
+                  j->out + lo * j->ldo, j->ldo);
+    } else {
+        pybnn_par_range(pybnn_igemm_npanels(j->cout), part, nparts, &lo, &hi);
+        size_t c0 = lo * PYBNN_IGEMM_NR, c1 = PYBNN_MIN(hi * PYBNN_IGEMM_NR, j->cout);
+        if (c0 < c1)
+            j->fn(j->a, j->lda, j->m, j->panels + lo * j->kp * PYBNN_IGEMM_NR, j->sums + c0 * 4, j->k,
+                  c1 - c0, j->a_zp, j->out + c0, j->ldo);
+    }
+}
+
+/* Runs the best variant at or below `isa` that is built and supported on up to `threads`
+ * threads; returns its ISA.  `wp` must have passed pybnn_igemm_check(wp, size, k, cout); k >= 1. */
+static inline int pybnn_igemm(int isa, int threads, const int8_t *a, size_t lda, size_t m,
+                              const uint8_t *wp, size_t k, size_t cout, int a_zp, int32_t *out,
+                              size_t ldo) {
+    int used;
+    pybnn_igemm_job j = {pybnn_igemm_pick(isa, &used), a, pybnn_igemm_panels(wp),
+                         pybnn_igemm_rowsums(wp, k, cout), lda, m, k, pybnn_igemm_kpad(k), cout,
+                         ldo, a_zp, 1, out};
+    if (m == 0)
+        return used;
+    size_t np = pybnn_igemm_npanels(cout);
+    /* Work (common.h units): one per 4 multiply-adds. */
+    int nparts = pybnn_par_parts(threads, PYBNN_MAX(m, np), (double)m * (double)cout * (double)k / 4.0);
+    j.by_rows = m >= (size_t)nparts * 4 || np < (size_t)nparts;
+    nparts = (int)PYBNN_MIN((size_t)nparts, j.by_rows ? m : np);
+    pybnn_par_run(nparts, pybnn_igemm_part, &j);
+    return used;
 }
 
 #endif

@@ -174,9 +174,11 @@ PYBNN_TARGET_AVX2 static void pybnn_to_bits_avx2(const int32_t *acc, size_t m, s
 }
 #endif /* PYBNN_X86 */
 
-/* ================================================================ selectors
+/* ================================================================ drivers
  * acc/out are (m, c) row-major and contiguous (to_bits: out is (m, ceil(c/32))).  Each runs
- * the best variant at or below `isa` that is built and supported, and returns its ISA. */
+ * the best variant at or below `isa` that is built and supported, with rows split into up
+ * to `threads` contiguous ranges (each element's value depends only on its row and
+ * channel), and returns its ISA. */
 
 #if PYBNN_X86
 #define PYBNN_OT_USE_AVX2(isa) ((isa) >= PYBNN_ISA_AVX2 && pybnn_isa_supported(PYBNN_ISA_AVX2))
@@ -184,56 +186,96 @@ PYBNN_TARGET_AVX2 static void pybnn_to_bits_avx2(const int32_t *acc, size_t m, s
 #define PYBNN_OT_USE_AVX2(isa) 0
 #endif
 
-static inline int pybnn_to_float_i32(int isa, const int32_t *acc, size_t m, size_t c, const float *mult,
-                                     const float *bias, float lo, float hi, float *out) {
+enum { PYBNN_OT_FLOAT_I32, PYBNN_OT_FLOAT_F32, PYBNN_OT_INT8, PYBNN_OT_BITS };
+
+typedef struct {
+    int kind, avx2;
+    const void *acc;
+    size_t m, c;
+    const float *mult, *fbias;
+    const int32_t *ibias, *thr;
+    const int8_t *dir;
+    float lo, hi;
+    int zp, qmin, qmax;
+    void *out;
+} pybnn_ot_job;
+
+static void pybnn_ot_part(void *ctx, int part, int nparts) {
+    const pybnn_ot_job *j = (const pybnn_ot_job *)ctx;
+    size_t r0, r1, c = j->c;
+    pybnn_par_range(j->m, part, nparts, &r0, &r1);
+    if (r0 >= r1)
+        return;
+    const size_t rows = r1 - r0;
+    const int32_t *ai = (const int32_t *)j->acc + r0 * c;
+    switch (j->kind) {
+    case PYBNN_OT_FLOAT_I32: {
+        float *o = (float *)j->out + r0 * c;
 #if PYBNN_X86
-    if (PYBNN_OT_USE_AVX2(isa)) {
-        pybnn_to_float_i32_avx2(acc, m, c, mult, bias, lo, hi, out);
-        return PYBNN_ISA_AVX2;
-    }
+        if (j->avx2) { pybnn_to_float_i32_avx2(ai, rows, c, j->mult, j->fbias, j->lo, j->hi, o); break; }
 #endif
-    (void)isa;
-    pybnn_to_float_i32_scalar(acc, m, c, mult, bias, lo, hi, out);
-    return PYBNN_ISA_SCALAR;
+        pybnn_to_float_i32_scalar(ai, rows, c, j->mult, j->fbias, j->lo, j->hi, o);
+        break;
+    }
+    case PYBNN_OT_FLOAT_F32: {
+        const float *af = (const float *)j->acc + r0 * c;
+        float *o = (float *)j->out + r0 * c;
+#if PYBNN_X86
+        if (j->avx2) { pybnn_to_float_f32_avx2(af, rows, c, j->mult, j->fbias, j->lo, j->hi, o); break; }
+#endif
+        pybnn_to_float_f32_scalar(af, rows, c, j->mult, j->fbias, j->lo, j->hi, o);
+        break;
+    }
+    case PYBNN_OT_INT8: {
+        int8_t *o = (int8_t *)j->out + r0 * c;
+#if PYBNN_X86
+        if (j->avx2) { pybnn_to_int8_avx2(ai, rows, c, j->ibias, j->mult, j->zp, j->qmin, j->qmax, o); break; }
+#endif
+        pybnn_to_int8_scalar(ai, rows, c, j->ibias, j->mult, j->zp, j->qmin, j->qmax, o);
+        break;
+    }
+    default: {
+        uint32_t *o = (uint32_t *)j->out + r0 * ((c + 31) / 32);
+#if PYBNN_X86
+        if (j->avx2) { pybnn_to_bits_avx2(ai, rows, c, j->thr, j->dir, o); break; }
+#endif
+        pybnn_to_bits_scalar(ai, rows, c, j->thr, j->dir, o);
+        break;
+    }
+    }
 }
 
-static inline int pybnn_to_float_f32(int isa, const float *acc, size_t m, size_t c, const float *mult,
-                                     const float *bias, float lo, float hi, float *out) {
-#if PYBNN_X86
-    if (PYBNN_OT_USE_AVX2(isa)) {
-        pybnn_to_float_f32_avx2(acc, m, c, mult, bias, lo, hi, out);
-        return PYBNN_ISA_AVX2;
-    }
-#endif
-    (void)isa;
-    pybnn_to_float_f32_scalar(acc, m, c, mult, bias, lo, hi, out);
-    return PYBNN_ISA_SCALAR;
+static inline int pybnn_ot_run(int isa, int threads, pybnn_ot_job *j) {
+    j->avx2 = PYBNN_OT_USE_AVX2(isa);
+    /* Work (common.h units): two per element. */
+    pybnn_par_run(pybnn_par_parts(threads, j->m, 2.0 * (double)j->m * (double)j->c), pybnn_ot_part, j);
+    return j->avx2 ? PYBNN_ISA_AVX2 : PYBNN_ISA_SCALAR;
 }
 
-static inline int pybnn_to_int8(int isa, const int32_t *acc, size_t m, size_t c, const int32_t *bias,
-                                const float *mult, int zp, int qmin, int qmax, int8_t *out) {
-#if PYBNN_X86
-    if (PYBNN_OT_USE_AVX2(isa)) {
-        pybnn_to_int8_avx2(acc, m, c, bias, mult, zp, qmin, qmax, out);
-        return PYBNN_ISA_AVX2;
-    }
-#endif
-    (void)isa;
-    pybnn_to_int8_scalar(acc, m, c, bias, mult, zp, qmin, qmax, out);
-    return PYBNN_ISA_SCALAR;
+static inline int pybnn_to_float_i32(int isa, int threads, const int32_t *acc, size_t m, size_t c,
+                                     const float *mult, const float *bias, float lo, float hi, float *out) {
+    pybnn_ot_job j = {PYBNN_OT_FLOAT_I32, 0, acc, m, c, mult, bias, NULL, NULL, NULL, lo, hi, 0, 0, 0, out};
+    return pybnn_ot_run(isa, threads, &j);
 }
 
-static inline int pybnn_to_bits(int isa, const int32_t *acc, size_t m, size_t c, const int32_t *thr,
-                                const int8_t *dir, uint32_t *out) {
-#if PYBNN_X86
-    if (PYBNN_OT_USE_AVX2(isa)) {
-        pybnn_to_bits_avx2(acc, m, c, thr, dir, out);
-        return PYBNN_ISA_AVX2;
-    }
-#endif
-    (void)isa;
-    pybnn_to_bits_scalar(acc, m, c, thr, dir, out);
-    return PYBNN_ISA_SCALAR;
+/* `out` may be `acc` (in place). */
+static inline int pybnn_to_float_f32(int isa, int threads, const float *acc, size_t m, size_t c,
+                                     const float *mult, const float *bias, float lo, float hi, float *out) {
+    pybnn_ot_job j = {PYBNN_OT_FLOAT_F32, 0, acc, m, c, mult, bias, NULL, NULL, NULL, lo, hi, 0, 0, 0, out};
+    return pybnn_ot_run(isa, threads, &j);
+}
+
+static inline int pybnn_to_int8(int isa, int threads, const int32_t *acc, size_t m, size_t c,
+                                const int32_t *bias, const float *mult, int zp, int qmin, int qmax,
+                                int8_t *out) {
+    pybnn_ot_job j = {PYBNN_OT_INT8, 0, acc, m, c, mult, NULL, bias, NULL, NULL, 0.0f, 0.0f, zp, qmin, qmax, out};
+    return pybnn_ot_run(isa, threads, &j);
+}
+
+static inline int pybnn_to_bits(int isa, int threads, const int32_t *acc, size_t m, size_t c,
+                                const int32_t *thr, const int8_t *dir, uint32_t *out) {
+    pybnn_ot_job j = {PYBNN_OT_BITS, 0, acc, m, c, NULL, NULL, NULL, thr, dir, 0.0f, 0.0f, 0, 0, 0, out};
+    return pybnn_ot_run(isa, threads, &j);
 }
 
 #endif

@@ -3,6 +3,9 @@
 
 cdef extern from "pybnn/common.h":
     int pybnn_isa_supported(int isa) nogil
+    int pybnn_openmp() nogil
+    int pybnn_par_parts(int threads, size_t units, double work) nogil
+    double PYBNN_PAR_GRAIN
     int PYBNN_X86, PYBNN_NEON
 
 
@@ -18,3 +21,19 @@ def arch_family():
     if PYBNN_NEON:
         return "arm"
     return "other"
+
+
+def openmp():
+    """True if this build runs kernels on several threads (compiled with OpenMP)."""
+    return bool(pybnn_openmp())
+
+
+def par_parts(int threads, size_t units, double work):
+    """Parts a kernel splits `work` units over (at most `threads`, at most `units`, and 1
+    below the work threshold of 2 * par_grain() units); exposed for tests."""
+    return pybnn_par_parts(threads, units, work)
+
+
+def par_grain():
+    """Least work (in the kernels' work units) worth giving to one more thread."""
+    return PYBNN_PAR_GRAIN

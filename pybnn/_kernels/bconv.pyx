@@ -22,11 +22,11 @@ cdef extern from "pybnn/bconv.h" nogil:
     size_t pybnn_xgemm_wsize(size_t n, size_t kwords)
     void pybnn_bconv_pack_weights(const float *wf, size_t cout, size_t taps, size_t c,
                                   uint32_t *rows, uint32_t *wp)
-    int pybnn_bconv2d(int isa, const pybnn_conv_geom *g, const uint32_t *x,
+    int pybnn_bconv2d(int isa, int threads, const pybnn_conv_geom *g, const uint32_t *x,
                       const uint32_t *wp, const int32_t *tapsum, int32_t *out)
 
 cdef extern from "pybnn/bpool.h" nogil:
-    int pybnn_bmaxpool2d(int isa, const uint32_t *x, int n, int h, int w, int words, int kh,
+    int pybnn_bmaxpool2d(int isa, int threads, const uint32_t *x, int n, int h, int w, int words, int kh,
                          int kw, int sh, int sw, int pad_top, int pad_left, int hout,
                          int wout, uint32_t *out)
 
@@ -35,6 +35,12 @@ cdef int _check_isa(int isa) except -1:
     if not pybnn_isa_supported(isa):
         raise ValueError(f"ISA {isa} is not available on this CPU/build "
                          f"(see pybnn.cpu.available())")
+    return 0
+
+
+cdef int _check_threads(int threads) except -1:
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
     return 0
 
 
@@ -96,9 +102,10 @@ cdef int _check_axis(str axis, long long size, int k, int s, int d, int pad, int
 def bconv2d(const uint32_t[:, :, :, ::1] x, wpacked, int channels, int cout, int kh, int kw,
             int sh, int sw, int dh, int dw, int pad_top, int pad_left, int hout, int wout,
             int pad_value, const int32_t[:, ::1] tapsum, int32_t[:, :, :, ::1] out,
-            int isa=0):
+            int isa=0, int threads=1):
     """Binary convolution: out (N, hout, wout, cout) int32 from x (N, H, W, words) packed
-    with `channels` real channels and wpacked from pack_weights.
+    with `channels` real channels and wpacked from pack_weights, on up to `threads` threads
+    (the result does not depend on it).
 
     out[n,oh,ow,co] = sum_{i,j,c} xval * wval with xval the +-1 input at
     (oh*sh - pad_top + i*dh, ow*sw - pad_left + j*dw), or pad_value (-1, 0, +1) outside.
@@ -109,6 +116,7 @@ def bconv2d(const uint32_t[:, :, :, ::1] x, wpacked, int channels, int cout, int
     cdef const uint32_t[::1] wv
     cdef int used
     _check_isa(isa)
+    _check_threads(threads)
     if channels < 1 or cout < 1:
         raise ValueError(f"channels and cout must be >= 1; got {channels} and {cout}")
     if words != (channels + 31) // 32:
@@ -141,19 +149,21 @@ def bconv2d(const uint32_t[:, :, :, ::1] x, wpacked, int channels, int cout, int
     g.cout, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw = cout, kh, kw, sh, sw, dh, dw
     g.pad_top, g.pad_left, g.hout, g.wout, g.pad_value = pad_top, pad_left, hout, wout, pad_value
     with nogil:
-        used = pybnn_bconv2d(isa, &g, &x[0, 0, 0, 0], &wv[0], &tapsum[0, 0], &out[0, 0, 0, 0])
+        used = pybnn_bconv2d(isa, threads, &g, &x[0, 0, 0, 0], &wv[0], &tapsum[0, 0], &out[0, 0, 0, 0])
     if used < 0:
         raise MemoryError("bconv2d: could not allocate scratch memory")
     return used
 
 
 def bmaxpool2d(const uint32_t[:, :, :, ::1] x, int kh, int kw, int sh, int sw, int pad_top,
-               int pad_left, int hout, int wout, uint32_t[:, :, :, ::1] out, int isa=0):
+               int pad_left, int hout, int wout, uint32_t[:, :, :, ::1] out, int isa=0,
+               int threads=1):
     """Binary max pooling: out (N, hout, wout, words) = AND of the packed bits over each
     window (max of +-1 is +1 if any is +1); positions outside the input are skipped."""
     cdef Py_ssize_t n = x.shape[0], h = x.shape[1], wd = x.shape[2], words = x.shape[3]
     cdef int used
     _check_isa(isa)
+    _check_threads(threads)
     if kh < 1 or kw < 1 or sh < 1 or sw < 1:
         raise ValueError(f"pool size and strides must be >= 1; got {kh}x{kw}, {sh}x{sw}")
     if hout < 1 or wout < 1 or h < 1 or wd < 1:
@@ -174,6 +184,6 @@ def bmaxpool2d(const uint32_t[:, :, :, ::1] x, int kh, int kw, int sh, int sw, i
     if n > 2**31 - 1 or h > 2**31 - 1 or wd > 2**31 - 1 or words > 2**31 - 1:
         raise ValueError("tensor too large")
     with nogil:
-        used = pybnn_bmaxpool2d(isa, &x[0, 0, 0, 0], n, h, wd, words, kh, kw, sh, sw,
+        used = pybnn_bmaxpool2d(isa, threads, &x[0, 0, 0, 0], n, h, wd, words, kh, kw, sh, sw,
                                 pad_top, pad_left, hout, wout, &out[0, 0, 0, 0])
     return used

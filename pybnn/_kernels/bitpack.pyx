@@ -5,23 +5,30 @@ Encoding: (..., C) -> (..., ceil(C/32)) little-endian uint32; channel c is bit c
 word c // 32; bit 0 = +1, bit 1 = -1; padding bits are 0.  See include/pybnn/bitpack.h.
 
 Every function checks shapes before touching memory (ValueError on mismatch), runs the C
-kernel without the GIL and returns the ISA number (pybnn.cpu) of the variant that ran.
+kernel without the GIL on up to `threads` threads (rows split into contiguous ranges; the
+result does not depend on it) and returns the ISA number (pybnn.cpu) of the variant that ran.
 """
 from libc.stdint cimport uint32_t, int8_t, int32_t
 
 cdef extern from "pybnn/bitpack.h" nogil:
     int pybnn_isa_supported(int isa)
-    int pybnn_pack_float(int isa, const float *x, size_t m, size_t c, const float *thr,
+    int pybnn_pack_float(int isa, int threads, const float *x, size_t m, size_t c, const float *thr,
                          const int8_t *dir, uint32_t *out)
-    int pybnn_pack_int8(int isa, const int8_t *q, size_t m, size_t c, const int32_t *thr,
+    int pybnn_pack_int8(int isa, int threads, const int8_t *q, size_t m, size_t c, const int32_t *thr,
                         const int8_t *dir, uint32_t *out)
-    int pybnn_unpack(int isa, const uint32_t *bits, size_t m, size_t c, float *out)
+    int pybnn_unpack(int isa, int threads, const uint32_t *bits, size_t m, size_t c, float *out)
 
 
 cdef int _check_isa(int isa) except -1:
     if not pybnn_isa_supported(isa):
         raise ValueError(f"ISA {isa} is not available on this CPU/build "
                          f"(see pybnn.cpu.available())")
+    return 0
+
+
+cdef int _check_threads(int threads) except -1:
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
     return 0
 
 
@@ -34,7 +41,8 @@ cdef int _check_packed(Py_ssize_t rows, Py_ssize_t words, Py_ssize_t m, Py_ssize
     return 0
 
 
-def pack_float(const float[:, ::1] x, uint32_t[:, ::1] out, thr=None, dir=None, int isa=0):
+def pack_float(const float[:, ::1] x, uint32_t[:, ::1] out, thr=None, dir=None, int isa=0,
+               int threads=1):
     """Pack float32 x (M, C) into out (M, ceil(C/32)).
 
     Without thresholds bit = x < 0.  With thr (float32[C]) and dir (int8[C]):
@@ -47,6 +55,7 @@ def pack_float(const float[:, ::1] x, uint32_t[:, ::1] out, thr=None, dir=None, 
     cdef const int8_t *dp = NULL
     cdef int used
     _check_isa(isa)
+    _check_threads(threads)
     _check_packed(out.shape[0], out.shape[1], m, c, "out")
     if (thr is None) != (dir is None):
         raise ValueError("thr and dir must be given together (or both None)")
@@ -59,32 +68,34 @@ def pack_float(const float[:, ::1] x, uint32_t[:, ::1] out, thr=None, dir=None, 
         tp = &thr_v[0]  # boundscheck is off: for C == 0 this is just the data pointer
         dp = &dir_v[0]
     with nogil:
-        used = pybnn_pack_float(isa, &x[0, 0], m, c, tp, dp, &out[0, 0])
+        used = pybnn_pack_float(isa, threads, &x[0, 0], m, c, tp, dp, &out[0, 0])
     return used
 
 
 def pack_int8(const int8_t[:, ::1] q, uint32_t[:, ::1] out, const int32_t[::1] thr,
-              const int8_t[::1] dir, int isa=0):
+              const int8_t[::1] dir, int isa=0, int threads=1):
     """Pack int8 q (M, C) into out (M, ceil(C/32)) with int32 thresholds thr[C] and
     directions dir[C]: bit = q < thr[c] where dir[c] >= 0, q > thr[c] where dir[c] < 0.
     Plain binarization of a quantized tensor: thr = zero_point, dir = +1."""
     cdef Py_ssize_t m = q.shape[0], c = q.shape[1]
     cdef int used
     _check_isa(isa)
+    _check_threads(threads)
     _check_packed(out.shape[0], out.shape[1], m, c, "out")
     if thr.shape[0] != c or dir.shape[0] != c:
         raise ValueError(f"thr and dir need {c} entries (one per channel); got "
                          f"{thr.shape[0]} and {dir.shape[0]}")
     with nogil:
-        used = pybnn_pack_int8(isa, &q[0, 0], m, c, &thr[0], &dir[0], &out[0, 0])
+        used = pybnn_pack_int8(isa, threads, &q[0, 0], m, c, &thr[0], &dir[0], &out[0, 0])
     return used
 
 
-def unpack(const uint32_t[:, ::1] bits, int channels, float[:, ::1] out, int isa=0):
+def unpack(const uint32_t[:, ::1] bits, int channels, float[:, ::1] out, int isa=0, int threads=1):
     """Unpack bits (M, ceil(channels/32)) into out (M, channels) as +1.0 / -1.0."""
     cdef Py_ssize_t m = bits.shape[0]
     cdef int used
     _check_isa(isa)
+    _check_threads(threads)
     if channels < 0:
         raise ValueError(f"channels must be >= 0, got {channels}")
     _check_packed(bits.shape[0], bits.shape[1], m, channels, "bits")
@@ -92,5 +103,5 @@ def unpack(const uint32_t[:, ::1] bits, int channels, float[:, ::1] out, int isa
         raise ValueError(f"out has shape ({out.shape[0]}, {out.shape[1]}); expected "
                          f"({m}, {channels})")
     with nogil:
-        used = pybnn_unpack(isa, &bits[0, 0], m, channels, &out[0, 0])
+        used = pybnn_unpack(isa, threads, &bits[0, 0], m, channels, &out[0, 0])
     return used

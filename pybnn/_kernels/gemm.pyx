@@ -2,7 +2,9 @@
 """im2col and GEMM kernels: float/int8 patches, int8 and binary weights.
 
 Every function checks shapes and sizes and raises ValueError before touching memory, runs
-the C kernel without the GIL, and returns the ISA number (pybnn.cpu) of the variant that
+the C kernel without the GIL on up to `threads` threads (rows of the output, or output
+channels when there are few rows, split into contiguous ranges; results are bit-identical
+for every thread count, floats included), and returns the ISA number (pybnn.cpu) of the variant that
 ran: the best one at or below `isa` that this build has and this CPU supports.
 
 Packed weights are 1-D uint8 arrays made once by pack_int8_weights / pack_binary_weights;
@@ -14,11 +16,11 @@ from libc.stdint cimport int8_t, int32_t, uint8_t, uint32_t
 import numpy as np
 
 cdef extern from "pybnn/im2col.h" nogil:
-    int pybnn_im2col_f32(const float *x, Py_ssize_t n, Py_ssize_t h, Py_ssize_t w, Py_ssize_t c,
+    int pybnn_im2col_f32(int threads, const float *x, Py_ssize_t n, Py_ssize_t h, Py_ssize_t w, Py_ssize_t c,
                          Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                          Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t pad_top, Py_ssize_t pad_left,
                          Py_ssize_t hout, Py_ssize_t wout, float *out)
-    int pybnn_im2col_i8(const int8_t *x, Py_ssize_t n, Py_ssize_t h, Py_ssize_t w, Py_ssize_t c,
+    int pybnn_im2col_i8(int threads, const int8_t *x, Py_ssize_t n, Py_ssize_t h, Py_ssize_t w, Py_ssize_t c,
                         Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                         Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t pad_top, Py_ssize_t pad_left,
                         Py_ssize_t hout, Py_ssize_t wout, int8_t pad, int8_t *out)
@@ -27,16 +29,16 @@ cdef extern from "pybnn/igemm.h" nogil:
     size_t pybnn_igemm_packed_size(size_t k, size_t cout)
     int pybnn_igemm_check(const uint8_t *wp, size_t size, size_t k, size_t cout)
     void pybnn_igemm_pack(const int8_t *w, size_t k, size_t cout, uint8_t *dst)
-    int pybnn_igemm(int isa, const int8_t *a, size_t lda, size_t m, const uint8_t *wp, size_t k,
+    int pybnn_igemm(int isa, int threads, const int8_t *a, size_t lda, size_t m, const uint8_t *wp, size_t k,
                     size_t cout, int a_zp, int32_t *out, size_t ldo)
 
 cdef extern from "pybnn/fbgemm.h" nogil:
     size_t pybnn_bgemm_packed_size(size_t k, size_t cout)
     int pybnn_bgemm_check(const uint8_t *wp, size_t size, size_t k, size_t cout)
     void pybnn_bgemm_pack(const float *w, size_t k, size_t cout, uint8_t *dst)
-    int pybnn_fbgemm(int isa, const float *a, size_t lda, size_t m, const uint8_t *wp, size_t k,
+    int pybnn_fbgemm(int isa, int threads, const float *a, size_t lda, size_t m, const uint8_t *wp, size_t k,
                      size_t cout, float *out, size_t ldo)
-    int pybnn_ibgemm(int isa, const int8_t *a, size_t lda, size_t m, const uint8_t *wp, size_t k,
+    int pybnn_ibgemm(int isa, int threads, const int8_t *a, size_t lda, size_t m, const uint8_t *wp, size_t k,
                      size_t cout, int a_zp, int32_t *out, size_t ldo)
 
 # Largest K for which every result is exact in int32 whatever the values: igemm sums K
@@ -44,6 +46,12 @@ cdef extern from "pybnn/fbgemm.h" nogil:
 MAX_K_INT8 = 1 << 16
 MAX_K_BINARY = 1 << 23
 MAX_COUT = 1 << 24
+
+
+cdef int _check_threads(int threads) except -1:
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    return 0
 
 
 cdef int _check_im2col(tuple xshape, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
@@ -62,31 +70,34 @@ cdef int _check_im2col(tuple xshape, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh
 
 
 def im2col_f32(const float[:, :, :, ::1] x, int kh, int kw, int sh, int sw, int dh, int dw,
-               int pad_top, int pad_left, int hout, int wout, float[:, ::1] out):
+               int pad_top, int pad_left, int hout, int wout, float[:, ::1] out, int threads=1):
     """Patch matrix of NHWC float `x` into `out` (N*hout*wout, kh*kw*C); pads with 0.0.
 
     Row (n, oh, ow), column (i, j, c): input pixel (oh*sh - pad_top + i*dh,
     ow*sw - pad_left + j*dw), channel c.  Returns the ISA used (always scalar: memcpy).
     """
+    _check_threads(threads)
     _check_im2col((x.shape[0], x.shape[1], x.shape[2], x.shape[3]), kh, kw, sh, sw, dh, dw, hout, wout, (out.shape[0], out.shape[1]))
     cdef int isa = 0
     if out.shape[0] == 0 or out.shape[1] == 0:
         return isa
     with nogil:
-        isa = pybnn_im2col_f32(&x[0, 0, 0, 0], x.shape[0], x.shape[1], x.shape[2], x.shape[3],
+        isa = pybnn_im2col_f32(threads, &x[0, 0, 0, 0], x.shape[0], x.shape[1], x.shape[2], x.shape[3],
                                kh, kw, sh, sw, dh, dw, pad_top, pad_left, hout, wout, &out[0, 0])
     return isa
 
 
 def im2col_i8(const int8_t[:, :, :, ::1] x, int kh, int kw, int sh, int sw, int dh, int dw,
-              int pad_top, int pad_left, int hout, int wout, int8_t pad, int8_t[:, ::1] out):
+              int pad_top, int pad_left, int hout, int wout, int8_t pad, int8_t[:, ::1] out,
+              int threads=1):
     """im2col_f32 for int8; outside taps read `pad` (the input zero point, i.e. real 0)."""
+    _check_threads(threads)
     _check_im2col((x.shape[0], x.shape[1], x.shape[2], x.shape[3]), kh, kw, sh, sw, dh, dw, hout, wout, (out.shape[0], out.shape[1]))
     cdef int isa = 0
     if out.shape[0] == 0 or out.shape[1] == 0:
         return isa
     with nogil:
-        isa = pybnn_im2col_i8(&x[0, 0, 0, 0], x.shape[0], x.shape[1], x.shape[2], x.shape[3],
+        isa = pybnn_im2col_i8(threads, &x[0, 0, 0, 0], x.shape[0], x.shape[1], x.shape[2], x.shape[3],
                               kh, kw, sh, sw, dh, dw, pad_top, pad_left, hout, wout, pad, &out[0, 0])
     return isa
 
@@ -127,8 +138,9 @@ def pack_int8_weights(const int8_t[:, ::1] w):
 
 
 def igemm(const int8_t[:, ::1] a, const uint8_t[::1] wpacked, int K, int cout, int a_zp,
-          int32_t[:, ::1] out, int isa=0):
+          int32_t[:, ::1] out, int isa=0, int threads=1):
     """out[m, n] = sum_k (a[m, k] - a_zp) * w[n, k], exact int32; returns the ISA used."""
+    _check_threads(threads)
     _check_gemm("igemm", (a.shape[0], a.shape[1]), K, cout, MAX_K_INT8, (out.shape[0], out.shape[1]))
     _check_zp(a_zp)
     if not pybnn_igemm_check(&wpacked[0], wpacked.shape[0], K, cout):
@@ -136,7 +148,7 @@ def igemm(const int8_t[:, ::1] a, const uint8_t[::1] wpacked, int K, int cout, i
     cdef int used
     cdef size_t m = a.shape[0]
     with nogil:
-        used = pybnn_igemm(isa, &a[0, 0] if m else NULL, K, m, &wpacked[0], K, cout, a_zp,
+        used = pybnn_igemm(isa, threads, &a[0, 0] if m else NULL, K, m, &wpacked[0], K, cout, a_zp,
                            &out[0, 0] if m else NULL, cout)
     return used
 
@@ -159,27 +171,29 @@ cdef int _check_bpacked(str name, const uint8_t[::1] wpacked, Py_ssize_t k, Py_s
 
 
 def ibgemm(const int8_t[:, ::1] a, const uint8_t[::1] wpacked, int K, int cout, int a_zp,
-           int32_t[:, ::1] out, int isa=0):
+           int32_t[:, ::1] out, int isa=0, int threads=1):
     """out[m, n] = sum_k (a[m, k] - a_zp) * s[n, k] (s = +-1), exact int32; returns the ISA."""
+    _check_threads(threads)
     _check_gemm("ibgemm", (a.shape[0], a.shape[1]), K, cout, MAX_K_BINARY, (out.shape[0], out.shape[1]))
     _check_zp(a_zp)
     _check_bpacked("ibgemm", wpacked, K, cout)
     cdef int used
     cdef size_t m = a.shape[0]
     with nogil:
-        used = pybnn_ibgemm(isa, &a[0, 0] if m else NULL, K, m, &wpacked[0], K, cout, a_zp,
+        used = pybnn_ibgemm(isa, threads, &a[0, 0] if m else NULL, K, m, &wpacked[0], K, cout, a_zp,
                             &out[0, 0] if m else NULL, cout)
     return used
 
 
 def fbgemm(const float[:, ::1] a, const uint8_t[::1] wpacked, int K, int cout,
-           float[:, ::1] out, int isa=0):
+           float[:, ::1] out, int isa=0, int threads=1):
     """out[m, n] = sum_k a[m, k] * s[n, k] (s = +-1), float32; returns the ISA used."""
+    _check_threads(threads)
     _check_gemm("fbgemm", (a.shape[0], a.shape[1]), K, cout, MAX_K_BINARY, (out.shape[0], out.shape[1]))
     _check_bpacked("fbgemm", wpacked, K, cout)
     cdef int used
     cdef size_t m = a.shape[0]
     with nogil:
-        used = pybnn_fbgemm(isa, &a[0, 0] if m else NULL, K, m, &wpacked[0], K, cout,
+        used = pybnn_fbgemm(isa, threads, &a[0, 0] if m else NULL, K, m, &wpacked[0], K, cout,
                             &out[0, 0] if m else NULL, cout)
     return used

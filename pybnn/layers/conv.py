@@ -170,22 +170,22 @@ class _Conv(Layer):
         return y.reshape(self.output_spec.array_shape(n))
 
     def _transform(self, acc, n):
-        out, isa = self._out, cpu.active()
+        out, isa, threads = self._out, cpu.active(), cpu.num_threads()
         if out["kind"] == "float":
             if self.acc == "float":
-                ktr.to_float_f32(acc, out["mult"], out["bias"], out["lo"], out["hi"], acc, isa)
+                ktr.to_float_f32(acc, out["mult"], out["bias"], out["lo"], out["hi"], acc, isa, threads)
                 y = acc
             else:
                 if out["ibias"] is not None:
                     np.add(acc, out["ibias"], out=acc)
                 y = np.empty(acc.shape, np.float32)
-                ktr.to_float_i32(acc, out["mult"], out["bias"], out["lo"], out["hi"], y, isa)
+                ktr.to_float_i32(acc, out["mult"], out["bias"], out["lo"], out["hi"], y, isa, threads)
         elif out["kind"] == "int8":
             y = np.empty(acc.shape, np.int8)
-            ktr.to_int8(acc, out["ibias"], out["mult"], out["zp"], out["qmin"], out["qmax"], y, isa)
+            ktr.to_int8(acc, out["ibias"], out["mult"], out["zp"], out["qmin"], out["qmax"], y, isa, threads)
         else:
             y = np.empty((acc.shape[0], words(self.filters)), np.uint32)
-            ktr.to_bits(acc, out["thr"], out["dir"], y, isa)
+            ktr.to_bits(acc, out["thr"], out["dir"], y, isa, threads)
         return y.reshape(self.output_spec.array_shape(n))
 
     def _columns(self, x, im2col, pad=None):
@@ -200,7 +200,8 @@ class _Conv(Layer):
             return x4.reshape(n * h * w, c)
         cols = np.empty((n * hout * wout, self.depth), x.dtype)
         args = (x4, kh, kw, *self.strides, *self.dilation_rate, pt, pl, hout, wout)
-        im2col(*args, cols) if pad is None else im2col(*args, pad, cols)
+        threads = cpu.num_threads()
+        im2col(*args, cols, threads) if pad is None else im2col(*args, pad, cols, threads)
         return cols
 
     def _reference_input(self, x):
@@ -247,7 +248,7 @@ class FloatBinaryConv2D(_Conv):
     def _accumulate(self, x):
         cols = self._columns(x, kgemm.im2col_f32)
         acc = np.empty((cols.shape[0], self.filters), np.float32)
-        isa = kgemm.fbgemm(cols, self._wpacked, self.depth, self.filters, acc, cpu.active())
+        isa = kgemm.fbgemm(cols, self._wpacked, self.depth, self.filters, acc, cpu.active(), cpu.num_threads())
         return acc, isa
 
     def _reference_acc(self, x):
@@ -303,7 +304,7 @@ class BinaryConv2D(_Conv):
         kh, kw = self.kernel_size
         acc = np.empty((x.shape[0], hout, wout, self.filters), np.int32)
         isa = kbin.bconv2d(x, self._wpacked, c, self.filters, kh, kw, *self.strides, *self.dilation_rate,
-                           pt, pl, hout, wout, self.pad_value, self._tapsum, acc, cpu.active())
+                           pt, pl, hout, wout, self.pad_value, self._tapsum, acc, cpu.active(), cpu.num_threads())
         return acc.reshape(-1, self.filters), isa
 
     def _reference_acc(self, x):
@@ -380,7 +381,7 @@ class Int8Conv2D(_Conv):
         zp = self.input_spec.zero_point
         cols = self._columns(x, kgemm.im2col_i8, pad=zp)
         acc = np.empty((cols.shape[0], self.filters), np.int32)
-        isa = kgemm.igemm(cols, self._wpacked, self.depth, self.filters, zp, acc, cpu.active())
+        isa = kgemm.igemm(cols, self._wpacked, self.depth, self.filters, zp, acc, cpu.active(), cpu.num_threads())
         return acc, isa
 
     def _reference_acc(self, x):
@@ -406,7 +407,7 @@ class Int8BinaryConv2D(Int8Conv2D):
         zp = self.input_spec.zero_point
         cols = self._columns(x, kgemm.im2col_i8, pad=zp)
         acc = np.empty((cols.shape[0], self.filters), np.int32)
-        isa = kgemm.ibgemm(cols, self._wpacked, self.depth, self.filters, zp, acc, cpu.active())
+        isa = kgemm.ibgemm(cols, self._wpacked, self.depth, self.filters, zp, acc, cpu.active(), cpu.num_threads())
         return acc, isa
 
     def _reference_acc(self, x):

@@ -43,9 +43,10 @@ class Sign(Layer):
         out = np.empty((rows.shape[0], words(c)), np.uint32)
         thr, direction = self._thresholds()
         if spec.kind == "float32":
-            self.last_isa = kpack.pack_float(rows, out, thr, direction, cpu.active())
+            self.last_isa = kpack.pack_float(rows, out, thr, direction, cpu.active(), cpu.num_threads())
         else:
-            self.last_isa = kpack.pack_int8(rows, out, thr.astype(np.int32), direction, cpu.active())
+            self.last_isa = kpack.pack_int8(rows, out, thr.astype(np.int32), direction, cpu.active(),
+                                            cpu.num_threads())
         return out.reshape(self.output_spec.array_shape(x.shape[0]))
 
     def reference(self, x):

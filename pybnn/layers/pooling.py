@@ -55,7 +55,7 @@ class MaxPool2D(_Pool2D):
         out = np.empty(self.output_spec.array_shape(n), np.uint32)
         (pt, _), (pl, _) = self._pads
         self.last_isa = kbin.bmaxpool2d(x, *self.pool_size, *self.strides, pt, pl, *self._out_hw, out,
-                                        cpu.active())
+                                        cpu.active(), cpu.num_threads())
         return out
 
     def reference(self, x):
