@@ -324,6 +324,7 @@ class Int8Conv2D(_Conv):
     kernel_kind = "int8"
     acc = "int"
     scale_name = "kernel_scale"
+    _gemm = staticmethod(kgemm.igemm)
 
     def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1,
                  use_bias=True, activation=None, output="float", output_scale=None,
@@ -381,7 +382,7 @@ class Int8Conv2D(_Conv):
         zp = self.input_spec.zero_point
         cols = self._columns(x, kgemm.im2col_i8, pad=zp)
         acc = np.empty((cols.shape[0], self.filters), np.int32)
-        isa = kgemm.igemm(cols, self._wpacked, self.depth, self.filters, zp, acc, cpu.active(), cpu.num_threads())
+        isa = self._gemm(cols, self._wpacked, self.depth, self.filters, zp, acc, cpu.active(), cpu.num_threads())
         return acc, isa
 
     def _reference_acc(self, x):
@@ -395,6 +396,7 @@ class Int8BinaryConv2D(Int8Conv2D):
 
     kernel_kind = "bits"
     scale_name = "scale"
+    _gemm = staticmethod(kgemm.ibgemm)
 
     def _pack(self, kernel4):
         flat = ref.binarize(kernel4).transpose(3, 0, 1, 2).reshape(self.filters, self.depth)
@@ -402,13 +404,6 @@ class Int8BinaryConv2D(Int8Conv2D):
 
     def acc_range(self):
         return -self.depth * 255, self.depth * 255
-
-    def _accumulate(self, x):
-        zp = self.input_spec.zero_point
-        cols = self._columns(x, kgemm.im2col_i8, pad=zp)
-        acc = np.empty((cols.shape[0], self.filters), np.int32)
-        isa = kgemm.ibgemm(cols, self._wpacked, self.depth, self.filters, zp, acc, cpu.active(), cpu.num_threads())
-        return acc, isa
 
     def _reference_acc(self, x):
         return ref.int8_conv2d(self._reference_input(x), self.input_spec.zero_point,
