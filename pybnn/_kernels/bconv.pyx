@@ -11,7 +11,6 @@ import numpy as np
 from libc.stdint cimport uint32_t, int32_t
 
 cdef extern from "pybnn/bconv.h" nogil:
-    int pybnn_isa_supported(int isa)
     ctypedef struct pybnn_conv_geom:
         int n, h, w, words, channels
         int cout, kh, kw, sh, sw, dh, dw
@@ -31,17 +30,7 @@ cdef extern from "pybnn/bpool.h" nogil:
                          int wout, uint32_t *out)
 
 
-cdef int _check_isa(int isa) except -1:
-    if not pybnn_isa_supported(isa):
-        raise ValueError(f"ISA {isa} is not available on this CPU/build "
-                         f"(see pybnn.cpu.available())")
-    return 0
-
-
-cdef int _check_threads(int threads) except -1:
-    if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
-    return 0
+include "_checks.pxi"
 
 
 def packed_weights_shape(int channels, int cout, int kh, int kw):

@@ -11,7 +11,6 @@ result does not depend on it) and returns the ISA number (pybnn.cpu) of the vari
 from libc.stdint cimport uint32_t, int8_t, int32_t
 
 cdef extern from "pybnn/bitpack.h" nogil:
-    int pybnn_isa_supported(int isa)
     int pybnn_pack_float(int isa, int threads, const float *x, size_t m, size_t c, const float *thr,
                          const int8_t *dir, uint32_t *out)
     int pybnn_pack_int8(int isa, int threads, const int8_t *q, size_t m, size_t c, const int32_t *thr,
@@ -19,17 +18,7 @@ cdef extern from "pybnn/bitpack.h" nogil:
     int pybnn_unpack(int isa, int threads, const uint32_t *bits, size_t m, size_t c, float *out)
 
 
-cdef int _check_isa(int isa) except -1:
-    if not pybnn_isa_supported(isa):
-        raise ValueError(f"ISA {isa} is not available on this CPU/build "
-                         f"(see pybnn.cpu.available())")
-    return 0
-
-
-cdef int _check_threads(int threads) except -1:
-    if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
-    return 0
+include "_checks.pxi"
 
 
 cdef int _check_packed(Py_ssize_t rows, Py_ssize_t words, Py_ssize_t m, Py_ssize_t c,

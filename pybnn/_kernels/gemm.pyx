@@ -48,10 +48,7 @@ MAX_K_BINARY = 1 << 23
 MAX_COUT = 1 << 24
 
 
-cdef int _check_threads(int threads) except -1:
-    if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
-    return 0
+include "_checks.pxi"
 
 
 cdef int _check_im2col(tuple xshape, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,

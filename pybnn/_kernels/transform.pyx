@@ -19,10 +19,7 @@ cdef extern from "pybnn/output_transform.h" nogil:
                       const int8_t *dir, uint32_t *out)
 
 
-cdef int _check_threads(int threads) except -1:
-    if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
-    return 0
+include "_checks.pxi"
 
 
 cdef int _check(str name, tuple ashape, tuple oshape, tuple want_out, dict per_channel) except -1:
