@@ -170,7 +170,7 @@ class _Conv(Layer):
         return y.reshape(self.output_spec.array_shape(n))
 
     def _transform(self, acc, n):
-        out, isa, threads = self._out, cpu.active(), cpu.num_threads()
+        out, isa, threads = self._out, cpu.active(), self._threads()
         if out["kind"] == "float":
             if self.acc == "float":
                 ktr.to_float_f32(acc, out["mult"], out["bias"], out["lo"], out["hi"], acc, isa, threads)
@@ -200,9 +200,12 @@ class _Conv(Layer):
             return x4.reshape(n * h * w, c)
         cols = np.empty((n * hout * wout, self.depth), x.dtype)
         args = (x4, kh, kw, *self.strides, *self.dilation_rate, pt, pl, hout, wout)
-        threads = cpu.num_threads()
+        threads = self._threads()
         im2col(*args, cols, threads) if pad is None else im2col(*args, pad, cols, threads)
         return cols
+
+    def _threads(self):
+        return cpu.num_threads()
 
     def _reference_input(self, x):
         h, w, c = self._geom[:3]
@@ -214,6 +217,11 @@ class _Conv(Layer):
 
 class Conv2D(_Conv):
     """Float32 convolution: im2col + NumPy's BLAS matmul (a well-kept float GEMM)."""
+
+    def _threads(self):
+        # BLAS threads itself; our OpenMP workers spinning around its call would steal its
+        # cores (measured: 2-thread float conv 3-4x slower), so im2col/transform stay serial.
+        return 1
 
     def _pack(self, kernel4):
         self._wmat = np.ascontiguousarray(kernel4.reshape(self.depth, self.filters))
