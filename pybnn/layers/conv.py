@@ -295,8 +295,7 @@ class BinaryConv2D(_Conv):
     def _pack(self, kernel4):
         signs = ref.binarize(kernel4)
         self._wpacked = kbin.pack_weights(np.ascontiguousarray(signs.transpose(3, 0, 1, 2)))
-        kh, kw = self.kernel_size
-        self._tapsum = np.ascontiguousarray(signs.sum(axis=2).reshape(kh * kw, self.filters).astype(np.int32))
+        self._tapsum = kbin.tap_sums(signs.transpose(3, 0, 1, 2))
 
     def _default_output(self, named):
         out = super()._default_output(named)

@@ -24,15 +24,13 @@ class Sign(Layer):
     def _build(self, spec):
         if spec.kind == "binary":
             return spec
+        # Default rule as thresholds, made once: int8 -> q < zero_point; float -> the fast x < 0 path.
+        self._default = ((np.full(spec.channels, spec.zero_point, np.int32), np.ones(spec.channels, np.int8))
+                         if spec.kind == "int8" else (None, None))
         return TensorSpec("binary", spec.shape)
 
     def _thresholds(self):
-        spec = self.input_spec
-        if self.thresholds is not None:
-            return self.thresholds
-        if spec.kind == "int8":
-            return (np.full(spec.channels, spec.zero_point, np.int32), np.ones(spec.channels, np.int8))
-        return None, None
+        return self.thresholds if self.thresholds is not None else self._default
 
     def call(self, x):
         spec = self.input_spec
@@ -45,7 +43,7 @@ class Sign(Layer):
         if spec.kind == "float32":
             self.last_isa = kpack.pack_float(rows, out, thr, direction, cpu.active(), cpu.num_threads())
         else:
-            self.last_isa = kpack.pack_int8(rows, out, thr.astype(np.int32), direction, cpu.active(),
+            self.last_isa = kpack.pack_int8(rows, out, thr, direction, cpu.active(),
                                             cpu.num_threads())
         return out.reshape(self.output_spec.array_shape(x.shape[0]))
 
