@@ -1,6 +1,7 @@
 """Run-time choice of the instruction-set path used by every kernel.
 
-At import pybnn picks the best path the CPU supports (x86: scalar < sse4 < avx2; ARM: neon).
+At import pybnn picks the best path the CPU supports (x86: scalar < sse4 < avx2 < avx512;
+ARM: neon).
 `PYBNN_ISA=<name>` in the environment, or `set_isa(name)`, forces a lower path, so the
 tests can run every path on one machine.  Kernels receive the ISA number with each call
 and report back the variant they ran (a kernel without a variant for the requested path
@@ -13,8 +14,8 @@ import threading
 from ._kernels import _cpu
 from .errors import ConfigError
 
-ISAS = ("scalar", "sse4", "avx2", "neon")  # index = the number the C kernels use
-SCALAR, SSE4, AVX2, NEON = range(4)
+ISAS = ("scalar", "sse4", "avx2", "neon", "avx512")  # index = the number the C kernels use
+SCALAR, SSE4, AVX2, NEON, AVX512 = range(5)
 
 
 def available():

@@ -23,7 +23,9 @@ enum {
     PYBNN_ISA_SCALAR = 0, /* portable C: the runtime fallback on every CPU */
     PYBNN_ISA_SSE4 = 1,   /* x86: SSE4.2 + POPCNT (every x86-64 CPU since ~2009) */
     PYBNN_ISA_AVX2 = 2,   /* x86: AVX2 + FMA + POPCNT (Haswell and later) */
-    PYBNN_ISA_NEON = 3    /* ARM: NEON / ASIMD (aarch64 always; armv7 built with -mfpu=neon) */
+    PYBNN_ISA_NEON = 3,   /* ARM: NEON / ASIMD (aarch64 always; armv7 built with -mfpu=neon) */
+    PYBNN_ISA_AVX512 = 4  /* x86: AVX-512 F/BW/VL/DQ + VNNI + VPOPCNTDQ (Ice Lake, Sapphire Rapids, Zen 4
+                           * and later); a kernel without such a variant runs its AVX2 one */
 };
 
 #if defined(__x86_64__) || defined(__i386__) || defined(_M_X64)
@@ -31,6 +33,9 @@ enum {
 #include <immintrin.h>
 #define PYBNN_TARGET_SSE4 __attribute__((target("sse4.2,popcnt")))
 #define PYBNN_TARGET_AVX2 __attribute__((target("avx2,fma,popcnt,sse4.2")))
+#define PYBNN_TARGET_AVX512                                                                        \
+    __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512vpopcntdq,avx2,fma,"  \
+                          "popcnt,sse4.2")))
 #else
 #define PYBNN_X86 0
 #endif
@@ -62,6 +67,13 @@ static inline int pybnn_isa_supported(int isa) {
         /* GCC and clang also check that the OS saves the YMM registers (XGETBV). */
         return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                __builtin_cpu_supports("popcnt");
+    case PYBNN_ISA_AVX512:
+        __builtin_cpu_init();
+        /* avx512f also checks that the OS saves the ZMM and mask registers. */
+        return pybnn_isa_supported(PYBNN_ISA_AVX2) && __builtin_cpu_supports("avx512f") &&
+               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+               __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vnni") &&
+               __builtin_cpu_supports("avx512vpopcntdq");
 #endif
 #if PYBNN_NEON
     case PYBNN_ISA_NEON:
