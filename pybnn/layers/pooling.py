@@ -1,10 +1,11 @@
-"""Pooling.  Binary max pooling runs on packed bits (max over ±1 is an AND of the encoded
-bits); float and int8 pooling use NumPy window views."""
+"""Pooling kernels: float32/int8 max and average pooling (pool.pyx) and binary max pooling on
+packed bits (max over ±1 is an AND of the encoded bits)."""
 import numpy as np
 
 from .. import cpu
 from .. import reference as ref
 from .._kernels import bconv as kbin
+from .._kernels import pool as kpool
 from ..errors import ShapeError
 from ..shapes import as_pair, as_padding, conv_output
 from .base import Layer, TensorSpec
@@ -42,6 +43,14 @@ class _Pool2D(Layer):
         hout, wout = self._out_hw
         return hout * wout * self.input_spec.channels * self.pool_size[0] * self.pool_size[1] / 1e6
 
+    def _pool(self, op, x):
+        x = np.ascontiguousarray(x)
+        out = np.empty(self.output_spec.array_shape(x.shape[0]), x.dtype)
+        (pt, _), (pl, _) = self._pads
+        self.last_isa = kpool.pool2d(op, x, *self.pool_size, *self.strides, pt, pl, *self._out_hw, out,
+                                     cpu.active(), cpu.num_threads())
+        return out
+
 
 class MaxPool2D(_Pool2D):
     """Max pooling of float32, int8 (exact) or packed binary tensors."""
@@ -50,7 +59,7 @@ class MaxPool2D(_Pool2D):
 
     def call(self, x):
         if self.input_spec.kind != "binary":
-            return ref.max_pool(x, self.pool_size, self.strides, self._pads)
+            return self._pool("max", x)
         n = x.shape[0]
         out = np.empty(self.output_spec.array_shape(n), np.uint32)
         (pt, _), (pl, _) = self._pads
@@ -70,6 +79,9 @@ class AveragePool2D(_Pool2D):
     division rounding half away from zero)."""
 
     def call(self, x):
+        return self._pool("avg", x)
+
+    def reference(self, x):
         return ref.avg_pool(x, self.pool_size, self.strides, self._pads)
 
 
@@ -84,5 +96,12 @@ class GlobalAveragePooling2D(Layer):
         return TensorSpec(spec.kind, (spec.shape[2],), spec.scale, spec.zero_point)
 
     def call(self, x):
+        x = np.ascontiguousarray(x)
+        n, h, w, c = x.shape
+        out = np.empty((n, 1, 1, c), x.dtype)
+        self.last_isa = kpool.pool2d("avg", x, h, w, 1, 1, 0, 0, 1, 1, out, cpu.active(), cpu.num_threads())
+        return out.reshape(n, c)
+
+    def reference(self, x):
         h, w = x.shape[1:3]
         return ref.avg_pool(x, (h, w), (1, 1), ((0, 0), (0, 0))).reshape(x.shape[0], -1)
