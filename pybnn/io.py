@@ -1,17 +1,22 @@
-"""The pybnn model file: architecture + weights in one flat little-endian file.
+"""The pybnn model file: architecture + weights in one flat little-endian file, read through a
+memory map.  docs/format.md is the byte-level specification; in short:
 
-Layout (docs/format.md has the byte-level specification):
   0   8 bytes  magic b"\\x89PYBNN\\r\\n"
-  8   u16      major version (readers refuse a newer major)
-  10  u16      minor version
-  12  u32      flags (0)
+  8   u16      major version (a reader refuses another major)
+  10  u16      minor version (minor additions are ignorable: a reader reads every minor)
+  12  u32      flags (0; a reader refuses unknown bits)
   16  u64      header length H
   24  H bytes  header: UTF-8 JSON {"model": {...architecture...}, "tensors": [...]}
-  then tensor data, every tensor starting at a multiple of 64 bytes from the file start.
-Binary kernels are stored at one bit per weight ("bits": bit 1 = -1, little-endian bit
-order over the C-order elements).  No pickle: the header is JSON, tensors are raw arrays.
+  24+H  u32    CRC-32 of the header bytes (since 1.1)
+  then tensor data, every tensor starting at a multiple of 64 bytes from the file start, in
+  increasing offset order, never overlapping.
+Tensors are used in place from the map (read-only arrays), so opening a file costs the same
+whatever the weight size; tensor checksums are verified on request (`verify=True`,
+`pybnn info --verify`), the header's always.  No pickle anywhere.
 """
 import json
+import mmap
+import os
 import struct
 import zlib
 
@@ -20,120 +25,199 @@ import numpy as np
 from .errors import FormatError, PyBNNError
 
 MAGIC = b"\x89PYBNN\r\n"
-MAJOR, MINOR = 1, 0
+MAJOR, MINOR = 1, 1
 ALIGN = 64
 _PREFIX = struct.Struct("<8sHHIQ")
-_DTYPES = {"float32": np.dtype("<f4"), "int8": np.dtype("i1"), "int32": np.dtype("<i4")}
+_CRC = struct.Struct("<I")
+DTYPES = {"float32": np.dtype("<f4"), "int8": np.dtype("i1"), "int32": np.dtype("<i4"), "bits": np.dtype("u1")}
 _STORED = {"float": "float32", "int8": "int8", "int32": "int32", "bits": "bits"}
 MAX_HEADER = 64 << 20
+MAX_RANK = 8
 
 
-def _encode(kind, array):
-    if kind == "bits":
+def _align(n):
+    return -(-n // ALIGN) * ALIGN
+
+
+def tensor_nbytes(dtype, shape):
+    """Bytes a tensor of `shape` takes in the file: bits are packed 8 per byte."""
+    count = 1
+    for s in shape:
+        count *= s
+    return (count + 7) // 8 if dtype == "bits" else count * DTYPES[dtype].itemsize
+
+
+def encode(kind, array):
+    """The stored bytes of a layer weight of dtype kind `kind` (layers' weight_specs)."""
+    if kind == "bits":  # bit i of the little-endian bit stream = element i (C order); 1 = negative
         return np.packbits(np.asarray(array).ravel() < 0, bitorder="little").tobytes()
-    return np.ascontiguousarray(array, dtype=_DTYPES[_STORED[kind]]).tobytes()
+    return np.ascontiguousarray(array, dtype=DTYPES[_STORED[kind]]).tobytes()
 
 
-def _nbytes(dtype, shape):
-    count = int(np.prod(shape, dtype=np.int64))
-    return (count + 7) // 8 if dtype == "bits" else count * _DTYPES[dtype].itemsize
-
+# ---------------------------------------------------------------------------- writing
 
 def save_model(model, path):
-    tensors, blobs, offset = [], [], 0
+    tensors, blobs = [], []
     for layer in model.layers:
         if not layer.weight_specs():
             continue
         if layer._weights is None:
             raise FormatError(f"{model.name}: layer '{layer.name}' has no weights to save")
         for (name, shape, kind), array in zip(layer.weight_specs(), layer._weights):
-            data = _encode(kind, array)
+            data = encode(kind, array)
             tensors.append({"layer": layer.name, "name": name, "dtype": _STORED[kind], "shape": list(shape),
-                            "offset": offset, "nbytes": len(data), "crc32": zlib.crc32(data)})
+                            "offset": 0, "nbytes": len(data), "crc32": zlib.crc32(data)})
             blobs.append(data)
-            offset += -(-len(data) // ALIGN) * ALIGN
     arch = {"class": "Sequential", "name": model.name,
             "layers": [{"class": type(l).__name__, "config": l.get_config()} for l in model.layers]}
-    header = json.dumps({"model": arch, "tensors": tensors}, separators=(",", ":")).encode()
-    data_start = -(-(_PREFIX.size + len(header)) // ALIGN) * ALIGN
-    for t in tensors:
-        t["offset"] += data_start
-    # Offsets changed the header length only if their digits grew; iterate to a fixed point.
+    # Offsets live in the header, whose length depends on their digits: iterate to a fixed point.
+    data_start = -1
     while True:
         header = json.dumps({"model": arch, "tensors": tensors}, separators=(",", ":")).encode()
-        start = -(-(_PREFIX.size + len(header)) // ALIGN) * ALIGN
+        start = _align(_PREFIX.size + len(header) + _CRC.size)
         if start == data_start:
             break
+        data_start, offset = start, start
         for t in tensors:
-            t["offset"] += start - data_start
-        data_start = start
+            t["offset"] = offset
+            offset = _align(offset + t["nbytes"])
     with open(path, "wb") as f:
         f.write(_PREFIX.pack(MAGIC, MAJOR, MINOR, 0, len(header)))
         f.write(header)
+        f.write(_CRC.pack(zlib.crc32(header)))
         for t, data in zip(tensors, blobs):
             f.write(b"\0" * (t["offset"] - f.tell()))
             f.write(data)
 
 
-def read_file(path):
-    """Parse and validate a model file; returns (architecture dict, {(layer, name): array})."""
+# ---------------------------------------------------------------------------- reading
+
+class Tensor:
+    """One tensor of a model file: metadata and a read-only view of its bytes in the map."""
+
+    __slots__ = ("layer", "name", "dtype", "shape", "offset", "nbytes", "crc32", "data")
+
+    def __init__(self, layer, name, dtype, shape, offset, nbytes, crc32, data):
+        self.layer, self.name, self.dtype, self.shape = layer, name, dtype, tuple(shape)
+        self.offset, self.nbytes, self.crc32, self.data = offset, nbytes, crc32, data
+
+    def array(self):
+        """The tensor as stored: float32/int8/int32 of `shape`, or for bits the packed bytes."""
+        if self.dtype == "bits":
+            return self.data
+        return self.data.view(DTYPES[self.dtype]).reshape(self.shape)
+
+    def values(self):
+        """Numeric values: bits as float32 ±1 of `shape` (a new array), others as array()."""
+        if self.dtype != "bits":
+            return self.array()
+        count = int(np.prod(self.shape, dtype=np.int64))
+        bits = np.unpackbits(self.data, bitorder="little", count=count)
+        return (np.float32(1) - np.float32(2) * bits).reshape(self.shape)
+
+    def __repr__(self):
+        return f"Tensor({self.layer}/{self.name}, {self.dtype}{list(self.shape)}, offset {self.offset})"
+
+
+class ModelFile:
+    """A parsed, validated model file.  `tensors` maps (layer, name) to Tensor."""
+
+    def __init__(self, path, major, minor, size, arch, tensors, mapping):
+        self.path, self.major, self.minor, self.size = path, major, minor, size
+        self.arch, self.tensors, self._mapping = arch, tensors, mapping
+        self.verified = False
+
+    def verify(self):
+        """Check every tensor's CRC-32 (reads all weight bytes); raises FormatError."""
+        for t in self.tensors.values():
+            if zlib.crc32(t.data) != t.crc32:
+                raise FormatError(f"{self.path}: tensor {t.layer}/{t.name}: checksum mismatch "
+                                  f"(data at byte {t.offset}, {t.nbytes} bytes, is corrupt)")
+        self.verified = True
+        return self
+
+
+def _int(value, what, where):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise FormatError(f"{where}: {what} must be an integer, got {value!r}")
+    return value
+
+
+def read_file(path, verify=False):
+    """Map, parse and validate a model file (see the module doc); returns a ModelFile."""
+    path = os.fspath(path)
     try:
         with open(path, "rb") as f:
-            raw = f.read()
+            size = os.fstat(f.fileno()).st_size
+            if size < _PREFIX.size:
+                raise FormatError(f"{path}: {size} bytes is too short for a pybnn file "
+                                  f"(header prefix is {_PREFIX.size})")
+            mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     except OSError as e:
         raise FormatError(f"{path}: cannot read: {e}") from None
-    if len(raw) < _PREFIX.size:
-        raise FormatError(f"{path}: {len(raw)} bytes is too short for a pybnn file (header prefix is {_PREFIX.size})")
-    magic, major, minor, flags, hlen = _PREFIX.unpack_from(raw)
+    buf = np.frombuffer(mapping, np.uint8)
+    magic, major, minor, flags, hlen = _PREFIX.unpack_from(mapping)
     if magic != MAGIC:
         raise FormatError(f"{path}: not a pybnn model file (bad magic at byte 0)")
     if major != MAJOR:
         raise FormatError(f"{path}: format version {major}.{minor} is not readable by this reader ({MAJOR}.x)")
-    if hlen > min(MAX_HEADER, len(raw) - _PREFIX.size):
-        raise FormatError(f"{path}: header length {hlen} at byte 16 exceeds the file ({len(raw)} bytes)")
+    if flags:
+        raise FormatError(f"{path}: unknown flags {flags:#x} at byte 12")
+    crc_size = _CRC.size if minor >= 1 else 0
+    if hlen > MAX_HEADER or _PREFIX.size + hlen + crc_size > size:
+        raise FormatError(f"{path}: header length {hlen} at byte 16 exceeds the file ({size} bytes)")
+    header = bytes(mapping[_PREFIX.size:_PREFIX.size + hlen])
+    data_start = _PREFIX.size + hlen + crc_size
+    if crc_size and _CRC.unpack_from(mapping, _PREFIX.size + hlen)[0] != zlib.crc32(header):
+        raise FormatError(f"{path}: header checksum mismatch (header at byte {_PREFIX.size} or its "
+                          f"CRC at byte {_PREFIX.size + hlen} is corrupt)")
     try:
-        header = json.loads(raw[_PREFIX.size:_PREFIX.size + hlen].decode("utf-8"))
-        arch, entries = header["model"], header["tensors"]
+        parsed = json.loads(header.decode("utf-8"))
+        arch, entries = parsed["model"], parsed["tensors"]
         if not isinstance(arch, dict) or not isinstance(entries, list):
             raise TypeError("model must be an object and tensors a list")
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
         raise FormatError(f"{path}: malformed header at byte {_PREFIX.size}: {e}") from None
-    tensors = {}
+    tensors, end = {}, data_start
     for i, t in enumerate(entries):
-        try:
-            key = (str(t["layer"]), str(t["name"]))
-            dtype, shape = t["dtype"], [int(s) for s in t["shape"]]
-            offset, nbytes, crc = int(t["offset"]), int(t["nbytes"]), int(t["crc32"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise FormatError(f"{path}: tensor entry {i} is malformed: {e}") from None
+        where = f"{path}: tensor entry {i}"
+        if not isinstance(t, dict) or not all(k in t for k in ("layer", "name", "dtype", "shape", "offset",
+                                                                  "nbytes", "crc32")):
+            raise FormatError(f"{where}: must be an object with layer, name, dtype, shape, offset, nbytes, crc32")
+        if not isinstance(t["layer"], str) or not isinstance(t["name"], str):
+            raise FormatError(f"{where}: layer and name must be strings")
+        key = (t["layer"], t["name"])
         where = f"{path}: tensor {key[0]}/{key[1]}"
-        if dtype not in _STORED.values():
-            raise FormatError(f"{where}: unknown dtype {dtype!r}")
-        if any(s < 0 for s in shape) or len(shape) > 8:
-            raise FormatError(f"{where}: invalid shape {shape}")
-        if nbytes != _nbytes(dtype, shape):
-            raise FormatError(f"{where}: {nbytes} bytes stored, {dtype}{shape} needs {_nbytes(dtype, shape)}")
-        if offset < _PREFIX.size + hlen or offset % ALIGN or offset + nbytes > len(raw):
-            raise FormatError(f"{where}: data at byte {offset} (+{nbytes}) is outside the data area "
-                              f"or misaligned (file has {len(raw)} bytes)")
-        data = raw[offset:offset + nbytes]
-        if zlib.crc32(data) != crc:
-            raise FormatError(f"{where}: checksum mismatch (data at byte {offset} is corrupt)")
+        dtype, shape = t["dtype"], t["shape"]
+        if not isinstance(dtype, str) or dtype not in DTYPES:
+            raise FormatError(f"{where}: unknown dtype {dtype!r} (expected one of {', '.join(DTYPES)})")
+        if not isinstance(shape, list) or len(shape) > MAX_RANK:
+            raise FormatError(f"{where}: shape must be a list of at most {MAX_RANK} sizes, got {shape!r}")
+        shape = [_int(s, "every shape entry", where) for s in shape]
+        offset, nbytes = _int(t["offset"], "offset", where), _int(t["nbytes"], "nbytes", where)
+        crc = _int(t["crc32"], "crc32", where)
+        if min(shape, default=0) < 0:
+            raise FormatError(f"{where}: negative size in shape {shape}")
+        if nbytes != tensor_nbytes(dtype, shape):
+            raise FormatError(f"{where}: {nbytes} bytes declared, {dtype}{shape} needs {tensor_nbytes(dtype, shape)}")
+        if offset % ALIGN or offset < end or offset + nbytes > size:
+            raise FormatError(f"{where}: data at byte {offset} (+{nbytes}) is misaligned, overlaps the header or "
+                              f"the previous tensor (which ends at byte {end}), or runs past the end of the file "
+                              f"({size} bytes)")
         if key in tensors:
             raise FormatError(f"{where}: appears twice")
-        if dtype == "bits":
-            count = int(np.prod(shape, dtype=np.int64))
-            bits = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")[:count]
-            array = np.where(bits == 1, np.float32(-1), np.float32(1)).reshape(shape)
-        else:
-            array = np.frombuffer(data, _DTYPES[dtype]).reshape(shape)
-        tensors[key] = array
-    return arch, tensors
+        end = offset + nbytes
+        tensors[key] = Tensor(key[0], key[1], dtype, shape, offset, nbytes, crc, buf[offset:end])
+    model_file = ModelFile(path, major, minor, size, arch, tensors, mapping)
+    return model_file.verify() if verify else model_file
 
 
-def load_weights(model, path):
-    arch, tensors = read_file(path)
-    layers = arch.get("layers") if isinstance(arch.get("layers"), list) else None
+def load_weights(model, source, verify=False):
+    """Load a model's weights from a path or a ModelFile (read_file) after checking that the
+    file's architecture is the model's; returns the ModelFile."""
+    mf = source if isinstance(source, ModelFile) else read_file(source, verify)
+    path = mf.path
+    layers = mf.arch.get("layers") if isinstance(mf.arch.get("layers"), list) else None
     if layers is None:
         raise FormatError(f"{path}: header has no layer list")
     if len(layers) != len(model.layers):
@@ -149,47 +233,55 @@ def load_weights(model, path):
             diff = sorted(k for k in set(mine) | set(config or {}) if (config or {}).get(k) != mine.get(k))
             raise FormatError(f"{path}: layer {i} ('{layer.name}') differs from the file in {diff}: "
                               f"file {[(k, (config or {}).get(k)) for k in diff]}, model {[(k, mine.get(k)) for k in diff]}")
+    used = set()
     for layer in model.layers:
         specs = layer.weight_specs()
         if not specs:
             continue
         arrays = []
         for name, shape, kind in specs:
-            array = tensors.get((layer.name, name))
-            if array is None:
+            t = mf.tensors.get((layer.name, name))
+            if t is None:
                 raise FormatError(f"{path}: no tensor {layer.name}/{name} in the file")
-            if tuple(array.shape) != tuple(shape) or _STORED[kind] != _dtype_name(array, kind):
-                raise FormatError(f"{path}: tensor {layer.name}/{name} is {array.dtype}{list(array.shape)}, "
+            if t.shape != tuple(shape) or t.dtype != _STORED[kind]:
+                raise FormatError(f"{path}: tensor {layer.name}/{name} is {t.dtype}{list(t.shape)}, "
                                   f"expected {_STORED[kind]}{list(shape)}")
-            arrays.append(array)
+            arrays.append(t.values())
+            used.add((layer.name, name))
         try:
             layer.set_weights(arrays)
         except PyBNNError as e:
             raise FormatError(f"{path}: {e}") from None
+    extra = sorted(set(mf.tensors) - used)
+    if extra:
+        raise FormatError(f"{path}: tensors {', '.join(f'{a}/{b}' for a, b in extra)} belong to no layer of the model")
+    return mf
 
 
-def _dtype_name(array, kind):
-    return "bits" if kind == "bits" and array.dtype == np.float32 else str(array.dtype)
-
-
-def load_model(path):
+def load_model(path, verify=False):
     """Rebuild a model from the architecture stored in the file and load its weights."""
     from . import layers as L
     from .model import Sequential
-    arch, _ = read_file(path)
+    mf = read_file(path, verify)
+    arch = mf.arch
     if arch.get("class") != "Sequential" or not isinstance(arch.get("layers"), list):
         raise FormatError(f"{path}: unsupported model class {arch.get('class')!r}")
     built = []
     for i, entry in enumerate(arch["layers"]):
-        cls = L.LAYERS.get(entry.get("class")) if isinstance(entry, dict) else None
+        kind = entry.get("class") if isinstance(entry, dict) else entry
+        cls = L.LAYERS.get(kind) if isinstance(kind, str) else None
         if cls is None:
-            raise FormatError(f"{path}: layer {i} has unknown kind {entry.get('class') if isinstance(entry, dict) else entry!r}")
+            raise FormatError(f"{path}: layer {i} has unknown kind {kind!r}")
+        config = entry.get("config")
+        if config is not None and not isinstance(config, dict):
+            raise FormatError(f"{path}: layer {i} ({kind}) config must be an object")
         try:
-            built.append(cls.from_config(dict(entry.get("config") or {})))
-        except (PyBNNError, TypeError) as e:
+            built.append(cls.from_config(dict(config or {})))
+        except (PyBNNError, TypeError, ValueError) as e:
             raise FormatError(f"{path}: layer {i} ({entry.get('class')}) has an invalid config: {e}") from None
     try:
         model = Sequential(built, name=str(arch.get("name", "sequential")))
     except PyBNNError as e:
         raise FormatError(f"{path}: the stored architecture does not build: {e}") from None
-    return model.load(path)
+    load_weights(model, mf)
+    return model

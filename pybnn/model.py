@@ -208,10 +208,12 @@ class Sequential:
         from .io import save_model
         save_model(self, path)
 
-    def load(self, path):
-        """Load weights from a pybnn model file written for this architecture; returns self."""
+    def load(self, path, verify=False):
+        """Load weights from a pybnn model file written for this architecture; returns self.
+        The file is memory-mapped and its weights used in place; verify=True also checks
+        every tensor's checksum (reads all weight bytes)."""
         from .io import load_weights
-        load_weights(self, path)
+        load_weights(self, path, verify)
         return self
 
 

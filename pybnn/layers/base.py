@@ -80,7 +80,11 @@ class Layer:
 
     @classmethod
     def from_config(cls, config):
-        return cls(**config)
+        """Rebuild a layer from get_config(); a missing or unknown key is a ConfigError."""
+        try:
+            return cls(**config)
+        except TypeError as e:
+            raise ConfigError(f"{cls.__name__}: invalid config {config!r}: {e}") from None
 
     def default_name(self, index):
         return f"{_snake(type(self).__name__)}_{index}"
@@ -156,7 +160,7 @@ def _check_weight(layer, spec, w):
     if tuple(w.shape) != tuple(shape):
         raise WeightsError(f"{layer}: weight '{name}' must have shape {tuple(shape)}, got {tuple(w.shape)}")
     if kind in ("float", "bits"):
-        w = w.astype(np.float32)
+        w = w.astype(np.float32, copy=False)  # a float32 file tensor is used in place
         if not np.all(np.isfinite(w)):
             raise WeightsError(f"{layer}: weight '{name}' contains NaN or infinity")
         # A binary kernel keeps only signs (what the file stores): get_weights returns ±1.

@@ -424,13 +424,8 @@ def _dense(conv_cls, doc):
     def __init__(self, units, use_bias=conv_cls is not BinaryConv2D, activation=None, name=None, **kwargs):
         conv_cls.__init__(self, units, 1, use_bias=use_bias, activation=activation, name=name, **kwargs)
 
-    def from_config(cls, config):
-        config = dict(config)
-        return cls(config.pop("units"), **config)
-
     name = conv_cls.__name__.replace("Conv2D", "Dense")
-    return type(name, (conv_cls,), {"__doc__": doc, "dense": True, "__init__": __init__,
-                                    "from_config": classmethod(from_config)})
+    return type(name, (conv_cls,), {"__doc__": doc, "dense": True, "__init__": __init__})
 
 
 Dense = _dense(Conv2D, "Float32 fully connected layer (BLAS matmul).")
