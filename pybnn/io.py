@@ -249,7 +249,7 @@ def load_weights(model, source, verify=False):
             arrays.append(t.values())
             used.add((layer.name, name))
         try:
-            layer.set_weights(arrays)
+            layer.set_weights(arrays, check_values=mf.verified)
         except PyBNNError as e:
             raise FormatError(f"{path}: {e}") from None
     extra = sorted(set(mf.tensors) - used)

@@ -105,14 +105,19 @@ class Layer:
         """[(name, shape, dtype kind)] that set_weights expects; dtype kind is 'float', 'int8' or 'int32'."""
         return []
 
-    def set_weights(self, weights):
+    def set_weights(self, weights, check_values=True):
+        """Set the weights (arrays in weight_specs order; binary kernels as any float array,
+        binarized).  check_values=False skips the value checks (finite floats, int8 in
+        [-127, 127]), which read every weight: the model-file loader uses it so that a
+        memory-mapped load does not touch the weight bytes (a bad value cannot make a
+        kernel misbehave, only give a wrong result; load(verify=True) checks them)."""
         specs = self._require_built("set_weights").weight_specs()
         if not isinstance(weights, (list, tuple)):
             raise WeightsError(f"{self.name}: set_weights takes a list of arrays, got {type(weights).__name__}")
         if len(weights) != len(specs):
             names = ", ".join(f"{n}{tuple(s)}" for n, s, _ in specs) or "none"
             raise WeightsError(f"{self.name}: expected {len(specs)} weight arrays ({names}), got {len(weights)}")
-        self._weights = [_check_weight(self.name, spec, w) for spec, w in zip(specs, weights)]
+        self._weights = [_check_weight(self.name, spec, w, check_values) for spec, w in zip(specs, weights)]
         self.version += 1
         self._prepare()
 
@@ -152,7 +157,7 @@ class Layer:
         return self.call(x)
 
 
-def _check_weight(layer, spec, w):
+def _check_weight(layer, spec, w, check_values=True):
     name, shape, kind = spec
     w = np.asarray(w)
     if w.dtype.kind not in "biuf" or w.dtype == bool:
@@ -161,17 +166,18 @@ def _check_weight(layer, spec, w):
         raise WeightsError(f"{layer}: weight '{name}' must have shape {tuple(shape)}, got {tuple(w.shape)}")
     if kind in ("float", "bits"):
         w = w.astype(np.float32, copy=False)  # a float32 file tensor is used in place
-        if not np.all(np.isfinite(w)):
+        if check_values and not np.all(np.isfinite(w)):
             raise WeightsError(f"{layer}: weight '{name}' contains NaN or infinity")
         # A binary kernel keeps only signs (what the file stores): get_weights returns ±1.
         return np.ascontiguousarray(ref.binarize(w) if kind == "bits" else w)
-    lo, hi = (-127, 127) if kind == "int8" else (-2**31, 2**31 - 1)
-    if w.dtype.kind == "f" and not np.all(np.isfinite(w) & (w == np.round(w))):
-        raise WeightsError(f"{layer}: weight '{name}' must hold integers ({kind}), got non-integer floats")
-    if w.size and (w.min() < lo or w.max() > hi):
-        raise WeightsError(f"{layer}: weight '{name}' must lie in [{lo}, {hi}] ({kind}), "
-                           f"got [{w.min()}, {w.max()}]")
-    return np.ascontiguousarray(w.astype(np.int8 if kind == "int8" else np.int32))
+    if check_values:
+        lo, hi = (-127, 127) if kind == "int8" else (-2**31, 2**31 - 1)
+        if w.dtype.kind == "f" and not np.all(np.isfinite(w) & (w == np.round(w))):
+            raise WeightsError(f"{layer}: weight '{name}' must hold integers ({kind}), got non-integer floats")
+        if w.size and (w.min() < lo or w.max() > hi):
+            raise WeightsError(f"{layer}: weight '{name}' must lie in [{lo}, {hi}] ({kind}), "
+                               f"got [{w.min()}, {w.max()}]")
+    return np.ascontiguousarray(w.astype(np.int8 if kind == "int8" else np.int32, copy=False))
 
 
 class Input(Layer):
