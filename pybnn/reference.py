@@ -80,11 +80,19 @@ def int8_conv2d(q, zero_point, w_int8, strides, dilation, pads):
 # ---------------------------------------------------------------------------- output transforms
 
 
+def clamp(x, lo, hi):
+    """x unless x < lo (then lo) or x > hi (then hi): NaN passes and -0.0 survives lo = 0.0.
+    (np.clip gives this only from NumPy 2.1; earlier versions turn -0.0 into +0.0.)"""
+    x = np.asarray(x)
+    lo, hi = x.dtype.type(lo), x.dtype.type(hi)
+    return np.where(x < lo, lo, np.where(x > hi, hi, x)).astype(x.dtype)
+
+
 def to_float(acc, mult, bias, lo=-np.inf, hi=np.inf):
     """y = float32(acc) * mult + bias in float32, each operation rounded separately, clamped."""
     y = np.asarray(acc).astype(np.float32) * np.asarray(mult, np.float32)
     y = y + np.asarray(bias, np.float32)
-    return np.clip(y, np.float32(lo), np.float32(hi)).astype(np.float32)
+    return clamp(y, lo, hi)
 
 
 def requantize(acc, bias, mult, zero_point, qmin=-128, qmax=127):
