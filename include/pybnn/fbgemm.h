@@ -812,10 +812,12 @@ static void pybnn_fbgemm_neon(const float *a, size_t lda, size_t m, const uint8_
 
 /* ================================================================ fbgemm driver
  *
- * Splits rows (or, when there are too few rows for every part to get a few tiles: dense
- * layers at small batch, channel panels) into up to `threads` contiguous ranges.  Every
- * output is summed in k order whatever its range and tile, so results are bit-identical
- * for every thread count.  `wp` must have passed pybnn_fbgemm_check(wp, size, k, cout); k >= 1. */
+ * Splits rows into up to `threads` contiguous ranges, or channel panels when there are
+ * fewer than 64 rows per part: each part then gets every row in full-height tiles (49 rows
+ * on 2 threads as 25 + 24 rows would make thin tiles) and reads all activations, which are
+ * small then.  Every output is summed in k order whatever its range and tile, so results
+ * are bit-identical for every thread count.  `wp` must have passed
+ * pybnn_fbgemm_check(wp, size, k, cout); k >= 1. */
 
 static inline pybnn_fbgemm_fn pybnn_fbgemm_pick(int isa, int *used) {
 #if PYBNN_NEON
@@ -864,7 +866,7 @@ static inline int pybnn_fbgemm(int isa, int threads, const float *a, size_t lda,
     const size_t panels = pybnn_fbgemm_panels(cout);
     /* Work (common.h units): one per 4 multiply-adds. */
     int nparts = pybnn_par_parts(threads, PYBNN_MAX(m, panels), (double)m * (double)cout * (double)k / 4.0);
-    j.by_rows = m >= (size_t)nparts * 16 || panels < (size_t)nparts;
+    j.by_rows = m >= (size_t)nparts * 64 || panels < (size_t)nparts;
     nparts = (int)PYBNN_MIN((size_t)nparts, j.by_rows ? m : panels);
     pybnn_par_run(nparts, pybnn_fbgemm_part, &j);
     return used;

@@ -7,10 +7,10 @@ channels when there are few rows, split into contiguous ranges; results are bit-
 for every thread count, floats included), and returns the ISA number (pybnn.cpu) of the variant that
 ran: the best one at or below `isa` that this build has and this CPU supports.
 
-Packed weights are 1-D uint8 arrays made once by pack_int8_weights / pack_binary_weights /
-pack_float_binary_weights;
-they start with a 16-byte header (magic, K, cout) that the GEMMs check, and every ISA
-variant reads the same layout (documented in include/pybnn/igemm.h and fbgemm.h).
+Packed weights are 1-D uint8 arrays made once by pack_int8_weights (igemm),
+pack_binary_weights (ibgemm) or pack_float_binary_weights (fbgemm); they start with a
+16-byte header (magic, K, cout) that the GEMMs check, and every ISA variant of a GEMM reads
+the same layout (documented in include/pybnn/igemm.h and fbgemm.h).
 """
 from libc.stdint cimport int8_t, int32_t, uint8_t, uint32_t
 
