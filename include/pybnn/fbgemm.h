@@ -615,6 +615,7 @@ pybnn_fbgemm_kernel_avx2(const float *a, size_t lda, const uint8_t *w, size_t k,
     __m256 acc[6][8];
     for (int r = 0; r < MR; r++)
         for (int v = 0; v < NV; v++) acc[r][v] = _mm256_setzero_ps();
+#pragma GCC unroll 4 /* measured: +3-10% here; neutral for SSE4, a loss for AVX-512 */
     for (size_t kk = 0; kk < k; kk++) {
         __m256 s[8];
         for (int v = 0; v < NV; v++)
