@@ -1,8 +1,9 @@
 """im2col, GEMM (int8 / binary weights) and output-transform kernels against NumPy oracles
 written here, on every instruction-set path this machine has.
 
-Integer results must match exactly; fbgemm sums floats in its own order and is checked to
-rtol 1e-5 + atol 1e-5 * sqrt(K) * max|a|; the output transforms must match NumPy bit for bit.
+Integer results must match exactly.  fbgemm sums every output in k order, so every path must
+give the scalar path's bits, within the error bound of recursive summation of the float64
+oracle; the output transforms must match NumPy bit for bit.
 """
 import itertools
 
@@ -23,7 +24,7 @@ CHANNELS = [1, 3, 7, 8, 9, 31, 32, 33, 64, 65, 130]
 IMPLEMENTED = {
     "igemm": {"scalar", "sse4", "avx2", "neon"},
     "ibgemm": {"scalar", "sse4", "avx2", "neon"},
-    "fbgemm": {"scalar", "sse4", "avx2", "neon"},
+    "fbgemm": {"scalar", "sse4", "avx2", "neon", "avx512"},
     "transform": {"scalar", "avx2"},
 }
 
@@ -242,34 +243,104 @@ def test_ibgemm_extremes(name, k):
         np.testing.assert_array_equal(out, ref_igemm(a, signs(w), zp), err_msg=f"a={aval} zp={zp}")
 
 
-def fb_tolerance(a, k):
-    return dict(rtol=1e-5, atol=1e-5 * np.sqrt(k) * max(float(np.abs(a).max()), 1e-30))
+# fbgemm tiles (include/pybnn/fbgemm.h): rows in tiles of up to 4 (NEON), 6 (SSE4, AVX2) or
+# 12 (AVX-512) rows, 1-3 rows across up to 64/128 channels; channels in panels of 32 and
+# vectors of 4, 8 or 16.  The grid straddles all of these.
+FB_MS = [1, 2, 3, 4, 5, 6, 7, 11, 12, 13, 25, 49]
+FB_COUTS = [1, 3, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 96, 97, 127, 128, 129, 160, 257]
+
+
+def fb_cases(k):
+    """(M, cout) pairs for one K: every cout, cycling M (the whole grid for two K)."""
+    if k in (33, 130):
+        return list(itertools.product(FB_MS, FB_COUTS))
+    return [(FB_MS[(i + k) % len(FB_MS)], cout) for i, cout in enumerate(FB_COUTS)]
+
+
+def fb_bound(a):
+    """Error bound of recursive summation of the K terms +-a[m, k] (exact products), per row:
+    gamma_{K-1} * sum_k |a[m, k]|, gamma_n = n u / (1 - n u), u = 2^-24."""
+    n = a.shape[1] - 1
+    u = 2.0 ** -24
+    return n * u / (1 - n * u) * np.abs(a.astype(np.float64)).sum(1, keepdims=True)
+
+
+def run_fbgemm(a, wp, cout, name, threads=1):
+    out = np.full((a.shape[0], cout), np.nan, np.float32)
+    used = gemm.fbgemm(a, wp, a.shape[1], cout, out, isa_num(name), threads)
+    assert used == expected_isa("fbgemm", name)
+    return out
+
+
+def test_pack_float_binary_weights_layout():
+    """Header, then panels of 32 channels with one word per k (bit j = channel 32p + j)."""
+    rng = np.random.default_rng(1)
+    for k, cout in [(1, 1), (3, 31), (2, 32), (5, 33), (4, 70)]:
+        w = random_float_weights(rng, cout, k)
+        w[0, 0] = np.nan  # not >= 0: -1
+        wp = gemm.pack_float_binary_weights(w)
+        npanel = (cout + 31) // 32
+        assert wp.shape == (16 + npanel * k * 4,)
+        header = wp[:16].view(np.uint32)
+        assert header[1] == k and header[2] == cout
+        bits = np.zeros((npanel * 32, k), bool)
+        bits[:cout] = ~(w >= 0)
+        want = ref_pack_bits(bits.reshape(npanel, 32, k).transpose(0, 2, 1).reshape(npanel * k, 32))
+        np.testing.assert_array_equal(wp[16:].view(np.uint32), want.ravel())
 
 
 @pytest.mark.parametrize("name", ISAS)
 @pytest.mark.parametrize("k", KS)
 def test_fbgemm(name, k):
     rng = np.random.default_rng(2000 + k)
-    for m, cout, _ in cases(k):
+    for m, cout in fb_cases(k):
         a = (rng.standard_normal((m, k)) * 3).astype(np.float32)
         w = random_float_weights(rng, cout, k)
-        out = np.full((m, cout), np.nan, np.float32)
-        used = gemm.fbgemm(a, gemm.pack_binary_weights(w), k, cout, out, isa_num(name))
-        assert used == expected_isa("fbgemm", name)
+        wp = gemm.pack_float_binary_weights(w)
+        out = run_fbgemm(a, wp, cout, name)
         want = a.astype(np.float64) @ signs(w).T.astype(np.float64)
-        np.testing.assert_allclose(out, want, **fb_tolerance(a, k), err_msg=f"M={m} cout={cout}")
+        assert np.all(np.abs(out - want) <= fb_bound(a)), f"M={m} cout={cout}"
+        if name != "scalar":
+            assert bitwise_equal(out, run_fbgemm(a, wp, cout, "scalar")), f"M={m} cout={cout}"
 
 
 @pytest.mark.parametrize("name", ISAS)
 def test_fbgemm_exact_values(name):
     """Small integers sum exactly in float32 in any order: checks signs bit for bit."""
     rng = np.random.default_rng(7)
-    for k, cout in [(5, 9), (37, 4), (300, 33)]:
-        a = rng.integers(-50, 51, (6, k)).astype(np.float32)
+    for m, k, cout in [(6, 5, 9), (6, 37, 4), (6, 300, 33), (13, 70, 129), (2, 40, 257)]:
+        a = rng.integers(-50, 51, (m, k)).astype(np.float32)
         w = random_float_weights(rng, cout, k)
-        out = np.empty((6, cout), np.float32)
-        gemm.fbgemm(a, gemm.pack_binary_weights(w), k, cout, out, isa_num(name))
+        out = run_fbgemm(a, gemm.pack_float_binary_weights(w), cout, name)
         np.testing.assert_array_equal(out, (a @ signs(w).T.astype(np.float32)))
+
+
+@pytest.mark.parametrize("name", ISAS)
+def test_fbgemm_special_values(name):
+    """Infinities, NaN and signed zeros: a sum in k order starting from +0.0 with exact
+    products, so -0.0 inputs give +0.0, inf * -1 = -inf, inf - inf = NaN (the scalar bits)."""
+    k, cout = 40, 70
+    rng = np.random.default_rng(8)
+    w = random_float_weights(rng, cout, k)
+    s = signs(w)
+    a = np.full((7, k), -0.0, np.float32)
+    a[1, 3] = np.inf
+    a[2, 5] = -np.inf
+    a[3, [2, 9]] = np.inf                 # same or opposite signs per channel: inf or NaN
+    a[4, 11] = np.nan
+    a[5] = rng.standard_normal(k)
+    a[5, ::4] = -0.0
+    a[6] = 3e38                           # overflows to +-inf in some channels
+    wp = gemm.pack_float_binary_weights(w)
+    out = run_fbgemm(a, wp, cout, name)
+    assert bitwise_equal(out[0], np.zeros(cout, np.float32))
+    np.testing.assert_array_equal(out[1], np.inf * s[:, 3])
+    np.testing.assert_array_equal(out[2], -np.inf * s[:, 5])
+    both = s[:, 2] == s[:, 9]
+    np.testing.assert_array_equal(out[3][both], np.inf * s[both, 2])
+    assert np.isnan(out[3][~both]).all() and np.isnan(out[4]).all()
+    if name != "scalar":
+        assert bitwise_equal(out[[0, 1, 2, 5, 6]], run_fbgemm(a, wp, cout, "scalar")[[0, 1, 2, 5, 6]])
 
 
 @pytest.mark.parametrize("name", ISAS)
@@ -280,7 +351,7 @@ def test_gemm_empty_batch(name):
                       np.zeros((0, 3), np.int32), isa_num(name)) == expected_isa("igemm", name)
     assert gemm.ibgemm(a8, gemm.pack_binary_weights(w), 10, 3, 0, np.zeros((0, 3), np.int32),
                        isa_num(name)) == expected_isa("ibgemm", name)
-    assert gemm.fbgemm(af, gemm.pack_binary_weights(w), 10, 3, np.zeros((0, 3), np.float32),
+    assert gemm.fbgemm(af, gemm.pack_float_binary_weights(w), 10, 3, np.zeros((0, 3), np.float32),
                        isa_num(name)) == expected_isa("fbgemm", name)
 
 
@@ -288,6 +359,7 @@ def test_gemm_rejects_bad_arguments():
     a = np.zeros((4, 10), np.int8)
     wi = gemm.pack_int8_weights(np.ones((3, 10), np.int8))
     wb = gemm.pack_binary_weights(np.ones((3, 10), np.float32))
+    wf = gemm.pack_float_binary_weights(np.ones((3, 10), np.float32))
     out = np.zeros((4, 3), np.int32)
     gemm.igemm(a, wi, 10, 3, 0, out)  # the good call
     bad = [
@@ -300,8 +372,13 @@ def test_gemm_rejects_bad_arguments():
         lambda: gemm.igemm(a, wi[:-1], 10, 3, 0, out),                     # truncated buffer
         lambda: gemm.ibgemm(a, wi, 10, 3, 0, out),                         # int8-packed weights
         lambda: gemm.ibgemm(a, wb, 10, 3, -129, out),
-        lambda: gemm.fbgemm(a.astype(np.float32), wb, 10, 3, np.zeros((4, 3), np.float32)[:, :2]),
-        lambda: gemm.fbgemm(np.zeros((4, 9), np.float32), wb, 10, 3, np.zeros((4, 3), np.float32)),
+        lambda: gemm.fbgemm(a.astype(np.float32), wf, 10, 3, np.zeros((4, 3), np.float32)[:, :2]),
+        lambda: gemm.fbgemm(np.zeros((4, 9), np.float32), wf, 10, 3, np.zeros((4, 3), np.float32)),
+        lambda: gemm.fbgemm(a.astype(np.float32), wb, 10, 3, np.zeros((4, 3), np.float32)),  # ibgemm's layout
+        lambda: gemm.fbgemm(a.astype(np.float32), wf[:-1], 10, 3, np.zeros((4, 3), np.float32)),
+        lambda: gemm.fbgemm(a.astype(np.float32), gemm.pack_float_binary_weights(np.ones((33, 10), np.float32)),
+                            10, 32, np.zeros((4, 32), np.float32)),         # packed for 33 channels
+        lambda: gemm.pack_float_binary_weights(np.zeros((3, 0), np.float32)),
         lambda: gemm.pack_int8_weights(np.zeros((3, 0), np.int8)),
         lambda: gemm.pack_binary_weights(np.zeros((0, 5), np.float32)),
     ]

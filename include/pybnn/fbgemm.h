@@ -4,11 +4,12 @@
  *     ibgemm:  out[m, n] = sum_k (a[m, k] - a_zp) * s[n, k]   a int8,    out int32 (exact)
  *
  * s[n, k] = +1 where bit k of row n is 0, -1 where it is 1.  The weights stay bit-packed:
- * the kernels expand the bits into sign masks on the fly, so no float or int8 copy of the
- * weights ever exists.  fbgemm flips the float sign bit with the mask (a XOR signmask);
- * ibgemm sums the activations whose bit is 1 and uses sum a*s = sum a - 2 sum_{bit=1} a.
+ * the kernels expand the bits on the fly, so no float or int8 copy of the weights ever
+ * exists.  fbgemm is a register-blocked float GEMM that makes +-1.0f vectors from the bits
+ * (its own layout and kernels: section "fbgemm" below); ibgemm sums the activations whose
+ * bit is 1 and uses sum a*s = sum a - 2 sum_{bit=1} a.
  *
- * Packed weight layout (pybnn_bgemm_pack; every variant of both kernels streams it):
+ * ibgemm's packed weight layout (pybnn_bgemm_pack; every ibgemm variant streams it):
  *
  *     bytes [0, 16)   header: uint32 magic "PBB1", K, cout, 0 (little endian)
  *     then            cout rows of KW = ceil(K/32) little-endian uint32 words: value k of
@@ -77,32 +78,6 @@ static inline void pybnn_bgemm_pack(const float *w, size_t k, size_t cout, uint8
 }
 
 /* ================================================================ scalar */
-
-static void pybnn_fbgemm_scalar(const float *a, size_t lda, size_t m, const uint8_t *rows, size_t k,
-                                size_t cout, float *out, size_t ldo) {
-    const size_t kw = pybnn_bgemm_words(k);
-    for (size_t i = 0; i < m; i++) {
-        const float *arow = a + i * lda;
-        for (size_t n = 0; n < cout; n++) {
-            const uint8_t *wrow = pybnn_bgemm_wrow(rows, k, n);
-            float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f}; /* 4 chains: the adds do not wait on each other */
-            for (size_t j = 0; j < kw; j++) {
-                const uint32_t word = pybnn_bgemm_u32(wrow + 4 * j);
-                const size_t nb = PYBNN_MIN(32, k - 32 * j);
-                for (size_t b = 0; b < nb; b++) {
-                    /* Multiply by -1 = flip the sign bit. */
-                    uint32_t v;
-                    memcpy(&v, arow + 32 * j + b, 4);
-                    v ^= ((word >> b) & 1u) << 31;
-                    float f;
-                    memcpy(&f, &v, 4);
-                    acc[b & 3] += f;
-                }
-            }
-            out[i * ldo + n] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-        }
-    }
-}
 
 static void pybnn_ibgemm_scalar(const int8_t *a, size_t lda, size_t m, const uint8_t *rows,
                                 const uint8_t *pops, size_t k, size_t cout, int a_zp, int32_t *out,
@@ -231,58 +206,6 @@ PYBNN_TARGET_SSE4 static void pybnn_ibgemm_sse4(const int8_t *a, size_t lda, siz
     }
 }
 
-/* fbgemm, 4 floats per step: lane i of step s tests bit 4s+i and flips the sign bit. */
-PYBNN_TARGET_SSE4 static inline __attribute__((always_inline)) void
-pybnn_fbgemm_row_sse4(const float *arow, size_t k, const uint8_t *w, size_t kw, int nc, float *out) {
-    const __m128i sign = _mm_set1_epi32((int)0x80000000u), bits0 = _mm_setr_epi32(1, 2, 4, 8);
-    __m128 acc[4];
-    for (int c = 0; c < nc; c++) acc[c] = _mm_setzero_ps();
-    for (size_t j = 0; j < kw; j++) {
-        __m128i wv[4];
-        for (int c = 0; c < nc; c++) wv[c] = _mm_set1_epi32((int)pybnn_bgemm_u32(w + (c * kw + j) * 4));
-        __m128i bits = bits0;
-        for (size_t k0 = 32 * j; k0 < PYBNN_MIN(32 * j + 32, k); k0 += 4, bits = _mm_slli_epi32(bits, 4)) {
-            __m128 x;
-            if (k0 + 4 <= k) {
-                x = _mm_loadu_ps(arow + k0);
-            } else {
-                float tmp[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-                memcpy(tmp, arow + k0, (k - k0) * sizeof(float));
-                x = _mm_loadu_ps(tmp);
-            }
-            for (int c = 0; c < nc; c++) {
-                const __m128i m = _mm_and_si128(_mm_cmpeq_epi32(_mm_and_si128(wv[c], bits), bits), sign);
-                acc[c] = _mm_add_ps(acc[c], _mm_xor_ps(x, _mm_castsi128_ps(m)));
-            }
-        }
-    }
-    if (nc == 4) {
-        const __m128 s01 = _mm_hadd_ps(acc[0], acc[1]), s23 = _mm_hadd_ps(acc[2], acc[3]);
-        _mm_storeu_ps(out, _mm_hadd_ps(s01, s23));
-    } else {
-        for (int c = 0; c < nc; c++) {
-            const __m128 s = _mm_hadd_ps(acc[c], acc[c]);
-            out[c] = _mm_cvtss_f32(_mm_hadd_ps(s, s));
-        }
-    }
-}
-
-PYBNN_TARGET_SSE4 static void pybnn_fbgemm_sse4(const float *a, size_t lda, size_t m, const uint8_t *rows,
-                                                size_t k, size_t cout, float *out, size_t ldo) {
-    const size_t kw = pybnn_bgemm_words(k);
-    for (size_t i = 0; i < m; i++) {
-        for (size_t n = 0; n < cout;) {
-            if (n + 4 <= cout) {
-                pybnn_fbgemm_row_sse4(a + i * lda, k, pybnn_bgemm_wrow(rows, k, n), kw, 4, out + i * ldo + n);
-                n += 4;
-            } else {
-                pybnn_fbgemm_row_sse4(a + i * lda, k, pybnn_bgemm_wrow(rows, k, n), kw, 1, out + i * ldo + n);
-                n += 1;
-            }
-        }
-    }
-}
-
 /* ================================================================ AVX2 */
 
 PYBNN_TARGET_AVX2 static inline int32_t pybnn_bgemm_hsum_avx2(__m256i v) {
@@ -360,94 +283,10 @@ PYBNN_TARGET_AVX2 static void pybnn_ibgemm_avx2(const int8_t *a, size_t lda, siz
     }
 }
 
-/* fbgemm, 8 floats per step: vpsllvd moves bit 8s+i of the broadcast word into the sign bit
- * of lane i; masked with 0x80000000 and XOR-ed into the activations it negates them. */
-PYBNN_TARGET_AVX2 static inline __attribute__((always_inline)) void
-pybnn_fbgemm_row_avx2(const float *arow, size_t k, const uint8_t *w, size_t kw, int nc, float *out) {
-    const __m256i sign = _mm256_set1_epi32((int)0x80000000u), iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m256i shift0 = _mm256_setr_epi32(31, 30, 29, 28, 27, 26, 25, 24), eight = _mm256_set1_epi32(8);
-    __m256 acc[4];
-    for (int c = 0; c < nc; c++) acc[c] = _mm256_setzero_ps();
-    for (size_t j = 0; j < kw; j++) {
-        __m256i wv[4];
-        for (int c = 0; c < nc; c++) wv[c] = _mm256_set1_epi32((int)pybnn_bgemm_u32(w + (c * kw + j) * 4));
-        __m256i shift = shift0;
-        for (size_t k0 = 32 * j; k0 < PYBNN_MIN(32 * j + 32, k); k0 += 8, shift = _mm256_sub_epi32(shift, eight)) {
-            __m256 x;
-            if (k0 + 8 <= k)
-                x = _mm256_loadu_ps(arow + k0);
-            else /* vmaskmovps reads only the lanes < k - k0: safe at the end of the buffer */
-                x = _mm256_maskload_ps(arow + k0, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(k - k0)), iota));
-            for (int c = 0; c < nc; c++) {
-                const __m256i m = _mm256_and_si256(_mm256_sllv_epi32(wv[c], shift), sign);
-                acc[c] = _mm256_add_ps(acc[c], _mm256_xor_ps(x, _mm256_castsi256_ps(m)));
-            }
-        }
-    }
-    if (nc == 4) {
-        const __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(acc[0], acc[1]), _mm256_hadd_ps(acc[2], acc[3]));
-        _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1)));
-    } else {
-        for (int c = 0; c < nc; c++) {
-            __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc[c]), _mm256_extractf128_ps(acc[c], 1));
-            s = _mm_hadd_ps(s, s);
-            out[c] = _mm_cvtss_f32(_mm_hadd_ps(s, s));
-        }
-    }
-}
-
-PYBNN_TARGET_AVX2 static void pybnn_fbgemm_avx2(const float *a, size_t lda, size_t m, const uint8_t *rows,
-                                                size_t k, size_t cout, float *out, size_t ldo) {
-    const size_t kw = pybnn_bgemm_words(k);
-    for (size_t i = 0; i < m; i++) {
-        for (size_t n = 0; n < cout;) {
-            if (n + 4 <= cout) {
-                pybnn_fbgemm_row_avx2(a + i * lda, k, pybnn_bgemm_wrow(rows, k, n), kw, 4, out + i * ldo + n);
-                n += 4;
-            } else {
-                pybnn_fbgemm_row_avx2(a + i * lda, k, pybnn_bgemm_wrow(rows, k, n), kw, 1, out + i * ldo + n);
-                n += 1;
-            }
-        }
-    }
-}
 #endif /* PYBNN_X86 */
 
 #if PYBNN_NEON
 /* ================================================================ NEON */
-
-/* fbgemm: vtstq marks the lanes whose weight bit is set; their sign bit is flipped. */
-static void pybnn_fbgemm_neon(const float *a, size_t lda, size_t m, const uint8_t *rows, size_t k,
-                              size_t cout, float *out, size_t ldo) {
-    const size_t kw = pybnn_bgemm_words(k);
-    const uint32_t bits_init[4] = {1, 2, 4, 8};
-    const uint32x4_t sign = vdupq_n_u32(0x80000000u), bits0 = vld1q_u32(bits_init);
-    for (size_t i = 0; i < m; i++) {
-        const float *arow = a + i * lda;
-        for (size_t n = 0; n < cout; n++) {
-            const uint8_t *wrow = pybnn_bgemm_wrow(rows, k, n);
-            float32x4_t acc = vdupq_n_f32(0.0f);
-            for (size_t j = 0; j < kw; j++) {
-                const uint32x4_t wv = vdupq_n_u32(pybnn_bgemm_u32(wrow + 4 * j));
-                uint32x4_t bits = bits0;
-                for (size_t k0 = 32 * j; k0 < PYBNN_MIN(32 * j + 32, k); k0 += 4, bits = vshlq_n_u32(bits, 4)) {
-                    float tmp[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-                    const float *src = arow + k0;
-                    if (k0 + 4 > k) {
-                        memcpy(tmp, src, (k - k0) * sizeof(float));
-                        src = tmp;
-                    }
-                    const uint32x4_t msk = vandq_u32(vtstq_u32(wv, bits), sign);
-                    const uint32x4_t x = veorq_u32(vreinterpretq_u32_f32(vld1q_f32(src)), msk);
-                    acc = vaddq_f32(acc, vreinterpretq_f32_u32(x));
-                }
-            }
-            float s[4];
-            vst1q_f32(s, acc);
-            out[i * ldo + n] = (s[0] + s[1]) + (s[2] + s[3]);
-        }
-    }
-}
 
 /* ibgemm: with T = sum_{bit=1} a (vtstq byte masks, pairwise-added int8 -> int16 -> int32),
  * sum (a - zp) s = A - 2T - zp (K - 2 popcount).  int16 lanes gain at most 4*128 per word
@@ -512,19 +351,6 @@ typedef void (*pybnn_ibgemm_fn)(const int8_t *a, size_t lda, size_t m, const uin
                                 const uint8_t *pops, size_t k, size_t cout, int a_zp, int32_t *out,
                                 size_t ldo);
 
-static inline pybnn_fbgemm_fn pybnn_fbgemm_pick(int isa, int *used) {
-#if PYBNN_NEON
-    if (isa >= PYBNN_ISA_NEON) { *used = PYBNN_ISA_NEON; return pybnn_fbgemm_neon; }
-#endif
-#if PYBNN_X86
-    if (isa >= PYBNN_ISA_AVX2 && pybnn_isa_supported(PYBNN_ISA_AVX2)) { *used = PYBNN_ISA_AVX2; return pybnn_fbgemm_avx2; }
-    if (isa >= PYBNN_ISA_SSE4 && pybnn_isa_supported(PYBNN_ISA_SSE4)) { *used = PYBNN_ISA_SSE4; return pybnn_fbgemm_sse4; }
-#endif
-    (void)isa;
-    *used = PYBNN_ISA_SCALAR;
-    return pybnn_fbgemm_scalar;
-}
-
 static inline pybnn_ibgemm_fn pybnn_ibgemm_pick(int isa, int *used) {
 #if PYBNN_NEON
     if (isa >= PYBNN_ISA_NEON) { *used = PYBNN_ISA_NEON; return pybnn_ibgemm_neon; }
@@ -579,16 +405,6 @@ static inline void pybnn_bgemm_run(pybnn_bgemm_job *j, int threads, double work)
     pybnn_par_run(nparts, pybnn_bgemm_part, j);
 }
 
-static inline int pybnn_fbgemm(int isa, int threads, const float *a, size_t lda, size_t m,
-                               const uint8_t *wp, size_t k, size_t cout, float *out, size_t ldo) {
-    int used;
-    pybnn_bgemm_job j = {pybnn_fbgemm_pick(isa, &used), NULL, a, sizeof(float),
-                         pybnn_bgemm_row(wp, k, 0), NULL, lda, m, k, cout, ldo, 0, 1, out};
-    if (m)  /* Work (common.h units): one per 2 float adds. */
-        pybnn_bgemm_run(&j, threads, (double)m * (double)cout * (double)k / 2.0);
-    return used;
-}
-
 static inline int pybnn_ibgemm(int isa, int threads, const int8_t *a, size_t lda, size_t m,
                                const uint8_t *wp, size_t k, size_t cout, int a_zp, int32_t *out,
                                size_t ldo) {
@@ -598,6 +414,462 @@ static inline int pybnn_ibgemm(int isa, int threads, const int8_t *a, size_t lda
                          ldo, a_zp, 1, out};
     if (m)  /* Work (common.h units): one per 6 multiply-adds. */
         pybnn_bgemm_run(&j, threads, (double)m * (double)cout * (double)k / 6.0);
+    return used;
+}
+
+/* ================================================================ fbgemm
+ *
+ * fbgemm has a weight layout of its own (pybnn_fbgemm_pack), in panels of 32 output channels:
+ *
+ *     bytes [0, 16)   header: uint32 magic "PFB1", K, cout, 0 (little endian)
+ *     then            ceil(cout/32) panels of K little-endian uint32 words: bit j of word k of
+ *                     panel p is the weight of channel 32p + j at depth k (bit 1 = -1); the
+ *                     bits of channels >= cout are 0
+ *
+ * One word holds the signs that 32 channels apply to the same activation a[m, k], which is
+ * what a register-blocked GEMM wants: a tile of MR rows x NR channels keeps its sums in vector
+ * registers and, for each k, multiply-adds the broadcast a[m, k] with vectors of +-1.0f made
+ * from the bits in registers (AVX-512: the bits are the mask of a blend of 1.0 and -1.0;
+ * AVX2, SSE4 and NEON: each byte indexes pybnn_fbgemm_signs, a 8 KiB table of 8 signs).  No
+ * float copy of the weights is ever made, so they stay 1 bit each all the way into L1.
+ *
+ * Every output is summed in k order with one rounding per k: acc = 0, then acc = acc + (+-a)
+ * (a product with +-1 is exact, so an FMA rounds exactly as that add).  Every variant, tile
+ * shape and thread count therefore gives the same bits (armv7 NEON aside: it flushes denormals
+ * to zero), and the error is that of recursive summation, at most (K-1) u sum_k |a[m, k]| with
+ * u = 2^-24 (typically ~sqrt(K) u sum_k |a[m, k]|). */
+#define PYBNN_FBGEMM_MAGIC 0x31424650u /* "PFB1" */
+#define PYBNN_FBGEMM_HEADER 16
+
+static inline size_t pybnn_fbgemm_panels(size_t cout) { return (cout + 31) / 32; }
+
+static inline size_t pybnn_fbgemm_packed_size(size_t k, size_t cout) {
+    return PYBNN_FBGEMM_HEADER + pybnn_fbgemm_panels(cout) * k * 4;
+}
+
+static inline uint32_t pybnn_fbgemm_u32(const uint8_t *p) {
+    uint32_t v;
+    memcpy(&v, p, 4); /* the packed buffer need not be aligned */
+    return v;
+}
+
+/* 1 if `wp` (of `size` bytes) was packed by pybnn_fbgemm_pack for this K and cout. */
+static inline int pybnn_fbgemm_check(const uint8_t *wp, size_t size, size_t k, size_t cout) {
+    return size == pybnn_fbgemm_packed_size(k, cout) && pybnn_fbgemm_u32(wp) == PYBNN_FBGEMM_MAGIC &&
+           pybnn_fbgemm_u32(wp + 4) == k && pybnn_fbgemm_u32(wp + 8) == cout;
+}
+
+/* w: (cout, k) float32 row-major; bit = 1 (weight -1) unless w >= 0 (so 0.0 and -0.0 give
+ * +1; NaN gives -1), as pybnn_bgemm_pack.  dst: pybnn_fbgemm_packed_size(k, cout) bytes. */
+static inline void pybnn_fbgemm_pack(const float *w, size_t k, size_t cout, uint8_t *dst) {
+    const uint32_t header[4] = {PYBNN_FBGEMM_MAGIC, (uint32_t)k, (uint32_t)cout, 0};
+    memcpy(dst, header, sizeof header);
+    for (size_t p = 0; p < pybnn_fbgemm_panels(cout); p++)
+        for (size_t kk = 0; kk < k; kk++) {
+            uint32_t word = 0;
+            for (size_t j = 0; j < 32 && 32 * p + j < cout; j++)
+                word |= (uint32_t)!(w[(32 * p + j) * k + kk] >= 0.0f) << j;
+            memcpy(dst + PYBNN_FBGEMM_HEADER + (p * k + kk) * 4, &word, 4);
+        }
+}
+
+/* Computes rows [0, mr) x channels [0, nc) of out; `w` points into the panels (a tile
+ * starts at a panel unless the variant says otherwise). */
+typedef void (*pybnn_fbgemm_tile_fn)(const float *a, size_t lda, size_t mr, const uint8_t *w, size_t k,
+                                     size_t nc, float *out, size_t ldo);
+
+/* The loop every SIMD variant shares: rows in near-equal tiles of at most `mr` (49 rows are
+ * 13+12+12+12, not 4x12+1: a thin tile wastes most of its issue slots), channels in blocks
+ * of `nr` (a multiple of 32).  A row tile's activations stay in L1/L2 while all channel
+ * blocks stream their bits past them. */
+static inline __attribute__((always_inline)) void
+pybnn_fbgemm_tiles(pybnn_fbgemm_tile_fn tile, size_t mr, size_t nr, const float *a, size_t lda, size_t m,
+                   const uint8_t *panels, size_t k, size_t cout, float *out, size_t ldo) {
+    const size_t ntiles = (m + mr - 1) / mr;
+    for (size_t t = 0, r0 = 0; t < ntiles; t++) {
+        const size_t rows = m / ntiles + (t < m % ntiles);
+        for (size_t n0 = 0; n0 < cout; n0 += nr)
+            tile(a + r0 * lda, lda, rows, panels + n0 / 32 * k * 4, k, PYBNN_MIN(nr, cout - n0),
+                 out + r0 * ldo + n0, ldo);
+        r0 += rows;
+    }
+}
+
+/* ================================================================ fbgemm scalar */
+
+static void pybnn_fbgemm_scalar(const float *a, size_t lda, size_t m, const uint8_t *panels, size_t k,
+                                size_t cout, float *out, size_t ldo) {
+    for (size_t i = 0; i < m; i++)
+        for (size_t n0 = 0; n0 < cout; n0 += 32) {
+            const uint8_t *w = panels + n0 / 32 * k * 4;
+            const size_t nc = PYBNN_MIN(32, cout - n0);
+            float acc[32] = {0.0f};
+            for (size_t kk = 0; kk < k; kk++) {
+                const float x = a[i * lda + kk];
+                const uint32_t word = pybnn_fbgemm_u32(w + 4 * kk);
+                for (size_t j = 0; j < nc; j++)
+                    acc[j] += (word >> j) & 1u ? -x : x;
+            }
+            memcpy(out + i * ldo + n0, acc, nc * sizeof(float));
+        }
+}
+
+#if PYBNN_X86 || PYBNN_NEON
+/* pybnn_fbgemm_signs[b][j] = -1.0f where bit j of byte b is set, else +1.0f. */
+#define PYBNN_FB_S(b, j) ((((b) >> (j)) & 1) ? -1.0f : 1.0f)
+#define PYBNN_FB_ROW(b)                                                                            \
+    {PYBNN_FB_S(b, 0), PYBNN_FB_S(b, 1), PYBNN_FB_S(b, 2), PYBNN_FB_S(b, 3),                       \
+     PYBNN_FB_S(b, 4), PYBNN_FB_S(b, 5), PYBNN_FB_S(b, 6), PYBNN_FB_S(b, 7)}
+#define PYBNN_FB_ROW4(b) PYBNN_FB_ROW(b), PYBNN_FB_ROW(b + 1), PYBNN_FB_ROW(b + 2), PYBNN_FB_ROW(b + 3)
+#define PYBNN_FB_ROW16(b) PYBNN_FB_ROW4(b), PYBNN_FB_ROW4(b + 4), PYBNN_FB_ROW4(b + 8), PYBNN_FB_ROW4(b + 12)
+#define PYBNN_FB_ROW64(b) PYBNN_FB_ROW16(b), PYBNN_FB_ROW16(b + 16), PYBNN_FB_ROW16(b + 32), PYBNN_FB_ROW16(b + 48)
+static const float pybnn_fbgemm_signs[256][8] __attribute__((aligned(32))) = {
+    PYBNN_FB_ROW64(0), PYBNN_FB_ROW64(64), PYBNN_FB_ROW64(128), PYBNN_FB_ROW64(192)};
+
+/* acc[r][v] = UPDATE for every row r and vector v of a tile, where UPDATE may use x, the
+ * broadcast activation XR of row r, and s[v], the signs of vector v.  The loop nest follows
+ * the tile's shape so that few registers are live besides the MR x NV sums: a tall tile
+ * broadcasts one row at a time (all s[v] live), a wide one keeps its few rows broadcast. */
+#define PYBNN_FB_MULADD(VT, XR, UPDATE)                                                            \
+    if (MR > NV) {                                                                                 \
+        for (int r = 0; r < MR; r++) {                                                             \
+            const VT x = XR;                                                                       \
+            for (int v = 0; v < NV; v++) acc[r][v] = UPDATE;                                       \
+        }                                                                                          \
+    } else {                                                                                       \
+        VT xs[8];                                                                                  \
+        for (int r = 0; r < MR; r++) xs[r] = XR;                                                   \
+        for (int v = 0; v < NV; v++)                                                               \
+            for (int r = 0; r < MR; r++) {                                                         \
+                const VT x = xs[r];                                                                \
+                acc[r][v] = UPDATE;                                                                \
+            }                                                                                      \
+    }
+
+/* Stores the first n (1..lanes) floats of a vector spilled to `v`. */
+static inline void pybnn_fbgemm_store_part(float *dst, const float *v, size_t n) { memcpy(dst, v, n * sizeof(float)); }
+#endif
+
+#if PYBNN_X86
+/* ================================================================ fbgemm SSE4 */
+
+/* MR rows x NV vectors of 4 channels; vector v reads byte v/2%4 of the words of panel v/8
+ * (so `w` may start at any byte of a panel when NV <= 2).  No FMA: the product with +-1 is
+ * exact, so multiply + add rounds as the other variants. */
+PYBNN_TARGET_SSE4 static inline __attribute__((always_inline)) void
+pybnn_fbgemm_kernel_sse4(const float *a, size_t lda, const uint8_t *w, size_t k, float *out, size_t ldo,
+                         size_t nc, const int MR, const int NV) {
+    __m128 acc[6][8]; /* [MR][NV]: fixed bounds, or the arrays would be VLAs and live in memory */
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < NV; v++) acc[r][v] = _mm_setzero_ps();
+    for (size_t kk = 0; kk < k; kk++) {
+        __m128 s[8];
+        for (int v = 0; v < NV; v++)
+            s[v] = _mm_load_ps(pybnn_fbgemm_signs[w[(v / 8 * k + kk) * 4 + v / 2 % 4]] + 4 * (v % 2));
+        PYBNN_FB_MULADD(__m128, _mm_set1_ps(a[r * lda + kk]), _mm_add_ps(acc[r][v], _mm_mul_ps(x, s[v])));
+    }
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < NV; v++) { /* constant bounds: unrolled, so acc stays in registers */
+            float tmp[4];
+            if ((size_t)(4 * v + 4) <= nc) {
+                _mm_storeu_ps(out + r * ldo + 4 * v, acc[r][v]);
+            } else if ((size_t)(4 * v) < nc) {
+                _mm_storeu_ps(tmp, acc[r][v]);
+                pybnn_fbgemm_store_part(out + r * ldo + 4 * v, tmp, nc - 4 * v);
+            }
+        }
+}
+
+/* Tiles of up to 6 rows x 32 channels: one row does the whole panel (8 sums in flight),
+ * more rows go 8 channels at a time. */
+PYBNN_TARGET_SSE4 static void pybnn_fbgemm_tile_sse4(const float *a, size_t lda, size_t mr, const uint8_t *w,
+                                                     size_t k, size_t nc, float *out, size_t ldo) {
+    if (mr == 1) {
+        pybnn_fbgemm_kernel_sse4(a, lda, w, k, out, ldo, nc, 1, 8);
+        return;
+    }
+    for (size_t n0 = 0; n0 < nc; n0 += 8) {
+        const uint8_t *ws = w + n0 / 8;
+        const size_t c = PYBNN_MIN(8, nc - n0);
+        switch (mr) {
+        case 2: pybnn_fbgemm_kernel_sse4(a, lda, ws, k, out + n0, ldo, c, 2, 2); break;
+        case 3: pybnn_fbgemm_kernel_sse4(a, lda, ws, k, out + n0, ldo, c, 3, 2); break;
+        case 4: pybnn_fbgemm_kernel_sse4(a, lda, ws, k, out + n0, ldo, c, 4, 2); break;
+        case 5: pybnn_fbgemm_kernel_sse4(a, lda, ws, k, out + n0, ldo, c, 5, 2); break;
+        default: pybnn_fbgemm_kernel_sse4(a, lda, ws, k, out + n0, ldo, c, 6, 2); break;
+        }
+    }
+}
+
+PYBNN_TARGET_SSE4 static void pybnn_fbgemm_sse4(const float *a, size_t lda, size_t m, const uint8_t *panels,
+                                                size_t k, size_t cout, float *out, size_t ldo) {
+    pybnn_fbgemm_tiles(pybnn_fbgemm_tile_sse4, 6, 32, a, lda, m, panels, k, cout, out, ldo);
+}
+
+/* ================================================================ fbgemm AVX2 */
+
+/* MR rows x NV vectors of 8 channels; vector v is byte v%4 of the words of panel v/4. */
+PYBNN_TARGET_AVX2 static inline __attribute__((always_inline)) void
+pybnn_fbgemm_kernel_avx2(const float *a, size_t lda, const uint8_t *w, size_t k, float *out, size_t ldo,
+                         size_t nc, const int MR, const int NV) {
+    __m256 acc[6][8];
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < NV; v++) acc[r][v] = _mm256_setzero_ps();
+#pragma GCC unroll 4 /* measured: +3-10% here; neutral for SSE4, a loss for AVX-512 */
+    for (size_t kk = 0; kk < k; kk++) {
+        __m256 s[8];
+        for (int v = 0; v < NV; v++)
+            s[v] = _mm256_load_ps(pybnn_fbgemm_signs[w[(v / 4 * k + kk) * 4 + v % 4]]);
+        PYBNN_FB_MULADD(__m256, _mm256_set1_ps(a[r * lda + kk]), _mm256_fmadd_ps(x, s[v], acc[r][v]));
+    }
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < NV; v++) {
+            float tmp[8];
+            if ((size_t)(8 * v + 8) <= nc) {
+                _mm256_storeu_ps(out + r * ldo + 8 * v, acc[r][v]);
+            } else if ((size_t)(8 * v) < nc) {
+                _mm256_storeu_ps(tmp, acc[r][v]);
+                pybnn_fbgemm_store_part(out + r * ldo + 8 * v, tmp, nc - 8 * v);
+            }
+        }
+}
+
+#define PYBNN_FB_AVX2(MR, NV) pybnn_fbgemm_kernel_avx2(a, lda, wp, k, out + n0, ldo, c, MR, NV)
+
+/* Tiles of up to 6 rows x 64 channels.  Many rows go 16 channels at a time: 6 x 16 is 12
+ * sums, as a float GEMM's 6x16 AVX2 kernel.  One row takes 64 channels, two rows 32, so
+ * that 8 sums are in flight. */
+PYBNN_TARGET_AVX2 static void pybnn_fbgemm_tile_avx2(const float *a, size_t lda, size_t mr, const uint8_t *w,
+                                                     size_t k, size_t nc, float *out, size_t ldo) {
+    const size_t nv = mr == 1 ? 8 : mr == 2 ? 4 : 2; /* vectors of 8 channels per kernel call */
+    for (size_t n0 = 0; n0 < nc; n0 += 8 * nv) {
+        const uint8_t *wp = w + n0 / 32 * k * 4 + n0 % 32 / 8; /* 16-channel tiles may start mid-panel */
+        const size_t c = PYBNN_MIN(8 * nv, nc - n0);
+        switch (mr) {
+        case 1:
+            if (c > 32)
+                PYBNN_FB_AVX2(1, 8);
+            else
+                PYBNN_FB_AVX2(1, 4);
+            break;
+        case 2: PYBNN_FB_AVX2(2, 4); break;
+        case 3: PYBNN_FB_AVX2(3, 2); break;
+        case 4: PYBNN_FB_AVX2(4, 2); break;
+        case 5: PYBNN_FB_AVX2(5, 2); break;
+        default: PYBNN_FB_AVX2(6, 2); break;
+        }
+    }
+}
+#undef PYBNN_FB_AVX2
+
+PYBNN_TARGET_AVX2 static void pybnn_fbgemm_avx2(const float *a, size_t lda, size_t m, const uint8_t *panels,
+                                                size_t k, size_t cout, float *out, size_t ldo) {
+    pybnn_fbgemm_tiles(pybnn_fbgemm_tile_avx2, 6, 64, a, lda, m, panels, k, cout, out, ldo);
+}
+
+/* ================================================================ fbgemm AVX-512 */
+
+/* The 16 signs at p as a mask register, loaded straight from memory (kmovw k, m16: a load
+ * uop only).  Left to itself GCC routes masks through a general register and kmovw k, r32,
+ * which takes a port-5 slot from the FMAs and blends. */
+typedef uint16_t __attribute__((aligned(1), may_alias)) pybnn_fbgemm_u16;
+PYBNN_TARGET_AVX512 static inline __attribute__((always_inline)) __mmask16 pybnn_fbgemm_mask16(const uint8_t *p) {
+    __mmask16 m;
+    __asm__("kmovw %1, %0" : "=k"(m) : "m"(*(const pybnn_fbgemm_u16 *)p));
+    return m;
+}
+
+/* MR rows x NP panels (2 vectors of 16 channels each); a blend of 1.0 and -1.0 under the
+ * mask of 16 bits makes the signs: one uop per 16. */
+PYBNN_TARGET_AVX512 static inline __attribute__((always_inline)) void
+pybnn_fbgemm_kernel_avx512(const float *a, size_t lda, const uint8_t *w, size_t k, float *out, size_t ldo,
+                           size_t nc, const int MR, const int NP) {
+    const __m512 one = _mm512_set1_ps(1.0f), minus = _mm512_set1_ps(-1.0f);
+    const int NV = 2 * NP;
+    __m512 acc[12][8];
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < NV; v++) acc[r][v] = _mm512_setzero_ps();
+    for (size_t kk = 0; kk < k; kk++) {
+        __m512 s[8];
+        for (int v = 0; v < NV; v++)
+            s[v] = _mm512_mask_blend_ps(pybnn_fbgemm_mask16(w + (v / 2 * k + kk) * 4 + v % 2 * 2), one, minus);
+        PYBNN_FB_MULADD(__m512, _mm512_set1_ps(a[r * lda + kk]), _mm512_fmadd_ps(x, s[v], acc[r][v]));
+    }
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < NV; v++)
+            if ((size_t)(16 * v) < nc) {
+                const size_t n = PYBNN_MIN(16, nc - 16 * v);
+                _mm512_mask_storeu_ps(out + r * ldo + 16 * v, (__mmask16)((1u << n) - 1), acc[r][v]);
+            }
+}
+
+#define PYBNN_FB_AVX512(MR, NP) pybnn_fbgemm_kernel_avx512(a, lda, wp, k, out + n0, ldo, c, MR, NP)
+
+/* Tiles of up to 12 rows x 128 channels.  Many rows go 32 channels (one panel) at a time:
+ * 12 x 32 is 24 sums, as a float GEMM's 12x32 AVX-512 kernel.  Few rows take up to 4 panels
+ * at once so that at least 8 sums are in flight (4-cycle FMA latency, 2 FMA ports), without
+ * running out of the 32 registers. */
+PYBNN_TARGET_AVX512 static void pybnn_fbgemm_tile_avx512(const float *a, size_t lda, size_t mr, const uint8_t *w,
+                                                         size_t k, size_t nc, float *out, size_t ldo) {
+    const size_t np = mr <= 2 ? 4 : mr == 3 ? 2 : 1; /* panels per kernel call */
+    for (size_t n0 = 0; n0 < nc; n0 += 32 * np) {
+        const uint8_t *wp = w + n0 / 32 * k * 4;
+        const size_t c = PYBNN_MIN(32 * np, nc - n0);
+        switch ((mr - 1) * 4 + (c - 1) / 32) {
+        case 0: PYBNN_FB_AVX512(1, 1); break;
+        case 1: PYBNN_FB_AVX512(1, 2); break;
+        case 2: PYBNN_FB_AVX512(1, 3); break;
+        case 3: PYBNN_FB_AVX512(1, 4); break;
+        case 4: PYBNN_FB_AVX512(2, 1); break;
+        case 5: PYBNN_FB_AVX512(2, 2); break;
+        case 6: PYBNN_FB_AVX512(2, 3); break;
+        case 7: PYBNN_FB_AVX512(2, 4); break;
+        case 8: PYBNN_FB_AVX512(3, 1); break;
+        case 9: PYBNN_FB_AVX512(3, 2); break;
+        case 12: PYBNN_FB_AVX512(4, 1); break;
+        case 16: PYBNN_FB_AVX512(5, 1); break;
+        case 20: PYBNN_FB_AVX512(6, 1); break;
+        case 24: PYBNN_FB_AVX512(7, 1); break;
+        case 28: PYBNN_FB_AVX512(8, 1); break;
+        case 32: PYBNN_FB_AVX512(9, 1); break;
+        case 36: PYBNN_FB_AVX512(10, 1); break;
+        case 40: PYBNN_FB_AVX512(11, 1); break;
+        default: PYBNN_FB_AVX512(12, 1); break;
+        }
+    }
+}
+#undef PYBNN_FB_AVX512
+
+PYBNN_TARGET_AVX512 static void pybnn_fbgemm_avx512(const float *a, size_t lda, size_t m, const uint8_t *panels,
+                                                    size_t k, size_t cout, float *out, size_t ldo) {
+    pybnn_fbgemm_tiles(pybnn_fbgemm_tile_avx512, 12, 128, a, lda, m, panels, k, cout, out, ldo);
+}
+#endif /* PYBNN_X86 */
+
+#if PYBNN_NEON
+/* ================================================================ fbgemm NEON */
+
+/* As SSE4.  aarch64 (and armv7 with VFPv4) multiply-adds fused; plain armv7 multiplies then
+ * adds: the product with +-1 is exact, so both round like the other variants. */
+#if defined(__aarch64__) || defined(__ARM_FEATURE_FMA)
+#define PYBNN_FB_NEON_MLA(acc, x, s) vfmaq_f32(acc, x, s)
+#else
+#define PYBNN_FB_NEON_MLA(acc, x, s) vmlaq_f32(acc, x, s)
+#endif
+
+static inline __attribute__((always_inline)) void
+pybnn_fbgemm_kernel_neon(const float *a, size_t lda, const uint8_t *w, size_t k, float *out, size_t ldo,
+                         size_t nc, const int MR, const int NV) {
+    float32x4_t acc[4][8];
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < NV; v++) acc[r][v] = vdupq_n_f32(0.0f);
+    for (size_t kk = 0; kk < k; kk++) {
+        float32x4_t s[8];
+        for (int v = 0; v < NV; v++)
+            s[v] = vld1q_f32(pybnn_fbgemm_signs[w[(v / 8 * k + kk) * 4 + v / 2 % 4]] + 4 * (v % 2));
+        PYBNN_FB_MULADD(float32x4_t, vdupq_n_f32(a[r * lda + kk]), PYBNN_FB_NEON_MLA(acc[r][v], x, s[v]));
+    }
+    for (int r = 0; r < MR; r++)
+        for (int v = 0; v < NV; v++) {
+            float *dst = out + r * ldo + 4 * v;
+            if ((size_t)(4 * v + 4) <= nc) {
+                vst1q_f32(dst, acc[r][v]);
+            } else if ((size_t)(4 * v) < nc) {
+                /* Lane stores: through a spill buffer (as x86) aarch64 GCC kept every sum in memory. */
+                if (nc - 4 * v >= 2)
+                    vst1_f32(dst, vget_low_f32(acc[r][v]));
+                else
+                    vst1q_lane_f32(dst, acc[r][v], 0);
+                if (nc - 4 * v == 3)
+                    vst1q_lane_f32(dst + 2, acc[r][v], 2);
+            }
+        }
+}
+
+/* Tiles of up to 4 rows x 32 channels (armv7 has 16 vector registers). */
+static void pybnn_fbgemm_tile_neon(const float *a, size_t lda, size_t mr, const uint8_t *w, size_t k,
+                                   size_t nc, float *out, size_t ldo) {
+    if (mr == 1) {
+        pybnn_fbgemm_kernel_neon(a, lda, w, k, out, ldo, nc, 1, 8);
+        return;
+    }
+    for (size_t n0 = 0; n0 < nc; n0 += 8) {
+        const uint8_t *ws = w + n0 / 8;
+        const size_t c = PYBNN_MIN(8, nc - n0);
+        switch (mr) {
+        case 2: pybnn_fbgemm_kernel_neon(a, lda, ws, k, out + n0, ldo, c, 2, 2); break;
+        case 3: pybnn_fbgemm_kernel_neon(a, lda, ws, k, out + n0, ldo, c, 3, 2); break;
+        default: pybnn_fbgemm_kernel_neon(a, lda, ws, k, out + n0, ldo, c, 4, 2); break;
+        }
+    }
+}
+#undef PYBNN_FB_NEON_MLA
+
+static void pybnn_fbgemm_neon(const float *a, size_t lda, size_t m, const uint8_t *panels, size_t k,
+                              size_t cout, float *out, size_t ldo) {
+    pybnn_fbgemm_tiles(pybnn_fbgemm_tile_neon, 4, 32, a, lda, m, panels, k, cout, out, ldo);
+}
+#endif /* PYBNN_NEON */
+
+/* ================================================================ fbgemm driver
+ *
+ * Splits rows into up to `threads` contiguous ranges, or channel panels when there are
+ * fewer than 64 rows per part: each part then gets every row in full-height tiles (49 rows
+ * on 2 threads as 25 + 24 rows would make thin tiles) and reads all activations, which are
+ * small then.  Every output is summed in k order whatever its range and tile, so results
+ * are bit-identical for every thread count.  `wp` must have passed
+ * pybnn_fbgemm_check(wp, size, k, cout); k >= 1. */
+
+static inline pybnn_fbgemm_fn pybnn_fbgemm_pick(int isa, int *used) {
+#if PYBNN_NEON
+    if (isa >= PYBNN_ISA_NEON) { *used = PYBNN_ISA_NEON; return pybnn_fbgemm_neon; }
+#endif
+#if PYBNN_X86
+    if (isa >= PYBNN_ISA_AVX512 && pybnn_isa_supported(PYBNN_ISA_AVX512)) { *used = PYBNN_ISA_AVX512; return pybnn_fbgemm_avx512; }
+    if (isa >= PYBNN_ISA_AVX2 && pybnn_isa_supported(PYBNN_ISA_AVX2)) { *used = PYBNN_ISA_AVX2; return pybnn_fbgemm_avx2; }
+    if (isa >= PYBNN_ISA_SSE4 && pybnn_isa_supported(PYBNN_ISA_SSE4)) { *used = PYBNN_ISA_SSE4; return pybnn_fbgemm_sse4; }
+#endif
+    (void)isa;
+    *used = PYBNN_ISA_SCALAR;
+    return pybnn_fbgemm_scalar;
+}
+
+typedef struct {
+    pybnn_fbgemm_fn fn;
+    const float *a;
+    const uint8_t *panels;
+    size_t lda, m, k, cout, ldo;
+    float *out;
+    int by_rows;
+} pybnn_fbgemm_job;
+
+static void pybnn_fbgemm_part(void *ctx, int part, int nparts) {
+    const pybnn_fbgemm_job *j = (const pybnn_fbgemm_job *)ctx;
+    size_t lo, hi;
+    if (j->by_rows) {
+        pybnn_par_range(j->m, part, nparts, &lo, &hi);
+        if (lo < hi)
+            j->fn(j->a + lo * j->lda, j->lda, hi - lo, j->panels, j->k, j->cout, j->out + lo * j->ldo, j->ldo);
+    } else {
+        pybnn_par_range(pybnn_fbgemm_panels(j->cout), part, nparts, &lo, &hi);
+        if (lo < hi)
+            j->fn(j->a, j->lda, j->m, j->panels + lo * j->k * 4, j->k, PYBNN_MIN(32 * hi, j->cout) - 32 * lo,
+                  j->out + 32 * lo, j->ldo);
+    }
+}
+
+static inline int pybnn_fbgemm(int isa, int threads, const float *a, size_t lda, size_t m,
+                               const uint8_t *wp, size_t k, size_t cout, float *out, size_t ldo) {
+    int used;
+    pybnn_fbgemm_job j = {pybnn_fbgemm_pick(isa, &used), a, wp + PYBNN_FBGEMM_HEADER, lda, m, k, cout, ldo, out, 1};
+    if (!m)
+        return used;
+    const size_t panels = pybnn_fbgemm_panels(cout);
+    /* Work (common.h units): one per 4 multiply-adds. */
+    int nparts = pybnn_par_parts(threads, PYBNN_MAX(m, panels), (double)m * (double)cout * (double)k / 4.0);
+    j.by_rows = m >= (size_t)nparts * 64 || panels < (size_t)nparts;
+    nparts = (int)PYBNN_MIN((size_t)nparts, j.by_rows ? m : panels);
+    pybnn_par_run(nparts, pybnn_fbgemm_part, &j);
     return used;
 }
 

@@ -246,7 +246,7 @@ class FloatBinaryConv2D(_Conv):
 
     def _pack(self, kernel4):
         flat = ref.binarize(kernel4).transpose(3, 0, 1, 2).reshape(self.filters, self.depth)
-        self._wpacked = kgemm.pack_binary_weights(np.ascontiguousarray(flat))
+        self._wpacked = kgemm.pack_float_binary_weights(np.ascontiguousarray(flat))
 
     def _default_output(self, named):
         out = super()._default_output(named)
