@@ -184,7 +184,8 @@ def test_im2col_and_gemm_kernels_identical(isa):
         facc = np.empty((cols.shape[0], cout), np.float32)
         iacc = np.empty((cols.shape[0], cout), np.int32)
         each_thread_count(lambda t: (gemm.fbgemm(cols, wb, kk, cout, facc, isa_number(), t), facc)[1])
-        each_thread_count(lambda t: (gemm.ibgemm(icols, wb, kk, cout, 7, iacc, isa_number(), t), iacc)[1])
+        wib = gemm.pack_int8_binary_weights(rng.standard_normal((cout, kk)).astype(np.float32))
+        each_thread_count(lambda t: (gemm.ibgemm(icols, wib, kk, cout, 7, iacc, isa_number(), t), iacc)[1])
         each_thread_count(lambda t: (gemm.igemm(icols, wi, kk, cout, 7, iacc, isa_number(), t), iacc)[1])
 
 

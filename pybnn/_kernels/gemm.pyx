@@ -7,9 +7,10 @@ channels when there are few rows, split into contiguous ranges; results are bit-
 for every thread count, floats included), and returns the ISA number (pybnn.cpu) of the variant that
 ran: the best one at or below `isa` that this build has and this CPU supports.
 
-Packed weights are 1-D uint8 arrays made once by pack_int8_weights / pack_binary_weights;
-they start with a 16-byte header (magic, K, cout) that the GEMMs check, and every ISA
-variant reads the same layout (documented in include/pybnn/igemm.h and fbgemm.h).
+Packed weights are 1-D uint8 arrays made once by pack_int8_weights (igemm),
+pack_int8_binary_weights (ibgemm) or pack_binary_weights (fbgemm); they start with a 16-byte
+header (magic, K, cout) that the GEMMs check, and every ISA variant reads the same layout
+(documented in include/pybnn/igemm.h and fbgemm.h).
 """
 from libc.stdint cimport int8_t, int32_t, uint8_t, uint32_t
 
@@ -31,6 +32,11 @@ cdef extern from "pybnn/igemm.h" nogil:
     void pybnn_igemm_pack(const int8_t *w, size_t k, size_t cout, uint8_t *dst)
     int pybnn_igemm(int isa, int threads, const int8_t *a, size_t lda, size_t m, const uint8_t *wp, size_t k,
                     size_t cout, int a_zp, int32_t *out, size_t ldo)
+    size_t pybnn_i8xb_packed_size(size_t k, size_t cout)
+    int pybnn_i8xb_check(const uint8_t *wp, size_t size, size_t k, size_t cout)
+    void pybnn_i8xb_pack(const float *w, size_t k, size_t cout, uint8_t *dst)
+    int pybnn_i8xb(int isa, int threads, const int8_t *a, size_t lda, size_t m, const uint8_t *wp, size_t k,
+                   size_t cout, int a_zp, int32_t *out, size_t ldo)
 
 cdef extern from "pybnn/fbgemm.h" nogil:
     size_t pybnn_bgemm_packed_size(size_t k, size_t cout)
@@ -38,8 +44,6 @@ cdef extern from "pybnn/fbgemm.h" nogil:
     void pybnn_bgemm_pack(const float *w, size_t k, size_t cout, uint8_t *dst)
     int pybnn_fbgemm(int isa, int threads, const float *a, size_t lda, size_t m, const uint8_t *wp, size_t k,
                      size_t cout, float *out, size_t ldo)
-    int pybnn_ibgemm(int isa, int threads, const int8_t *a, size_t lda, size_t m, const uint8_t *wp, size_t k,
-                     size_t cout, int a_zp, int32_t *out, size_t ldo)
 
 # Largest K for which every result is exact in int32 whatever the values: igemm sums K
 # products of at most 255 * 128 (a - zp, w); ibgemm K products of at most 255.
@@ -151,7 +155,7 @@ def igemm(const int8_t[:, ::1] a, const uint8_t[::1] wpacked, int K, int cout, i
 
 
 def pack_binary_weights(const float[:, ::1] w):
-    """Binarize w (cout, K) (+1 where w >= 0, else -1) and pack it for ibgemm / fbgemm."""
+    """Binarize w (cout, K) (+1 where w >= 0, else -1) and pack it for fbgemm."""
     cdef Py_ssize_t cout = w.shape[0], k = w.shape[1]
     _check_kc(k, cout, MAX_K_BINARY)
     packed = np.empty(pybnn_bgemm_packed_size(k, cout), dtype=np.uint8)
@@ -167,18 +171,31 @@ cdef int _check_bpacked(str name, const uint8_t[::1] wpacked, Py_ssize_t k, Py_s
     return 0
 
 
+def pack_int8_binary_weights(const float[:, ::1] w):
+    """Binarize w (cout, K) (+1 where w >= 0, else -1) and pack it for ibgemm: 1 bit per
+    weight, in 16-channel panels (layout in igemm.h)."""
+    cdef Py_ssize_t cout = w.shape[0], k = w.shape[1]
+    _check_kc(k, cout, MAX_K_BINARY)
+    packed = np.empty(pybnn_i8xb_packed_size(k, cout), dtype=np.uint8)
+    cdef uint8_t[::1] dst = packed
+    with nogil:
+        pybnn_i8xb_pack(&w[0, 0], k, cout, &dst[0])
+    return packed
+
+
 def ibgemm(const int8_t[:, ::1] a, const uint8_t[::1] wpacked, int K, int cout, int a_zp,
            int32_t[:, ::1] out, int isa=0, int threads=1):
     """out[m, n] = sum_k (a[m, k] - a_zp) * s[n, k] (s = +-1), exact int32; returns the ISA."""
     _check_threads(threads)
     _check_gemm("ibgemm", (a.shape[0], a.shape[1]), K, cout, MAX_K_BINARY, (out.shape[0], out.shape[1]))
     _check_zp(a_zp)
-    _check_bpacked("ibgemm", wpacked, K, cout)
+    if not pybnn_i8xb_check(&wpacked[0], wpacked.shape[0], K, cout):
+        raise ValueError(f"ibgemm: wpacked was not made by pack_int8_binary_weights for K={K}, cout={cout}")
     cdef int used
     cdef size_t m = a.shape[0]
     with nogil:
-        used = pybnn_ibgemm(isa, threads, &a[0, 0] if m else NULL, K, m, &wpacked[0], K, cout, a_zp,
-                            &out[0, 0] if m else NULL, cout)
+        used = pybnn_i8xb(isa, threads, &a[0, 0] if m else NULL, K, m, &wpacked[0], K, cout, a_zp,
+                          &out[0, 0] if m else NULL, cout)
     return used
 
 
