@@ -17,9 +17,10 @@ KS = [1, 3, 27, 31, 32, 33, 63, 64, 65, 130, 576, 1000]
 COUTS = [1, 3, 7, 8, 9, 33, 64]
 MS = [1, 5, 49]
 # Block boundaries of the int8 kernels (igemm.h): K in quads of 4, int16 flushes every 64
-# quads (K 256), K blocks of 512 (AVX-512) and 1024 (SSE4/AVX2); rows in blocks of 4-6 and
-# 96; channels in panels of 16 and groups of 64.
-BLOCK_KS = [4, 5, 255, 256, 257, 511, 512, 513, 1023, 1024, 1025, 2051]
+# quads (K 256), K unsplit up to 640 then in blocks of at most 512 (AVX-512), blocks of 1024
+# (SSE4/AVX2); rows in blocks of 4-6 and super-blocks of 96 (more: ibgemm expands all the
+# weights once); channels in panels of 16 and groups of 64.
+BLOCK_KS = [4, 5, 255, 256, 257, 511, 512, 513, 640, 641, 643, 1023, 1024, 1025, 2051]
 BLOCK_MS = [2, 4, 5, 6, 7, 11, 12, 13, 95, 96, 97, 193]
 BLOCK_COUTS = [15, 16, 17, 31, 48, 63, 64, 65, 80, 129]
 ZPS = [0, -128, 127, 5]
@@ -202,16 +203,17 @@ def test_igemm_extremes(name, k):
 
 
 def test_pack_int8_weights_layout():
-    """Header, 16-channel panels of 4-k quads holding w + 128, then row sums (see igemm.h)."""
+    """Header, 16-channel panels of 4-k quads (64 bytes: channel-major, k minor), then the
+    weight sums per channel (see igemm.h)."""
     k, cout = 5, 19
     w = (np.arange(cout * k).reshape(cout, k) * 7 % 256 - 128).astype(np.int8)
     wp = gemm.pack_int8_weights(w)
     kq, npan = 2, 2
     header = wp[:16].view(np.uint32)
     assert header[0] == 0x38514250 and header[1] == k and header[2] == cout
-    panels = wp[16:16 + npan * kq * 64].reshape(npan, kq, 16, 4)
-    full = np.zeros((npan * 16, kq * 4), np.uint8)
-    full[:cout, :k] = (w.astype(np.int16) + 128).astype(np.uint8)
+    panels = wp[16:16 + npan * kq * 64].view(np.int8).reshape(npan, kq, 16, 4)
+    full = np.zeros((npan * 16, kq * 4), np.int8)
+    full[:cout, :k] = w
     np.testing.assert_array_equal(panels, full.reshape(npan, 16, kq, 4).transpose(0, 2, 1, 3))
     sums = wp[16 + npan * kq * 64:].view(np.int32)
     want = np.zeros(npan * 16, np.int32)

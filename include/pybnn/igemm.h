@@ -1,23 +1,26 @@
 /* igemm / ibgemm: int8 activations x int8 or binary (+-1) weights -> exact int32.
  *
- *     igemm:   out[m, n] = sum_k (a[m, k] - a_zp) * w[n, k]     w int8, 1 byte per weight
- *     ibgemm:  out[m, n] = sum_k (a[m, k] - a_zp) * s[n, k]     s = +-1, 1 bit per weight
+ *     igemm:          out[m, n] = sum_k (a[m, k] - a_zp) * w[n, k]    w int8, 1 byte per weight
+ *     ibgemm (i8xb):  out[m, n] = sum_k (a[m, k] - a_zp) * s[n, k]    s = +-1, 1 bit per weight
  *
- * a is (M, K) int8 with row stride lda; out is (M, cout) int32 with row stride ldo.  Both
- * results are exact: every kernel accumulates in int32 (or in int16 for a proven bounded
- * number of steps) with wrapping adds, and the true result fits in int32 for the K the Python
- * layer allows (|sum| <= 255 * 128 * K < 2^31 for K <= 65536).
+ * a is (M, K) int8 with row stride lda; out is (M, cout) int32 with row stride ldo.  Both are
+ * exact: every kernel accumulates in int32 (or in int16 for a proven bounded number of steps)
+ * with wrapping adds, and the true result fits in int32 for the K the Python layer allows
+ * (|sum| <= 255 * 128 * K < 2^31 for K <= 65536; 255 * K for binary weights, K <= 2^23).
+ * (The int8 x binary functions are named pybnn_i8xb_*: fbgemm.h still has pybnn_ibgemm_*.)
  *
- * Both packed layouts group output channels into panels of 16 and K into quads of 4, the
+ * Both packed layouts group output channels into panels of 16 and K into quads of 4: the
  * operand shape of one AVX-512 VNNI vpdpbusd (16 int32 lanes, each the dot product of 4
- * unsigned bytes with 4 signed bytes):
+ * unsigned bytes with 4 signed bytes).
  *
  * igemm (pybnn_igemm_pack):
  *     bytes [0, 16)   header: uint32 magic "PBQ8", K, cout, 0 (little endian)
  *     then            ceil(cout/16) panels of KQ = ceil(K/4) blocks of 64 bytes; byte 4c + j of
- *                     block q of panel p is w[16p + c, 4q + j] + 128 as an unsigned byte
- *                     (w ^ 0x80), and 0 where the channel or k does not exist
+ *                     block q of panel p is w[16p + c, 4q + j] (int8), 0 where the channel or
+ *                     k does not exist
  *     then            ceil(cout/16)*16 int32 wsum[n] = sum_k w[n, k] (0 past cout)
+ *     The AVX-512 kernel loads whole 64-byte blocks: with the panels 64-byte aligned (the
+ *     buffer at 48 mod 64, as pack_int8_weights allocates it) it runs 5-10% faster.
  *
  * ibgemm (pybnn_i8xb_pack):
  *     bytes [0, 16)   header: uint32 magic "PBQ1", K, cout, 0
@@ -26,27 +29,26 @@
  *                     (0 where the channel or k does not exist)
  *     then            ceil(cout/16)*16 int32 wsum[n] = sum_k s[n, k] = K - 2 * (number of -1)
  *
- * Why w + 128: vpdpbusd multiplies unsigned by signed bytes, so the x86 kernels feed the
- * weights as the unsigned operand and the raw int8 activations as the signed one, and fold
- * the shift out at the end:
- *     sum_k (a - zp) w = sum_k (w + 128) a - 128 * asum[m] - zp * wsum[n],  asum[m] = sum_k a[m, k].
- * asum is one cheap pass over each row, wsum is precomputed, and the activations are read in
- * place, never copied (AVX-512) or copied once per row block into L1 (AVX2, SSE4).
+ * The AVX-512 kernels feed vpdpbusd the activations as unsigned bytes u = a + 128 (a ^ 0x80)
+ * and the weights as signed bytes, and fold the shift out per channel at the end:
+ *     sum_k (a - zp) w = sum_k u w - (128 + zp) * wsum[n].
+ * The narrower variants multiply sign-extended int16 (or pmaddubsw u by bit masks, below)
+ * and subtract zp * wsum.
  *
  * Why that bit order: a 64-bit word broadcast to every 64-bit lane puts, in the 32-bit lane of
  * channel c, the word's half c%2; byte j of that lane holds the bits of k = 4q + j of the 8
  * channels of parity c%2, and channel c is bit c/2 in it.  So one AND (or vptestmb) with a
  * constant byte pattern 1 << (c/2) and one compare turn the word into per-byte weight masks in
- * exactly the 16 channels x 4 k byte order above, on any vector width (16, 32 or 64 bytes),
+ * exactly the 16 channels x 4 k byte order above, at any vector width (16, 32 or 64 bytes),
  * without a shuffle.
  *
  * Variants:
  *     scalar  direct sum of (a - zp) * w, the reference
- *     sse4    rows in blocks of 6 sign-extended to int16 in L1, pmaddwd against
- *             zero-extended weights; ibgemm: pmaddubsw of (a + 128) with the bit masks
+ *     sse4    rows in blocks of 6 sign-extended to int16 in an L1 buffer, pmaddwd with the
+ *             sign-extended weights; ibgemm: pmaddubsw of a + 128 with the bit masks
  *     avx2    the same at 256 bits
- *     avx512  vpdpbusd; ibgemm expands a block of bits into an L1 buffer of w + 128 bytes
- *             (127 / 129) and runs the igemm micro-kernel on it
+ *     avx512  vpdpbusd, 6 rows x 64 channels per micro-kernel; ibgemm expands the bits to +-1
+ *             bytes in registers (once per block of rows, kept in L1) for the same kernel
  *     neon    vmull_s8 + vpadal (sdot when the compiler targets the dot-product extension)
  */
 #ifndef PYBNN_IGEMM_H
@@ -54,8 +56,10 @@
 
 #include "pybnn/common.h"
 
-#define PYBNN_IGEMM_MAGIC 0x38514250u  /* "PBQ8" */
-#define PYBNN_I8XB_MAGIC 0x31514250u /* "PBQ1" */
+#include <stdlib.h> /* aligned_alloc, free */
+
+#define PYBNN_IGEMM_MAGIC 0x38514250u /* "PBQ8" */
+#define PYBNN_I8XB_MAGIC 0x31514250u  /* "PBQ1" */
 #define PYBNN_IGEMM_HEADER 16
 #define PYBNN_IGEMM_NP 16 /* output channels per panel */
 
@@ -119,7 +123,7 @@ static inline void pybnn_igemm_pack(const int8_t *w, size_t k, size_t cout, uint
         uint8_t *col = panels + (n / PYBNN_IGEMM_NP) * pb + (n % PYBNN_IGEMM_NP) * 4;
         int32_t sum = 0;
         for (size_t kk = 0; kk < k; kk++) {
-            col[(kk / 4) * 64 + kk % 4] = (uint8_t)(w[n * k + kk] ^ 0x80);
+            col[(kk / 4) * 64 + kk % 4] = (uint8_t)w[n * k + kk];
             sum += w[n * k + kk];
         }
         memcpy(sums + n * 4, &sum, 4);
@@ -153,6 +157,17 @@ static inline void pybnn_i8xb_pack(const float *w, size_t k, size_t cout, uint8_
 /* Wrapping int32 arithmetic for the corrections (the true results fit; the steps may not). */
 static inline int32_t pybnn_igemm_wrap(int64_t v) { return (int32_t)(uint32_t)(uint64_t)v; }
 
+/* Per-channel corrections of channels [n, n + cnt): mul * wsum[n ..]. */
+static inline void pybnn_igemm_colsub(const uint8_t *sums, size_t n, size_t cnt, int32_t mul, int32_t *dst) {
+    for (size_t c = 0; c < cnt; c++)
+        dst[c] = pybnn_igemm_wrap((int64_t)mul * pybnn_igemm_load_i32(sums + 4 * (n + c)));
+}
+
+/* Blocking: n items in nb = ceil(n / bmax) near-equal blocks (sizes differ by at most 1), so
+ * no block is a short remainder (49 rows in blocks of 6 are 4 x 5 + 5 x 6, not 8 x 6 + 1). */
+static inline size_t pybnn_igemm_nblocks(size_t n, size_t bmax) { return (n + bmax - 1) / bmax; }
+static inline size_t pybnn_igemm_bstart(size_t n, size_t nb, size_t b) { return n * b / nb; }
+
 /* ---------------------------------------------------------------- scalar
  *
  * Variants take the panels and wsums of the channel range they compute (starting at a
@@ -165,18 +180,18 @@ static void pybnn_igemm_scalar(const int8_t *a, size_t lda, size_t m, const uint
     const size_t pb = pybnn_igemm_panel_bytes(k, 0);
     for (size_t i = 0; i < m; i++) {
         for (size_t n = 0; n < cout; n++) {
-            const uint8_t *col = panels + (n / PYBNN_IGEMM_NP) * pb + (n % PYBNN_IGEMM_NP) * 4;
+            const int8_t *col = (const int8_t *)panels + (n / PYBNN_IGEMM_NP) * pb + (n % PYBNN_IGEMM_NP) * 4;
             int32_t acc = 0;
             for (size_t kk = 0; kk < k; kk++)
-                acc += ((int32_t)a[i * lda + kk] - a_zp) * (int32_t)(int8_t)(col[(kk / 4) * 64 + kk % 4] ^ 0x80);
+                acc += ((int32_t)a[i * lda + kk] - a_zp) * col[(kk / 4) * 64 + kk % 4];
             out[i * ldo + n] = acc;
         }
     }
 }
 
 static void pybnn_i8xb_scalar(const int8_t *a, size_t lda, size_t m, const uint8_t *panels,
-                                const uint8_t *sums, size_t k, size_t cout, int a_zp, int32_t *out,
-                                size_t ldo) {
+                              const uint8_t *sums, size_t k, size_t cout, int a_zp, int32_t *out,
+                              size_t ldo) {
     (void)sums;
     const size_t pb = pybnn_igemm_panel_bytes(k, 1);
     for (size_t i = 0; i < m; i++) {
@@ -196,29 +211,11 @@ static void pybnn_i8xb_scalar(const int8_t *a, size_t lda, size_t m, const uint8
 }
 
 #if PYBNN_X86
-/* ---------------------------------------------------------------- SSE4 / AVX2
- *
- * Rows go in blocks of PYBNN_IGEMM_MR, K in blocks of PYBNN_IGEMM_KC.  Each (row block, K
- * block) is first copied into a small L1 buffer in the form the multiply wants (igemm: int16,
- * zero-padded to whole quads; ibgemm: a + 128 as unsigned bytes, padded with 0), with the row
- * sums on the side; then every channel tile of the row block sweeps that buffer with its
- * accumulators in registers.  Partial sums of a K block go through `out` (or a local tile).
- *
- * igemm, per quad q and 4 channels: the 16 weight bytes (4 channels x 4 k, values w + 128)
- * zero-extend to 16 int16, the row's 4 activations broadcast as 4 int16 to every 64-bit lane,
- * and pmaddwd gives 8 int32: (channel, k pair) sums, |v| <= 2 * 255 * 128, exact.  The two
- * pairs of a channel are added once per tile (phaddd).
- *
- * ibgemm, per quad and 8 channels (4 on SSE4): u = a + 128 (4 bytes) broadcast, and the bit
- * masks m = 0 / -1 (weight -1) of 8 channels x 4 k; pmaddubsw(u, m) = -(u0 m0 + u1 m1) per
- * int16 lane is in [-510, 0], never saturates, and is added in int16 for at most
- * PYBNN_I8XB_FLUSH = 64 quads (64 * 510 = 32640 <= 32767) before pmaddwd by 1 widens the
- * lanes to int32.  With T = that sum, U = sum_k u, S = wsum:
- *     sum (a - zp) s = sum u s - (128 + zp) S = U + 2T - (128 + zp) S.
- */
-/* acc + pmaddwd(w, b) and acc + pmaddubsw(u, m), with the accumulator tied to one register
- * by inline assembly: GCC 12 gives each new accumulator value a fresh register and copies it
- * back (the intrinsic forms ran the tiles 2-3x slower, with spills). */
+/* ---------------------------------------------------------------- x86 building blocks */
+
+/* acc + pmaddwd(w, b), acc + pmaddubsw(u, m) and acc + vpdpbusd(u, s), with the accumulator
+ * tied to one register by inline assembly: GCC 12 gives each new accumulator value a fresh
+ * register and copies it back (with the intrinsics the tiles ran 2-3x slower, and spilled). */
 PYBNN_TARGET_SSE4 static inline __attribute__((always_inline)) __m128i pybnn_igemm_madd_sse4(__m128i acc, __m128i w,
                                                                                             __m128i b) {
     __m128i t;
@@ -243,31 +240,55 @@ PYBNN_TARGET_AVX2 static inline __attribute__((always_inline)) __m256i pybnn_i8x
     __asm__("vpmaddubsw %3, %2, %1\n\tvpaddw %1, %0, %0" : "+x"(acc), "=&x"(t) : "x"(u), "x"(m));
     return acc;
 }
+PYBNN_TARGET_AVX512 static inline __attribute__((always_inline)) __m512i pybnn_igemm_dpbusd(__m512i acc, __m512i u,
+                                                                                           __m512i s) {
+    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u), "v"(s));
+    return acc;
+}
 
-/* GCC keeps an array of vector accumulators in memory even when every index is a constant,
- * so the tiles name each accumulator (acc<row><col>) and expand per-row and per-column code
- * with these; conditions on the constant mr / nz drop the unused ones. */
+/* GCC also keeps an array of vector accumulators in memory even when every index is a
+ * constant, so the tiles name each accumulator (acc<row><col>) and expand per-row and
+ * per-column code with these; conditions on the constant mr / nz drop the unused ones.  Each
+ * tile shape is its own non-inlined function, picked from a table, so that its register
+ * allocation does not depend on the driver around it (inlined, GCC spilled accumulators). */
 #define PYBNN_ROWS6(X) X(0) X(1) X(2) X(3) X(4) X(5)
 #define PYBNN_COLS2(X, r) X(r, 0) X(r, 1)
 #define PYBNN_COLS4(X, r) X(r, 0) X(r, 1) X(r, 2) X(r, 3)
 
-#ifndef PYBNN_IGEMM_MR
-#define PYBNN_IGEMM_MR 6      /* rows per block (igemm); ibgemm uses 5 (AVX2) / 4 (SSE4) */
-#endif
-#define PYBNN_IGEMM_KC 1024   /* K per block: the buffer is at most 6 x 1024 int16 = 12 KB */
+/* ---------------------------------------------------------------- SSE4 / AVX2
+ *
+ * Rows go in blocks of PYBNN_IGEMM_MR, K in blocks of at most PYBNN_IGEMM_KC.  Each (row
+ * block, K block) is first copied into a small L1 buffer in the form the multiply wants
+ * (igemm: int16, zero-padded to whole quads; ibgemm: u = a + 128 bytes, padded with 0, and
+ * the row sums of u), then every channel tile sweeps that buffer with its accumulators in
+ * registers.  Partial sums of a K block go through `out` (or a local tile).
+ *
+ * igemm, per quad q and 4 channels: the 16 weight bytes (4 channels x 4 k) sign-extend to
+ * int16, the row's 4 activations broadcast as int16 to every 64-bit lane, and pmaddwd gives 8
+ * int32 (channel, k pair) sums, |v| <= 2 * 128 * 128, exact.  The two pairs of a channel are
+ * added once per tile (phaddd).  Result: sum a w - zp wsum.
+ *
+ * ibgemm, per quad and 8 channels (4 on SSE4): u (4 bytes) broadcast, and the bit masks
+ * m = 0 / -1 (weight -1) of 8 channels x 4 k; pmaddubsw(u, m) = -(u0 m0 + u1 m1) per int16
+ * lane is in [-510, 0], never saturates, and is added in int16 for at most
+ * PYBNN_I8XB_FLUSH = 64 quads (64 * 510 = 32640 <= 32767) before pmaddwd by 1 widens the
+ * lanes to int32.  With T = that sum, U = sum_k u and S = wsum:
+ *     sum (a - zp) s = sum u s - (128 + zp) S = U + 2T - (128 + zp) S.
+ */
+#define PYBNN_IGEMM_MR 6 /* rows per block */
+#define PYBNN_IGEMM_KC 1024 /* K per block: the int16 buffer is at most 6 x 1024 x 2 = 12 KB */
 #define PYBNN_I8XB_FLUSH 64 /* quads between int16 -> int32 widenings (bound above) */
 
-/* Copies rows [0, mr) of a (columns [k0, k0 + 4 nq), real up to k) into buf (row stride
- * PYBNN_IGEMM_KC int16), sign-extended, zero past k; adds each row's sum of a to asum[r]. */
+/* Copies rows [0, mr) of a, columns [k0, k0 + 4 nq) (real up to k), into buf (row stride
+ * PYBNN_IGEMM_KC int16), sign-extended, zero past k. */
 PYBNN_TARGET_SSE4 static inline __attribute__((always_inline)) void
-pybnn_igemm_widen_sse4(const int8_t *a, size_t lda, int mr, size_t k0, size_t nq, size_t k, int16_t *buf,
-                       int32_t *asum) {
+pybnn_igemm_widen_sse4(const int8_t *a, size_t lda, int mr, size_t k0, size_t nq, size_t k, int16_t *buf) {
     const size_t len = PYBNN_MIN(4 * nq, k - k0);
-    const __m128i ones = _mm_set1_epi16(1);
     for (int r = 0; r < mr; r++) {
         const int8_t *src = a + (size_t)r * lda + k0;
         int16_t *dst = buf + (size_t)r * PYBNN_IGEMM_KC;
-        __m128i s = _mm_setzero_si128();
+        /* 16 values per step: may write up to 12 int16 past the quads, which the row stride
+         * has room for (KC is a multiple of 16). */
         for (size_t x = 0; x < 4 * nq; x += 16) {
             __m128i v;
             if (x + 16 <= len) {
@@ -278,23 +299,16 @@ pybnn_igemm_widen_sse4(const int8_t *a, size_t lda, int mr, size_t k0, size_t nq
                     memcpy(tmp, src + x, len - x);
                 v = _mm_loadu_si128((const __m128i *)tmp);
             }
-            const __m128i lo = _mm_cvtepi8_epi16(v), hi = _mm_cvtepi8_epi16(_mm_srli_si128(v, 8));
-            s = _mm_add_epi32(s, _mm_add_epi32(_mm_madd_epi16(lo, ones), _mm_madd_epi16(hi, ones)));
-            /* buf rows hold whole quads; a 16-byte step may overrun the quads by up to 12 int16,
-             * which the row stride has room for (KC is a multiple of 16). */
-            _mm_storeu_si128((__m128i *)(dst + x), lo);
-            _mm_storeu_si128((__m128i *)(dst + x + 8), hi);
+            _mm_storeu_si128((__m128i *)(dst + x), _mm_cvtepi8_epi16(v));
+            _mm_storeu_si128((__m128i *)(dst + x + 8), _mm_cvtepi8_epi16(_mm_srli_si128(v, 8)));
         }
-        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
-        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
-        asum[r] += _mm_cvtsi128_si32(s);
     }
 }
 
 /* Like pybnn_igemm_widen_sse4 for ibgemm: u = a + 128 bytes (0 past k), usum[r] += sum u. */
 PYBNN_TARGET_SSE4 static inline __attribute__((always_inline)) void
 pybnn_i8xb_flip_sse4(const int8_t *a, size_t lda, int mr, size_t k0, size_t nq, size_t k, uint8_t *buf,
-                       int32_t *usum) {
+                     int32_t *usum) {
     const size_t len = PYBNN_MIN(4 * nq, k - k0);
     const __m128i flip = _mm_set1_epi8((char)0x80), zero = _mm_setzero_si128();
     for (int r = 0; r < mr; r++) {
@@ -319,18 +333,10 @@ pybnn_i8xb_flip_sse4(const int8_t *a, size_t lda, int mr, size_t k0, size_t nq, 
     }
 }
 
-/* Column corrections of channels [n, n + cnt): zp * wsum (igemm) or (128 + zp) * wsum. */
-static inline void pybnn_igemm_colsub(const uint8_t *sums, size_t n, size_t cnt, int32_t mul, int32_t *dst) {
-    for (size_t c = 0; c < cnt; c++)
-        dst[c] = pybnn_igemm_wrap((int64_t)mul * pybnn_igemm_load_i32(sums + 4 * (n + c)));
-}
-
-/* ---------------------------------------------------------------- SSE4 */
-
 /* mr rows x 4 channels: 2 accumulators (2 channels x 2 k pairs each) per row. */
 PYBNN_TARGET_SSE4 static inline __attribute__((always_inline)) void
-pybnn_igemm_tile_sse4(const int16_t *buf, const uint8_t *w, size_t nq, int32_t *c, size_t ldc, int nc,
-                      int accumulate, const int32_t *rsub, const int32_t *csub, const int mr) {
+pybnn_igemm_tile_SSE4(const int16_t *buf, const int8_t *w, size_t nq, int32_t *c, size_t ldc, int nc,
+                      int accumulate, const int32_t *csub, const int mr) {
 #define PYBNN_DECL(r, z) __m128i acc##r##z = _mm_setzero_si128();
 #define PYBNN_DECL_ROW(r) PYBNN_COLS2(PYBNN_DECL, r)
 #define PYBNN_MAC(r, z) acc##r##z = pybnn_igemm_madd_sse4(acc##r##z, w##z, b);
@@ -347,15 +353,15 @@ pybnn_igemm_tile_sse4(const int16_t *buf, const uint8_t *w, size_t nq, int32_t *
             memcpy(res, c + r * ldc, nc * sizeof(int32_t));                                        \
             v = _mm_add_epi32(v, _mm_loadu_si128((const __m128i *)res));                           \
         }                                                                                          \
-        if (rsub)                                                                                  \
-            v = _mm_sub_epi32(v, _mm_add_epi32(_mm_set1_epi32(rsub[r]), _mm_loadu_si128((const __m128i *)csub))); \
+        if (csub)                                                                                  \
+            v = _mm_sub_epi32(v, _mm_loadu_si128((const __m128i *)csub));                          \
         _mm_storeu_si128((__m128i *)res, v);                                                       \
         memcpy(c + r * ldc, res, nc * sizeof(int32_t));                                            \
     }
     PYBNN_ROWS6(PYBNN_DECL_ROW)
     for (size_t q = 0; q < nq; q++, w += 64) {
-        const __m128i w0 = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)w));
-        const __m128i w1 = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(w + 8)));
+        const __m128i w0 = _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)w));
+        const __m128i w1 = _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(w + 8)));
         PYBNN_ROWS6(PYBNN_ROW)
     }
     PYBNN_ROWS6(PYBNN_OUT)
@@ -366,39 +372,95 @@ pybnn_igemm_tile_sse4(const int16_t *buf, const uint8_t *w, size_t nq, int32_t *
 #undef PYBNN_OUT
 }
 
+/* mr rows x 8 channels: 2 accumulators (4 channels x 2 k pairs each) per row; 12 + 3 ymm. */
+PYBNN_TARGET_AVX2 static inline __attribute__((always_inline)) void
+pybnn_igemm_tile_AVX2(const int16_t *buf, const int8_t *w, size_t nq, int32_t *c, size_t ldc, int nc,
+                      int accumulate, const int32_t *csub, const int mr) {
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), live = _mm256_cmpgt_epi32(_mm256_set1_epi32(nc), lanes);
+#define PYBNN_DECL(r, z) __m256i acc##r##z = _mm256_setzero_si256();
+#define PYBNN_DECL_ROW(r) PYBNN_COLS2(PYBNN_DECL, r)
+#define PYBNN_MAC(r, z) acc##r##z = pybnn_igemm_madd_avx2(acc##r##z, w##z, b);
+#define PYBNN_ROW(r)                                                                               \
+    if (mr > r) {                                                                                  \
+        const __m256i b = _mm256_set1_epi64x((long long)pybnn_igemm_load_u64(buf + r * PYBNN_IGEMM_KC + 4 * q)); \
+        PYBNN_COLS2(PYBNN_MAC, r)                                                                  \
+    }
+    /* hadd: [c0 c1 c4 c5 | c2 c3 c6 c7]; the 64-bit permute puts them in order. */
+#define PYBNN_OUT(r)                                                                               \
+    if (mr > r) {                                                                                  \
+        __m256i v = _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc##r##0, acc##r##1), _MM_SHUFFLE(3, 1, 2, 0)); \
+        if (accumulate)                                                                            \
+            v = _mm256_add_epi32(v, _mm256_maskload_epi32(c + r * ldc, live));                     \
+        if (csub)                                                                                  \
+            v = _mm256_sub_epi32(v, _mm256_loadu_si256((const __m256i *)csub));                    \
+        _mm256_maskstore_epi32(c + r * ldc, live, v);                                              \
+    }
+    PYBNN_ROWS6(PYBNN_DECL_ROW)
+    for (size_t q = 0; q < nq; q++, w += 64) {
+        const __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)w));
+        const __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + 16)));
+        PYBNN_ROWS6(PYBNN_ROW)
+    }
+    PYBNN_ROWS6(PYBNN_OUT)
+#undef PYBNN_DECL
+#undef PYBNN_DECL_ROW
+#undef PYBNN_MAC
+#undef PYBNN_ROW
+#undef PYBNN_OUT
+}
+
+typedef void (*pybnn_igemm_tile16_fn)(const int16_t *buf, const int8_t *w, size_t nq, int32_t *c, size_t ldc,
+                                      int nc, int accumulate, const int32_t *csub);
+#define PYBNN_IGEMM_TILE_FN(ISA, MR)                                                                 \
+    PYBNN_TARGET_##ISA static __attribute__((noinline)) void pybnn_igemm_tile_##ISA##_##MR(           \
+        const int16_t *buf, const int8_t *w, size_t nq, int32_t *c, size_t ldc, int nc, int accumulate, \
+        const int32_t *csub) {                                                                       \
+        pybnn_igemm_tile_##ISA(buf, w, nq, c, ldc, nc, accumulate, csub, MR);                        \
+    }
+#define PYBNN_IGEMM_TILE_TABLE(ISA)                                                                  \
+    PYBNN_IGEMM_TILE_FN(ISA, 1) PYBNN_IGEMM_TILE_FN(ISA, 2) PYBNN_IGEMM_TILE_FN(ISA, 3)              \
+    PYBNN_IGEMM_TILE_FN(ISA, 4) PYBNN_IGEMM_TILE_FN(ISA, 5) PYBNN_IGEMM_TILE_FN(ISA, 6)              \
+    static const pybnn_igemm_tile16_fn pybnn_igemm_tiles_##ISA[6] = {                                \
+        pybnn_igemm_tile_##ISA##_1, pybnn_igemm_tile_##ISA##_2, pybnn_igemm_tile_##ISA##_3,          \
+        pybnn_igemm_tile_##ISA##_4, pybnn_igemm_tile_##ISA##_5, pybnn_igemm_tile_##ISA##_6};
+PYBNN_IGEMM_TILE_TABLE(SSE4)
+PYBNN_IGEMM_TILE_TABLE(AVX2)
+
+/* The SSE4 / AVX2 igemm: row blocks, K blocks widened into buf, channel tiles of NT. */
+#define PYBNN_IGEMM_DRIVER(ISA, NT)                                                                  \
+    const size_t kq = pybnn_igemm_kq(k), pb = pybnn_igemm_panel_bytes(k, 0);                       \
+    int16_t buf[PYBNN_IGEMM_MR * PYBNN_IGEMM_KC + 16];                                              \
+    int32_t csub[NT];                                                                               \
+    const size_t nib = pybnn_igemm_nblocks(m, PYBNN_IGEMM_MR), nkb = pybnn_igemm_nblocks(kq, PYBNN_IGEMM_KC / 4); \
+    for (size_t ib = 0; ib < nib; ib++) {                                                           \
+        const size_t i0 = pybnn_igemm_bstart(m, nib, ib);                                           \
+        const int mr = (int)(pybnn_igemm_bstart(m, nib, ib + 1) - i0);                              \
+        for (size_t kb = 0; kb < nkb; kb++) {                                                       \
+            const size_t q0 = pybnn_igemm_bstart(kq, nkb, kb), nq = pybnn_igemm_bstart(kq, nkb, kb + 1) - q0; \
+            const int last = kb == nkb - 1;                                                         \
+            pybnn_igemm_widen_sse4(a + i0 * lda, lda, mr, 4 * q0, nq, k, buf);                      \
+            for (size_t n0 = 0; n0 < cout; n0 += NT) {                                              \
+                if (last)                                                                           \
+                    pybnn_igemm_colsub(sums, n0, NT, a_zp, csub);                                   \
+                pybnn_igemm_tiles_##ISA[mr - 1](buf, (const int8_t *)panels + (n0 / 16) * pb + (n0 % 16) * 4 + q0 * 64, \
+                                                nq, out + i0 * ldo + n0, ldo, (int)PYBNN_MIN(NT, cout - n0), \
+                                                kb > 0, last ? csub : NULL);                        \
+            }                                                                                       \
+        }                                                                                           \
+    }
+
 PYBNN_TARGET_SSE4 static void pybnn_igemm_sse4(const int8_t *a, size_t lda, size_t m, const uint8_t *panels,
                                                const uint8_t *sums, size_t k, size_t cout, int a_zp,
                                                int32_t *out, size_t ldo) {
-    const size_t kq = pybnn_igemm_kq(k), pb = pybnn_igemm_panel_bytes(k, 0);
-    int16_t buf[PYBNN_IGEMM_MR * PYBNN_IGEMM_KC + 16];
-    int32_t asum[PYBNN_IGEMM_MR], rsub[PYBNN_IGEMM_MR], csub[4];
-    for (size_t i0 = 0; i0 < m; i0 += PYBNN_IGEMM_MR) {
-        const int mr = (int)PYBNN_MIN(PYBNN_IGEMM_MR, m - i0);
-        memset(asum, 0, sizeof asum);
-        for (size_t q0 = 0; q0 < kq; q0 += PYBNN_IGEMM_KC / 4) {
-            const size_t nq = PYBNN_MIN(PYBNN_IGEMM_KC / 4, kq - q0);
-            const int last = q0 + nq == kq;
-            pybnn_igemm_widen_sse4(a + i0 * lda, lda, mr, 4 * q0, nq, k, buf, asum);
-            for (int r = 0; r < mr; r++) rsub[r] = pybnn_igemm_wrap(128 * (int64_t)asum[r]);
-            for (size_t n0 = 0; n0 < cout; n0 += 4) {
-                const int nc = (int)PYBNN_MIN(4, cout - n0);
-                const uint8_t *w = panels + (n0 / 16) * pb + (n0 % 16) * 4 + q0 * 64;
-                int32_t *c = out + i0 * ldo + n0;
-                if (last)
-                    pybnn_igemm_colsub(sums, n0, 4, a_zp, csub);
-                const int32_t *rs = last ? rsub : NULL;
-                switch (mr) { /* constant row counts: the accumulators stay in registers */
-                case 6: pybnn_igemm_tile_sse4(buf, w, nq, c, ldo, nc, q0 > 0, rs, csub, 6); break;
-                case 5: pybnn_igemm_tile_sse4(buf, w, nq, c, ldo, nc, q0 > 0, rs, csub, 5); break;
-                case 4: pybnn_igemm_tile_sse4(buf, w, nq, c, ldo, nc, q0 > 0, rs, csub, 4); break;
-                case 3: pybnn_igemm_tile_sse4(buf, w, nq, c, ldo, nc, q0 > 0, rs, csub, 3); break;
-                case 2: pybnn_igemm_tile_sse4(buf, w, nq, c, ldo, nc, q0 > 0, rs, csub, 2); break;
-                default: pybnn_igemm_tile_sse4(buf, w, nq, c, ldo, nc, q0 > 0, rs, csub, 1); break;
-                }
-            }
-        }
-    }
+    PYBNN_IGEMM_DRIVER(SSE4, 4)
 }
+
+PYBNN_TARGET_AVX2 static void pybnn_igemm_avx2(const int8_t *a, size_t lda, size_t m, const uint8_t *panels,
+                                               const uint8_t *sums, size_t k, size_t cout, int a_zp,
+                                               int32_t *out, size_t ldo) {
+    PYBNN_IGEMM_DRIVER(AVX2, 8)
+}
+#undef PYBNN_IGEMM_DRIVER
 
 /* Bit selectors: a 64-bit lane of the broadcast word holds 2 channels (c, c + 1, c even) and
  * needs bit c/2 of every byte, so the selector of the vector whose first channel is c0 is
@@ -408,14 +470,12 @@ PYBNN_TARGET_SSE4 static inline __m128i pybnn_i8xb_sel_sse4(int g) {
     return _mm_set_epi64x((long long)(PYBNN_I8XB_BYTES << (2 * g + 1)), (long long)(PYBNN_I8XB_BYTES << (2 * g)));
 }
 
-#ifndef PYBNN_I8XB_MR_SSE4
 #define PYBNN_I8XB_MR_SSE4 4
-#endif
 
 /* mr rows x 8 channels (channel groups 2h, 2h+1 of the panel) over nq quads, into the local
  * int32 tile ct[mr][8], which the caller initialised. */
 PYBNN_TARGET_SSE4 static inline __attribute__((always_inline)) void
-pybnn_i8xb_tile_sse4(const uint8_t *buf, const uint8_t *bits, size_t nq, int h, int32_t ct[][16],
+pybnn_i8xb_tile_SSE4(const uint8_t *buf, const uint8_t *bits, size_t nq, int h, int32_t ct[][16],
                      const int mr) {
     const __m128i s0 = pybnn_i8xb_sel_sse4(2 * h), s1 = pybnn_i8xb_sel_sse4(2 * h + 1), ones = _mm_set1_epi16(1);
 #define PYBNN_DECL(r, z) __m128i acc##r##z = _mm_setzero_si128();
@@ -452,19 +512,35 @@ pybnn_i8xb_tile_sse4(const uint8_t *buf, const uint8_t *bits, size_t nq, int h, 
 #undef PYBNN_FLUSH_ROW
 }
 
+typedef void (*pybnn_i8xb_tile_fn)(const uint8_t *buf, const uint8_t *bits, size_t nq, int h, int32_t ct[][16]);
+#define PYBNN_I8XB_TILE_FN(ISA, MR)                                                                  \
+    PYBNN_TARGET_##ISA static __attribute__((noinline)) void pybnn_i8xb_tile_##ISA##_##MR(           \
+        const uint8_t *buf, const uint8_t *bits, size_t nq, int h, int32_t ct[][16]) {               \
+        pybnn_i8xb_tile_##ISA(buf, bits, nq, h, ct, MR);                                             \
+    }
+#define PYBNN_I8XB_TILE_TABLE(ISA)                                                                   \
+    PYBNN_I8XB_TILE_FN(ISA, 1) PYBNN_I8XB_TILE_FN(ISA, 2) PYBNN_I8XB_TILE_FN(ISA, 3)                 \
+    PYBNN_I8XB_TILE_FN(ISA, 4) PYBNN_I8XB_TILE_FN(ISA, 5) PYBNN_I8XB_TILE_FN(ISA, 6)                 \
+    static const pybnn_i8xb_tile_fn pybnn_i8xb_tiles_##ISA[6] = {                                    \
+        pybnn_i8xb_tile_##ISA##_1, pybnn_i8xb_tile_##ISA##_2, pybnn_i8xb_tile_##ISA##_3,             \
+        pybnn_i8xb_tile_##ISA##_4, pybnn_i8xb_tile_##ISA##_5, pybnn_i8xb_tile_##ISA##_6};
+
 /* Shared K-block loop of the SSE4 and AVX2 ibgemm: tile(buf, bits, nq, h, ct, mr) computes
  * 16 channels (AVX2, h = 0) or 8 (SSE4, h = 0/1 for the panel halves) into ct. */
-#define PYBNN_I8XB_DRIVER(ISA, MR, NT, TILE)                                                      \
+#define PYBNN_I8XB_DRIVER(ISA, MR, NT)                                                      \
     const size_t kq = pybnn_igemm_kq(k), pb = pybnn_igemm_panel_bytes(k, 1);                      \
     uint8_t buf[MR * PYBNN_IGEMM_KC + 16];                                                         \
     int32_t usum[MR];                                                                              \
     int32_t ct[MR][16];                                                                            \
-    for (size_t i0 = 0; i0 < m; i0 += MR) {                                                        \
-        const int mr = (int)PYBNN_MIN(MR, m - i0);                                                 \
+    const size_t nib = pybnn_igemm_nblocks(m, MR), nkb = pybnn_igemm_nblocks(kq, PYBNN_IGEMM_KC / 4); \
+    for (size_t ib = 0; ib < nib; ib++) {                                                          \
+        const size_t i0 = pybnn_igemm_bstart(m, nib, ib);                                          \
+        const int mr = (int)(pybnn_igemm_bstart(m, nib, ib + 1) - i0);                             \
         memset(usum, 0, sizeof usum);                                                              \
-        for (size_t q0 = 0; q0 < kq; q0 += PYBNN_IGEMM_KC / 4) {                                   \
-            const size_t nq = PYBNN_MIN(PYBNN_IGEMM_KC / 4, kq - q0);                              \
-            const int last = q0 + nq == kq;                                                        \
+        for (size_t kb = 0; kb < nkb; kb++) {                                                      \
+            const size_t q0 = pybnn_igemm_bstart(kq, nkb, kb);                                     \
+            const size_t nq = pybnn_igemm_bstart(kq, nkb, kb + 1) - q0;                            \
+            const int last = kb == nkb - 1;                                                        \
             pybnn_i8xb_flip_sse4(a + i0 * lda, lda, mr, 4 * q0, nq, k, buf, usum);               \
             for (size_t n0 = 0; n0 < cout; n0 += NT) {                                             \
                 const int nc = (int)PYBNN_MIN(NT, cout - n0);                                      \
@@ -475,14 +551,7 @@ pybnn_i8xb_tile_sse4(const uint8_t *buf, const uint8_t *bits, size_t nq, int h, 
                     if (q0 > 0)                                                                    \
                         memcpy(ct[r], c + r * ldo, nc * sizeof(int32_t));                          \
                 }                                                                                  \
-                const int h = (int)(n0 % 16) / NT;                                                 \
-                switch (mr) {                                                                      \
-                case MR: TILE(buf, bits, nq, h, ct, MR); break;                                    \
-                case MR - 1: TILE(buf, bits, nq, h, ct, MR - 1); break;                            \
-                case MR - 2: TILE(buf, bits, nq, h, ct, MR - 2); break;                            \
-                case MR - 3: TILE(buf, bits, nq, h, ct, MR - 3); break;                            \
-                default: TILE(buf, bits, nq, h, ct, 1); break;                                     \
-                }                                                                                  \
+                pybnn_i8xb_tiles_##ISA[mr - 1](buf, bits, nq, (int)(n0 % 16) / NT, ct);             \
                 for (int r = 0; r < mr; r++) {                                                     \
                     if (last)                                                                      \
                         for (int x = 0; x < nc; x++) /* U + 2T - (128 + zp) S */                   \
@@ -495,93 +564,22 @@ pybnn_i8xb_tile_sse4(const uint8_t *buf, const uint8_t *bits, size_t nq, int h, 
         }                                                                                          \
     }
 
+PYBNN_I8XB_TILE_TABLE(SSE4)
+
 PYBNN_TARGET_SSE4 static void pybnn_i8xb_sse4(const int8_t *a, size_t lda, size_t m, const uint8_t *panels,
                                                 const uint8_t *sums, size_t k, size_t cout, int a_zp,
                                                 int32_t *out, size_t ldo) {
-    PYBNN_I8XB_DRIVER(sse4, PYBNN_I8XB_MR_SSE4, 8, pybnn_i8xb_tile_sse4)
+    PYBNN_I8XB_DRIVER(SSE4, PYBNN_I8XB_MR_SSE4, 8)
 }
 
 /* ---------------------------------------------------------------- AVX2 */
 
-/* mr rows x 8 channels: 2 accumulators (4 channels x 2 k pairs each) per row; 12 + 3 ymm. */
-PYBNN_TARGET_AVX2 static inline __attribute__((always_inline)) void
-pybnn_igemm_tile_avx2(const int16_t *buf, const uint8_t *w, size_t nq, int32_t *c, size_t ldc, int nc,
-                      int accumulate, const int32_t *rsub, const int32_t *csub, const int mr) {
-    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), live = _mm256_cmpgt_epi32(_mm256_set1_epi32(nc), lanes);
-#define PYBNN_DECL(r, z) __m256i acc##r##z = _mm256_setzero_si256();
-#define PYBNN_DECL_ROW(r) PYBNN_COLS2(PYBNN_DECL, r)
-#define PYBNN_MAC(r, z) acc##r##z = pybnn_igemm_madd_avx2(acc##r##z, w##z, b);
-#define PYBNN_ROW(r)                                                                               \
-    if (mr > r) {                                                                                  \
-        const __m256i b = _mm256_set1_epi64x((long long)pybnn_igemm_load_u64(buf + r * PYBNN_IGEMM_KC + 4 * q)); \
-        PYBNN_COLS2(PYBNN_MAC, r)                                                                  \
-    }
-    /* hadd: [c0 c1 c4 c5 | c2 c3 c6 c7]; the 64-bit permute puts them in order. */
-#define PYBNN_OUT(r)                                                                               \
-    if (mr > r) {                                                                                  \
-        __m256i v = _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc##r##0, acc##r##1), _MM_SHUFFLE(3, 1, 2, 0)); \
-        if (accumulate)                                                                            \
-            v = _mm256_add_epi32(v, _mm256_maskload_epi32(c + r * ldc, live));                     \
-        if (rsub)                                                                                  \
-            v = _mm256_sub_epi32(v, _mm256_add_epi32(_mm256_set1_epi32(rsub[r]), _mm256_loadu_si256((const __m256i *)csub))); \
-        _mm256_maskstore_epi32(c + r * ldc, live, v);                                              \
-    }
-    PYBNN_ROWS6(PYBNN_DECL_ROW)
-    for (size_t q = 0; q < nq; q++, w += 64) {
-        const __m256i w0 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)w));
-        const __m256i w1 = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(w + 16)));
-        PYBNN_ROWS6(PYBNN_ROW)
-    }
-    PYBNN_ROWS6(PYBNN_OUT)
-#undef PYBNN_DECL
-#undef PYBNN_DECL_ROW
-#undef PYBNN_MAC
-#undef PYBNN_ROW
-#undef PYBNN_OUT
-}
-
-PYBNN_TARGET_AVX2 static void pybnn_igemm_avx2(const int8_t *a, size_t lda, size_t m, const uint8_t *panels,
-                                               const uint8_t *sums, size_t k, size_t cout, int a_zp,
-                                               int32_t *out, size_t ldo) {
-    const size_t kq = pybnn_igemm_kq(k), pb = pybnn_igemm_panel_bytes(k, 0);
-    int16_t buf[PYBNN_IGEMM_MR * PYBNN_IGEMM_KC + 16];
-    int32_t asum[PYBNN_IGEMM_MR], rsub[PYBNN_IGEMM_MR], csub[8];
-    for (size_t i0 = 0; i0 < m; i0 += PYBNN_IGEMM_MR) {
-        const int mr = (int)PYBNN_MIN(PYBNN_IGEMM_MR, m - i0);
-        memset(asum, 0, sizeof asum);
-        for (size_t q0 = 0; q0 < kq; q0 += PYBNN_IGEMM_KC / 4) {
-            const size_t nq = PYBNN_MIN(PYBNN_IGEMM_KC / 4, kq - q0);
-            const int last = q0 + nq == kq;
-            pybnn_igemm_widen_sse4(a + i0 * lda, lda, mr, 4 * q0, nq, k, buf, asum);
-            for (int r = 0; r < mr; r++) rsub[r] = pybnn_igemm_wrap(128 * (int64_t)asum[r]);
-            for (size_t n0 = 0; n0 < cout; n0 += 8) {
-                const int nc = (int)PYBNN_MIN(8, cout - n0);
-                const uint8_t *w = panels + (n0 / 16) * pb + (n0 % 16) * 4 + q0 * 64;
-                int32_t *c = out + i0 * ldo + n0;
-                if (last)
-                    pybnn_igemm_colsub(sums, n0, 8, a_zp, csub);
-                const int32_t *rs = last ? rsub : NULL;
-                switch (mr) {
-                case 6: pybnn_igemm_tile_avx2(buf, w, nq, c, ldo, nc, q0 > 0, rs, csub, 6); break;
-                case 5: pybnn_igemm_tile_avx2(buf, w, nq, c, ldo, nc, q0 > 0, rs, csub, 5); break;
-                case 4: pybnn_igemm_tile_avx2(buf, w, nq, c, ldo, nc, q0 > 0, rs, csub, 4); break;
-                case 3: pybnn_igemm_tile_avx2(buf, w, nq, c, ldo, nc, q0 > 0, rs, csub, 3); break;
-                case 2: pybnn_igemm_tile_avx2(buf, w, nq, c, ldo, nc, q0 > 0, rs, csub, 2); break;
-                default: pybnn_igemm_tile_avx2(buf, w, nq, c, ldo, nc, q0 > 0, rs, csub, 1); break;
-                }
-            }
-        }
-    }
-}
-
-#ifndef PYBNN_I8XB_MR_AVX2
-#define PYBNN_I8XB_MR_AVX2 5
-#endif
+#define PYBNN_I8XB_MR_AVX2 6
 
 /* mr rows x the 16 channels of a panel: 2 int16 accumulators (8 channels x 2 k pairs) per
- * row; 10 accumulators + 2 masks + 2 selectors + 1 broadcast = 15 ymm. */
+ * row; 12 accumulators + 2 masks + 1 broadcast + 1 temporary = 16 ymm (selectors from memory). */
 PYBNN_TARGET_AVX2 static inline __attribute__((always_inline)) void
-pybnn_i8xb_tile_avx2(const uint8_t *buf, const uint8_t *bits, size_t nq, int h, int32_t ct[][16],
+pybnn_i8xb_tile_AVX2(const uint8_t *buf, const uint8_t *bits, size_t nq, int h, int32_t ct[][16],
                      const int mr) {
     (void)h;
     const __m256i s0 = _mm256_setr_epi64x((long long)PYBNN_I8XB_BYTES, (long long)(PYBNN_I8XB_BYTES << 1),
@@ -622,83 +620,101 @@ pybnn_i8xb_tile_avx2(const uint8_t *buf, const uint8_t *bits, size_t nq, int h, 
 #undef PYBNN_FLUSH_ROW
 }
 
+PYBNN_I8XB_TILE_TABLE(AVX2)
+
 PYBNN_TARGET_AVX2 static void pybnn_i8xb_avx2(const int8_t *a, size_t lda, size_t m, const uint8_t *panels,
                                                 const uint8_t *sums, size_t k, size_t cout, int a_zp,
                                                 int32_t *out, size_t ldo) {
-    PYBNN_I8XB_DRIVER(avx2, PYBNN_I8XB_MR_AVX2, 16, pybnn_i8xb_tile_avx2)
+    PYBNN_I8XB_DRIVER(AVX2, PYBNN_I8XB_MR_AVX2, 16)
 }
+#undef PYBNN_I8XB_DRIVER
 
 /* ---------------------------------------------------------------- AVX-512
  *
- * vpdpbusd(acc, w + 128 (unsigned), a (signed)) adds 4 exact products per int32 lane without
- * saturation (the saturating form is vpdpbusds).  The micro-kernel holds mr <= 6 rows x nz <= 4
- * panels (64 channels) = 24 zmm accumulators, loads the 4 weight vectors of a quad once and
- * broadcasts each row's 4 activations straight from `a`.  Loop order (per part): rows in
- * blocks of PYBNN_IGEMM_MC512, then groups of 4 panels, then K in blocks of
- * PYBNN_IGEMM_KC512, then row blocks of 6: the group's weights for one K block (4 x 512 =
- * 32 KB at most) stay in L1 while all rows of the row block stream past them, so weights
- * come from L2 or memory once per MC512 rows, and activations at 4 bytes per row per quad.
- * A K not multiple of 4 ends in a quad read with a masked (fault-free) load, zero past K.
+ * vpdpbusd(acc, u, w) adds 4 exact products u * w (u unsigned, w signed) per int32 lane
+ * without saturation (the saturating form is vpdpbusds).  The micro-kernel holds mr <= 6 rows
+ * x nz <= 4 panels (64 channels) = 24 zmm accumulators; per quad it loads the nz weight
+ * vectors once and broadcasts each row's 4 activations (u = a ^ 0x80), and the result is
+ * sum u w - (128 + zp) wsum.
  *
- * ibgemm first expands the bits of the group's K block into that L1 buffer, as w + 128
- * bytes: 129 for +1, 127 for -1 (vptestmb with the bit selectors, vpblendmb), and runs the
- * same micro-kernel: the expansion costs 2 instructions per 64 weights, once per 96 rows.
+ * Loop order per part: rows in super-blocks of at most PYBNN_IGEMM_MC512, then K blocks, then
+ * groups of 4 panels, then row blocks of 6.  Each K block of a super-block's rows is first
+ * copied as u (0 past K, so no tail case) into a buffer that the groups share; the group's
+ * weights for the K block (64 channels x K block) stay in L1 while all rows of the
+ * super-block stream past them, so weights come from L2 or memory once per MC512 rows.  K is
+ * one block up to PYBNN_IGEMM_KC1_512 (partial sums would otherwise go through memory), else
+ * blocks of at most PYBNN_IGEMM_KC512.
+ *
+ * ibgemm runs the same micro-kernel on +-1 bytes: the first row block of each (K block, group)
+ * expands the bits in registers (vptestmb with the bit selectors, vpblendmb: 2 instructions
+ * per 64 weights) and stores them to an L1 buffer that the other row blocks read.  When a
+ * part has several super-blocks and the expanded weights are small (up to
+ * PYBNN_I8XB_EXPAND_ALL bytes), they are expanded once per call instead.
+ *
+ * Measured on the int8 convolution shapes (1 core, kernel alone): 590-650 Gops, about 85%
+ * of the micro-kernel's own speed in L1 (~745); ibgemm within 1% of igemm except at 49 rows
+ * (4% slower: the expansion is amortised over fewer rows).
  */
-#define PYBNN_IGEMM_MR512 6
-#define PYBNN_IGEMM_KC512 512
-#define PYBNN_IGEMM_MC512 96
+#define PYBNN_IGEMM_MC512 96   /* rows per super-block */
+#define PYBNN_IGEMM_KC512 512  /* K per block when K is split */
+#define PYBNN_IGEMM_KC1_512 640 /* largest unsplit K; a multiple of 64, >= PYBNN_IGEMM_KC512 */
+#define PYBNN_I8XB_EXPAND_ALL (256 * 1024)
 
-/* acc + the 16 dot products of 4 unsigned bytes of u with 4 signed bytes of s (vpdpbusd).
- * Inline assembly because GCC 12 does not tie the intrinsic's accumulator to its result
- * register and copies every accumulator twice per instruction (measured: 2.5x slower). */
-PYBNN_TARGET_AVX512 static inline __attribute__((always_inline)) __m512i pybnn_igemm_dpbusd(__m512i acc, __m512i u,
-                                                                                           __m512i s) {
-    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u), "v"(s));
-    return acc;
-}
+/* Byte selectors of the ibgemm bit order for the 16 channels of a zmm (bit c/2, see above). */
+#define PYBNN_I8XB_SEL512                                                                            \
+    _mm512_setr_epi64((long long)PYBNN_I8XB_BYTES, (long long)(PYBNN_I8XB_BYTES << 1),                \
+                      (long long)(PYBNN_I8XB_BYTES << 2), (long long)(PYBNN_I8XB_BYTES << 3),          \
+                      (long long)(PYBNN_I8XB_BYTES << 4), (long long)(PYBNN_I8XB_BYTES << 5),          \
+                      (long long)(PYBNN_I8XB_BYTES << 6), (long long)(PYBNN_I8XB_BYTES << 7))
 
+/* The micro-kernel.  expand = 0: weights from w (panel stride wps).  expand = 1 (ibgemm, the
+ * first row block of a K block): weights from the bits (panel stride bpb), expanded to +-1
+ * bytes in registers and also stored to w for the later row blocks; the stores overlap the
+ * multiply-adds, which a separate expansion pass could not (it cost 2x more). */
 PYBNN_TARGET_AVX512 static inline __attribute__((always_inline)) void
-pybnn_igemm_tile_avx512(const int8_t *a, size_t lda, const uint8_t *w, size_t wps, size_t nq, int ktail,
-                        int32_t *c, size_t ldc, int accumulate, const int32_t *rsub, const int32_t *csub,
-                        __mmask16 mlast, const int mr, const int nz) {
-    __m512i w0, w1, w2, w3;
+pybnn_igemm_tile_avx512(const uint8_t *buf, const int8_t *w, size_t wps, size_t nq, int32_t *c, size_t ldc,
+                        int accumulate, const int32_t *csub, __mmask16 mlast, const uint8_t *bits, size_t bpb,
+                        const int mr, const int nz, const int expand) {
+    __m512i w0, w1, w2, w3, sel = _mm512_setzero_si512(), plus = sel, minus = sel;
+    if (expand) {
+        sel = PYBNN_I8XB_SEL512;
+        plus = _mm512_set1_epi8(1);
+        minus = _mm512_set1_epi8(-1);
+    }
 #define PYBNN_MASK(z) (z == nz - 1 ? mlast : (__mmask16)0xFFFF)
 #define PYBNN_DECL(r, z)                                                                           \
     __m512i acc##r##z = _mm512_setzero_si512();                                                    \
     if (accumulate && mr > r && nz > z)                                                            \
         acc##r##z = _mm512_maskz_loadu_epi32(PYBNN_MASK(z), c + r * ldc + 16 * z);
 #define PYBNN_DECL_ROW(r) PYBNN_COLS4(PYBNN_DECL, r)
-#define PYBNN_LOADW(z) if (nz > z) w##z = _mm512_loadu_si512((const void *)(w + z * wps + 64 * q));
-#define PYBNN_MAC(r, z) if (nz > z) acc##r##z = pybnn_igemm_dpbusd(acc##r##z, w##z, b);
+#define PYBNN_LOADW(z)                                                                             \
+    if (nz > z) {                                                                                  \
+        if (expand) {                                                                              \
+            w##z = _mm512_set1_epi64((long long)pybnn_igemm_load_u64(bits + z * bpb + 8 * q));     \
+            w##z = _mm512_mask_blend_epi8(_mm512_test_epi8_mask(w##z, sel), plus, minus);          \
+            _mm512_store_si512((void *)(w + z * wps + 64 * q), w##z);                              \
+        } else {                                                                                   \
+            w##z = _mm512_loadu_si512((const void *)(w + z * wps + 64 * q));                       \
+        }                                                                                          \
+    }
+#define PYBNN_MAC(r, z) if (nz > z) acc##r##z = pybnn_igemm_dpbusd(acc##r##z, b, w##z);
 #define PYBNN_ROW(r)                                                                               \
     if (mr > r) {                                                                                  \
-        const __m512i b = _mm512_set1_epi32(pybnn_igemm_load_i32(a + r * lda + 4 * q));            \
-        PYBNN_COLS4(PYBNN_MAC, r)                                                                  \
-    }
-#define PYBNN_ROW_TAIL(r)                                                                          \
-    if (mr > r) {                                                                                  \
-        const __m512i b = _mm512_broadcastd_epi32(_mm_maskz_loadu_epi8(km, a + r * lda + 4 * q));  \
+        const __m512i b = _mm512_set1_epi32(pybnn_igemm_load_i32(buf + r * PYBNN_IGEMM_KC1_512 + 4 * q)); \
         PYBNN_COLS4(PYBNN_MAC, r)                                                                  \
     }
 #define PYBNN_OUT(r, z)                                                                            \
     if (mr > r && nz > z) {                                                                        \
         __m512i v = acc##r##z;                                                                     \
-        if (rsub)                                                                                  \
-            v = _mm512_sub_epi32(v, _mm512_add_epi32(_mm512_set1_epi32(rsub[r]),                   \
-                                                     _mm512_loadu_si512((const void *)(csub + 16 * z)))); \
+        if (csub)                                                                                  \
+            v = _mm512_sub_epi32(v, _mm512_loadu_si512((const void *)(csub + 16 * z)));            \
         _mm512_mask_storeu_epi32(c + r * ldc + 16 * z, PYBNN_MASK(z), v);                          \
     }
 #define PYBNN_OUT_ROW(r) PYBNN_COLS4(PYBNN_OUT, r)
     PYBNN_ROWS6(PYBNN_DECL_ROW)
-    size_t q = 0;
-    for (; q < nq; q++) {
+    for (size_t q = 0; q < nq; q++) {
         PYBNN_LOADW(0) PYBNN_LOADW(1) PYBNN_LOADW(2) PYBNN_LOADW(3)
         PYBNN_ROWS6(PYBNN_ROW)
-    }
-    if (ktail) {
-        const __mmask16 km = (__mmask16)((1u << ktail) - 1);
-        PYBNN_LOADW(0) PYBNN_LOADW(1) PYBNN_LOADW(2) PYBNN_LOADW(3)
-        PYBNN_ROWS6(PYBNN_ROW_TAIL)
     }
     PYBNN_ROWS6(PYBNN_OUT_ROW)
 #undef PYBNN_MASK
@@ -707,105 +723,114 @@ pybnn_igemm_tile_avx512(const int8_t *a, size_t lda, const uint8_t *w, size_t wp
 #undef PYBNN_LOADW
 #undef PYBNN_MAC
 #undef PYBNN_ROW
-#undef PYBNN_ROW_TAIL
 #undef PYBNN_OUT
 #undef PYBNN_OUT_ROW
 }
 
-/* asum[r] += sum of a[r, k0 .. k1) for mr rows (vpdpbusd with 1s: 64 bytes per instruction). */
-PYBNN_TARGET_AVX512 static inline void pybnn_igemm_rowsums_avx512(const int8_t *a, size_t lda, size_t mr, size_t k0,
-                                                                   size_t k1, int32_t *asum) {
-    const __m512i ones = _mm512_set1_epi8(1);
-    for (size_t r = 0; r < mr; r++) {
-        const int8_t *row = a + r * lda;
-        __m512i s = _mm512_setzero_si512();
-        for (size_t x = k0; x < k1; x += 64) {
-            const __mmask64 km = k1 - x >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (k1 - x)) - 1);
-            s = _mm512_dpbusd_epi32(s, ones, _mm512_maskz_loadu_epi8(km, row + x));
-        }
-        asum[r] += _mm512_reduce_add_epi32(s);
+typedef void (*pybnn_igemm_tile512_fn)(const uint8_t *buf, const int8_t *w, size_t wps, size_t nq, int32_t *c,
+                                       size_t ldc, int accumulate, const int32_t *csub, __mmask16 mlast,
+                                       const uint8_t *bits, size_t bpb);
+#define PYBNN_IGEMM_T512_FN(MR, NZ, X)                                                               \
+    PYBNN_TARGET_AVX512 static __attribute__((noinline)) void pybnn_igemm_tile_avx512_##MR##_##NZ##_##X( \
+        const uint8_t *buf, const int8_t *w, size_t wps, size_t nq, int32_t *c, size_t ldc, int accumulate, \
+        const int32_t *csub, __mmask16 mlast, const uint8_t *bits, size_t bpb) {                     \
+        pybnn_igemm_tile_avx512(buf, w, wps, nq, c, ldc, accumulate, csub, mlast, bits, bpb, MR, NZ, X); \
     }
+#define PYBNN_IGEMM_T512_ROW(MR, X)                                                                  \
+    PYBNN_IGEMM_T512_FN(MR, 1, X) PYBNN_IGEMM_T512_FN(MR, 2, X) PYBNN_IGEMM_T512_FN(MR, 3, X)        \
+    PYBNN_IGEMM_T512_FN(MR, 4, X)
+#define PYBNN_IGEMM_T512_ROWS(X)                                                                     \
+    PYBNN_IGEMM_T512_ROW(1, X) PYBNN_IGEMM_T512_ROW(2, X) PYBNN_IGEMM_T512_ROW(3, X)                 \
+    PYBNN_IGEMM_T512_ROW(4, X) PYBNN_IGEMM_T512_ROW(5, X) PYBNN_IGEMM_T512_ROW(6, X)
+PYBNN_IGEMM_T512_ROWS(0)
+PYBNN_IGEMM_T512_ROWS(1)
+#define PYBNN_IGEMM_T512_NAMES(MR, X)                                                                \
+    {pybnn_igemm_tile_avx512_##MR##_1_##X, pybnn_igemm_tile_avx512_##MR##_2_##X,                     \
+     pybnn_igemm_tile_avx512_##MR##_3_##X, pybnn_igemm_tile_avx512_##MR##_4_##X}
+#define PYBNN_IGEMM_T512_TABLE(X)                                                                    \
+    {PYBNN_IGEMM_T512_NAMES(1, X), PYBNN_IGEMM_T512_NAMES(2, X), PYBNN_IGEMM_T512_NAMES(3, X),      \
+     PYBNN_IGEMM_T512_NAMES(4, X), PYBNN_IGEMM_T512_NAMES(5, X), PYBNN_IGEMM_T512_NAMES(6, X)}
+/* [expand][rows - 1][panels - 1] */
+static const pybnn_igemm_tile512_fn pybnn_igemm_tiles_avx512[2][6][4] = {PYBNN_IGEMM_T512_TABLE(0),
+                                                                         PYBNN_IGEMM_T512_TABLE(1)};
+
+/* Rows [0, mc) of a, columns [0, 4 nq) (real up to len), as u = a ^ 0x80 (0 past len) into
+ * dst (row stride PYBNN_IGEMM_KC1_512). */
+PYBNN_TARGET_AVX512 static inline void pybnn_igemm_flip_avx512(const int8_t *a, size_t lda, size_t mc, size_t len,
+                                                               size_t nq, uint8_t *dst) {
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    for (size_t r = 0; r < mc; r++)
+        for (size_t x = 0; x < 4 * nq; x += 64) {
+            __m512i u;
+            if (x + 64 <= len) {
+                u = _mm512_xor_si512(_mm512_loadu_si512((const void *)(a + r * lda + x)), flip);
+            } else { /* fault-free masked load of the last bytes; u = 0 past them */
+                const __mmask64 km = x < len ? ((__mmask64)1 << (len - x)) - 1 : 0;
+                u = _mm512_maskz_mov_epi8(km, _mm512_xor_si512(_mm512_maskz_loadu_epi8(km, a + r * lda + x), flip));
+            }
+            _mm512_store_si512((void *)(dst + r * PYBNN_IGEMM_KC1_512 + x), u);
+        }
 }
 
-/* nz panels (stride pb bytes) x nq words of bits -> dst, nz panels of nq x 64 bytes w + 128. */
+/* nz panels (stride pb bytes) x nq words of bits -> dst: nz panels of nq x 64 bytes +-1. */
 PYBNN_TARGET_AVX512 static inline void pybnn_i8xb_expand_avx512(const uint8_t *bits, size_t pb, int nz, size_t nq,
-                                                                   uint8_t *dst) {
-    const __m512i sel = _mm512_setr_epi64((long long)PYBNN_I8XB_BYTES, (long long)(PYBNN_I8XB_BYTES << 1),
-                                          (long long)(PYBNN_I8XB_BYTES << 2), (long long)(PYBNN_I8XB_BYTES << 3),
-                                          (long long)(PYBNN_I8XB_BYTES << 4), (long long)(PYBNN_I8XB_BYTES << 5),
-                                          (long long)(PYBNN_I8XB_BYTES << 6), (long long)(PYBNN_I8XB_BYTES << 7));
-    const __m512i plus = _mm512_set1_epi8((char)129), minus = _mm512_set1_epi8(127);
+                                                                int8_t *dst) {
+    const __m512i sel = PYBNN_I8XB_SEL512, plus = _mm512_set1_epi8(1), minus = _mm512_set1_epi8(-1);
     for (int z = 0; z < nz; z++)
         for (size_t q = 0; q < nq; q++) {
             const __m512i wv = _mm512_set1_epi64((long long)pybnn_igemm_load_u64(bits + z * pb + 8 * q));
-            _mm512_storeu_si512((void *)(dst + (z * nq + q) * 64), _mm512_mask_blend_epi8(_mm512_test_epi8_mask(wv, sel), plus, minus));
+            _mm512_store_si512((void *)(dst + (z * nq + q) * 64),
+                               _mm512_mask_blend_epi8(_mm512_test_epi8_mask(wv, sel), plus, minus));
         }
 }
-
-#define PYBNN_IGEMM_T512(MR, NZ)                                                                    \
-    pybnn_igemm_tile_avx512(ap, lda, w, wps, nfull, tail, cp, ldo, q0 > 0, rs, csub, mlast, MR, NZ)
-#define PYBNN_IGEMM_NZ512(MR)                                                                       \
-    switch (nz) {                                                                                  \
-    case 4: PYBNN_IGEMM_T512(MR, 4); break;                                                        \
-    case 3: PYBNN_IGEMM_T512(MR, 3); break;                                                        \
-    case 2: PYBNN_IGEMM_T512(MR, 2); break;                                                        \
-    default: PYBNN_IGEMM_T512(MR, 1); break;                                                       \
-    }
 
 PYBNN_TARGET_AVX512 static inline __attribute__((always_inline)) void
 pybnn_igemm_run_avx512(const int8_t *a, size_t lda, size_t m, const uint8_t *panels, const uint8_t *sums,
                        size_t k, size_t cout, int a_zp, int32_t *out, size_t ldo, int binary) {
     const size_t kq = pybnn_igemm_kq(k), pb = pybnn_igemm_panel_bytes(k, binary), np = pybnn_igemm_npanels(cout);
-    const int ktail = (int)(k % 4);
-    int32_t asum[PYBNN_IGEMM_MC512], rsub[PYBNN_IGEMM_MC512], csub[64];
-    uint8_t wbuf[4 * PYBNN_IGEMM_KC512 * PYBNN_IGEMM_NP] __attribute__((aligned(64)));
-    for (size_t i0 = 0; i0 < m; i0 += PYBNN_IGEMM_MC512) {
-        const size_t mc = PYBNN_MIN(PYBNN_IGEMM_MC512, m - i0);
-        memset(asum, 0, sizeof asum);
-        for (size_t p0 = 0; p0 < np; p0 += 4) {
-            const int nz = (int)PYBNN_MIN(4, np - p0);
-            const size_t cl = cout - 16 * (p0 + nz - 1); /* channels in the last panel */
-            const __mmask16 mlast = cl >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << cl) - 1);
-            pybnn_igemm_colsub(sums, 16 * p0, 16 * (size_t)nz, a_zp, csub);
-            for (size_t q0 = 0; q0 < kq; q0 += PYBNN_IGEMM_KC512 / 4) {
-                const size_t nq = PYBNN_MIN(PYBNN_IGEMM_KC512 / 4, kq - q0);
-                const int last = q0 + nq == kq, tail = last ? ktail : 0;
-                const size_t nfull = nq - (tail != 0);
-                const uint8_t *w;
-                size_t wps;
-                if (binary) {
-                    pybnn_i8xb_expand_avx512(panels + p0 * pb + q0 * 8, pb, nz, nq, wbuf);
-                    w = wbuf;
-                    wps = nq * 64;
-                } else {
-                    w = panels + p0 * pb + q0 * 64;
-                    wps = pb;
-                }
-                if (p0 == 0) { /* row sums, while this K block of the rows is being read anyway */
-                    pybnn_igemm_rowsums_avx512(a + i0 * lda, lda, mc, 4 * q0, PYBNN_MIN(4 * (q0 + nq), k), asum);
-                    if (last)
-                        for (size_t r = 0; r < mc; r++) rsub[r] = pybnn_igemm_wrap(128 * (int64_t)asum[r]);
-                }
-                for (size_t r0 = 0; r0 < mc; r0 += PYBNN_IGEMM_MR512) {
-                    const int mr = (int)PYBNN_MIN(PYBNN_IGEMM_MR512, mc - r0);
-                    const int8_t *ap = a + (i0 + r0) * lda + 4 * q0;
-                    int32_t *cp = out + (i0 + r0) * ldo + 16 * p0;
-                    const int32_t *rs = last ? rsub + r0 : NULL;
-                    switch (mr) {
-                    case 6: PYBNN_IGEMM_NZ512(6) break;
-                    case 5: PYBNN_IGEMM_NZ512(5) break;
-                    case 4: PYBNN_IGEMM_NZ512(4) break;
-                    case 3: PYBNN_IGEMM_NZ512(3) break;
-                    case 2: PYBNN_IGEMM_NZ512(2) break;
-                    default: PYBNN_IGEMM_NZ512(1) break;
+    const size_t nkb = kq <= PYBNN_IGEMM_KC1_512 / 4 ? 1 : pybnn_igemm_nblocks(kq, PYBNN_IGEMM_KC512 / 4);
+    const size_t nib = pybnn_igemm_nblocks(m, PYBNN_IGEMM_MC512);
+    /* One group of panels: nothing to share, so each row block is copied just before its
+     * tile, while it is in L1 (measured +7% on 3x3_64 over copying the super-block first). */
+    const int flip_late = np <= 4;
+    int32_t csub[64];
+    uint8_t ubuf[PYBNN_IGEMM_MC512 * PYBNN_IGEMM_KC1_512] __attribute__((aligned(64)));
+    /* 4 panels x 64 bytes per quad; blocks have at most KC1_512 / 4 quads */
+    int8_t wbuf[4 * 64 * (PYBNN_IGEMM_KC1_512 / 4)] __attribute__((aligned(64)));
+    for (size_t ib = 0; ib < nib; ib++) {
+        const size_t i0 = pybnn_igemm_bstart(m, nib, ib), mc = pybnn_igemm_bstart(m, nib, ib + 1) - i0;
+        const size_t nrb = pybnn_igemm_nblocks(mc, 6);
+        for (size_t kb = 0; kb < nkb; kb++) {
+            const size_t q0 = pybnn_igemm_bstart(kq, nkb, kb), nq = pybnn_igemm_bstart(kq, nkb, kb + 1) - q0;
+            const size_t len = PYBNN_MIN(4 * nq, k - 4 * q0);
+            const int last = kb == nkb - 1;
+            if (!flip_late)
+                pybnn_igemm_flip_avx512(a + i0 * lda + 4 * q0, lda, mc, len, nq, ubuf);
+            for (size_t p0 = 0; p0 < np; p0 += 4) {
+                const int nz = (int)PYBNN_MIN(4, np - p0);
+                const size_t cl = cout - 16 * (p0 + nz - 1); /* channels in the group's last panel */
+                const __mmask16 mlast = cl >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << cl) - 1);
+                if (last)
+                    pybnn_igemm_colsub(sums, 16 * p0, 16 * (size_t)nz, 128 + a_zp, csub);
+                const int8_t *w = binary ? wbuf : (const int8_t *)panels + p0 * pb + q0 * 64;
+                const size_t wps = binary ? nq * 64 : pb;
+                for (size_t rb = 0; rb < nrb; rb++) {
+                    const size_t r0 = pybnn_igemm_bstart(mc, nrb, rb);
+                    const int mr = (int)(pybnn_igemm_bstart(mc, nrb, rb + 1) - r0);
+                    const uint8_t *u = ubuf + r0 * PYBNN_IGEMM_KC1_512;
+                    if (flip_late) {
+                        pybnn_igemm_flip_avx512(a + (i0 + r0) * lda + 4 * q0, lda, (size_t)mr, len, nq, ubuf);
+                        u = ubuf;
                     }
+                    /* ibgemm: the first row block expands the bits into wbuf */
+                    pybnn_igemm_tiles_avx512[binary && rb == 0][mr - 1][nz - 1](
+                        u, w, wps, nq, out + (i0 + r0) * ldo + 16 * p0, ldo, kb > 0, last ? csub : NULL, mlast,
+                        panels + p0 * pb + q0 * 8, pb);
                 }
             }
         }
     }
 }
-#undef PYBNN_IGEMM_NZ512
-#undef PYBNN_IGEMM_T512
 
 PYBNN_TARGET_AVX512 static void pybnn_igemm_avx512(const int8_t *a, size_t lda, size_t m, const uint8_t *panels,
                                                    const uint8_t *sums, size_t k, size_t cout, int a_zp,
@@ -814,8 +839,22 @@ PYBNN_TARGET_AVX512 static void pybnn_igemm_avx512(const int8_t *a, size_t lda, 
 }
 
 PYBNN_TARGET_AVX512 static void pybnn_i8xb_avx512(const int8_t *a, size_t lda, size_t m, const uint8_t *panels,
-                                                    const uint8_t *sums, size_t k, size_t cout, int a_zp,
-                                                    int32_t *out, size_t ldo) {
+                                                  const uint8_t *sums, size_t k, size_t cout, int a_zp,
+                                                  int32_t *out, size_t ldo) {
+    /* Several super-blocks would expand every weight block once each: if the expanded weights
+     * (the igemm layout, 8x the bits) are small enough to stay in L2, expand them all once
+     * and run the int8 kernel on them.  (Larger, the stores to L3 cost more than they save.) */
+    const size_t kq = pybnn_igemm_kq(k), np = pybnn_igemm_npanels(cout);
+    if (m > PYBNN_IGEMM_MC512 && np * kq * 64 <= PYBNN_I8XB_EXPAND_ALL) {
+        int8_t *w = (int8_t *)aligned_alloc(64, np * kq * 64);
+        if (w) {
+            for (size_t p = 0; p < np; p++)
+                pybnn_i8xb_expand_avx512(panels + p * kq * 8, kq * 8, 1, kq, w + p * kq * 64);
+            pybnn_igemm_run_avx512(a, lda, m, (const uint8_t *)w, sums, k, cout, a_zp, out, ldo, 0);
+            free(w);
+            return;
+        }
+    }
     pybnn_igemm_run_avx512(a, lda, m, panels, sums, k, cout, a_zp, out, ldo, 1);
 }
 #endif /* PYBNN_X86 */
@@ -823,8 +862,8 @@ PYBNN_TARGET_AVX512 static void pybnn_i8xb_avx512(const int8_t *a, size_t lda, s
 #if PYBNN_NEON
 /* ---------------------------------------------------------------- NEON
  *
- * One row x one panel at a time.  igemm: the weights back to int8 (w + 128 ^ 0x80), the row's
- * 4 activations of a quad repeated, and either sdot (4 channels per instruction) or vmull_s8
+ * One row x one panel at a time.  igemm: the row's 4 activations of a quad repeated against
+ * 4 channels x 4 k weight bytes, either sdot (4 channels per instruction) or vmull_s8
  * (|product| <= 128 * 128 fits int16) + vpadal into (channel, k pair) int32 lanes.
  * ibgemm: the bit masks of 4 channels (vtst with the selectors of the layout) pick the
  * activations of the -1 weights; with T their sum and A = sum_k a,
@@ -854,18 +893,17 @@ static void pybnn_igemm_neon(const int8_t *a, size_t lda, size_t m, const uint8_
                              const uint8_t *sums, size_t k, size_t cout, int a_zp, int32_t *out,
                              size_t ldo) {
     const size_t kq = pybnn_igemm_kq(k), pb = pybnn_igemm_panel_bytes(k, 0), np = pybnn_igemm_npanels(cout);
-    const uint8x16_t flip = vdupq_n_u8(0x80);
     for (size_t i = 0; i < m; i++) {
         const int8_t *row = a + i * lda;
         for (size_t p = 0; p < np; p++) {
-            const uint8_t *blk = panels + p * pb;
+            const int8_t *blk = (const int8_t *)panels + p * pb;
             int32x4_t acc[4];
 #if defined(__ARM_FEATURE_DOTPROD)
             for (int g = 0; g < 4; g++) acc[g] = vdupq_n_s32(0);
             for (size_t q = 0; q < kq; q++, blk += 64) {
                 const int8x16_t ad = vreinterpretq_s8_u32(vdupq_n_u32(pybnn_igemm_quad(row, q, k)));
                 for (int g = 0; g < 4; g++)
-                    acc[g] = vdotq_s32(acc[g], vreinterpretq_s8_u8(veorq_u8(vld1q_u8(blk + 16 * g), flip)), ad);
+                    acc[g] = vdotq_s32(acc[g], vld1q_s8(blk + 16 * g), ad);
             }
 #else
             int32x4_t pairs[8]; /* lanes (c, k0+k1), (c, k2+k3), (c+1, ...), ... */
@@ -873,7 +911,7 @@ static void pybnn_igemm_neon(const int8_t *a, size_t lda, size_t m, const uint8_
             for (size_t q = 0; q < kq; q++, blk += 64) {
                 const int8x8_t ad = vreinterpret_s8_u32(vdup_n_u32(pybnn_igemm_quad(row, q, k)));
                 for (int g = 0; g < 4; g++) {
-                    const int8x16_t w = vreinterpretq_s8_u8(veorq_u8(vld1q_u8(blk + 16 * g), flip));
+                    const int8x16_t w = vld1q_s8(blk + 16 * g);
                     pairs[2 * g] = vpadalq_s16(pairs[2 * g], vmull_s8(vget_low_s8(w), ad));
                     pairs[2 * g + 1] = vpadalq_s16(pairs[2 * g + 1], vmull_s8(vget_high_s8(w), ad));
                 }
@@ -941,9 +979,8 @@ static void pybnn_i8xb_neon(const int8_t *a, size_t lda, size_t m, const uint8_t
 
 /* ---------------------------------------------------------------- drivers
  *
- * The drivers split rows, or, when there are fewer rows than parts (dense layers at small
- * batch), panels of 16 output channels, into up to `threads` contiguous ranges.  Integer
- * results: identical for any split. */
+ * The drivers split rows or output channels (whole panels of 16) into up to `threads`
+ * contiguous ranges (see pybnn_igemm_run).  Integer results: identical for any split. */
 typedef void (*pybnn_igemm_fn)(const int8_t *a, size_t lda, size_t m, const uint8_t *panels,
                                const uint8_t *sums, size_t k, size_t cout, int a_zp, int32_t *out,
                                size_t ldo);
@@ -977,29 +1014,31 @@ typedef struct {
     const int8_t *a;
     const uint8_t *panels, *sums;
     size_t lda, m, k, pb, cout, ldo;
-    int a_zp, by_rows;
+    int a_zp;
+    size_t unit; /* 0: split rows; else split channels in units of this many panels */
     int32_t *out;
 } pybnn_igemm_job;
 
 static void pybnn_igemm_part(void *ctx, int part, int nparts) {
     const pybnn_igemm_job *j = (const pybnn_igemm_job *)ctx;
     size_t lo, hi;
-    if (j->by_rows) {
+    if (!j->unit) {
         pybnn_par_range(j->m, part, nparts, &lo, &hi);
         if (lo < hi)
             j->fn(j->a + lo * j->lda, j->lda, hi - lo, j->panels, j->sums, j->k, j->cout, j->a_zp,
                   j->out + lo * j->ldo, j->ldo);
     } else {
-        pybnn_par_range(pybnn_igemm_npanels(j->cout), part, nparts, &lo, &hi);
-        size_t c0 = lo * PYBNN_IGEMM_NP, c1 = PYBNN_MIN(hi * PYBNN_IGEMM_NP, j->cout);
+        const size_t np = pybnn_igemm_npanels(j->cout);
+        pybnn_par_range((np + j->unit - 1) / j->unit, part, nparts, &lo, &hi);
+        size_t c0 = lo * j->unit * PYBNN_IGEMM_NP, c1 = PYBNN_MIN(hi * j->unit * PYBNN_IGEMM_NP, j->cout);
         if (c0 < c1)
-            j->fn(j->a, j->lda, j->m, j->panels + lo * j->pb, j->sums + c0 * 4, j->k, c1 - c0, j->a_zp,
+            j->fn(j->a, j->lda, j->m, j->panels + lo * j->unit * j->pb, j->sums + c0 * 4, j->k, c1 - c0, j->a_zp,
                   j->out + c0, j->ldo);
     }
 }
 
-/* Multiply-adds per work unit (common.h: ~0.1 ns of one core) of each variant, measured
- * on the int8 convolution shapes. */
+/* Multiply-adds per work unit (common.h: ~0.1 ns of one core) of each variant, from its
+ * speed on the int8 convolution shapes. */
 static inline double pybnn_igemm_macs_per_unit(int used, int binary) {
     switch (used) {
     case PYBNN_ISA_AVX512: return 24.0;
@@ -1014,14 +1053,21 @@ static inline int pybnn_igemm_run(int isa, int threads, const int8_t *a, size_t 
     int used;
     pybnn_igemm_job j = {pybnn_igemm_pick_any(isa, binary, &used), a, pybnn_igemm_panels(wp),
                          pybnn_igemm_wsums(wp, k, cout, binary), lda, m, k, pybnn_igemm_panel_bytes(k, binary),
-                         cout, ldo, a_zp, 1, out};
+                         cout, ldo, a_zp, 0, out};
     if (m == 0)
         return used;
     size_t np = pybnn_igemm_npanels(cout);
     double work = (double)m * (double)cout * (double)k / pybnn_igemm_macs_per_unit(used, binary);
     int nparts = pybnn_par_parts(threads, PYBNN_MAX(m, np), work);
-    j.by_rows = m >= (size_t)nparts * 4 || np < (size_t)nparts;
-    nparts = (int)PYBNN_MIN((size_t)nparts, j.by_rows ? m : np);
+    /* Every part reads all the weights when rows are split, and all the activations when
+     * channels are: split whichever is smaller (M < cout: channels), in whole groups of 4
+     * panels (the AVX-512 micro-kernel's 64 channels) when there are enough of them. */
+    if (nparts > 1 && np >= (size_t)nparts && (m < cout || m < (size_t)nparts)) {
+        j.unit = np >= 4 * (size_t)nparts ? 4 : 1;
+        nparts = (int)PYBNN_MIN((size_t)nparts, (np + j.unit - 1) / j.unit);
+    } else {
+        nparts = (int)PYBNN_MIN((size_t)nparts, m);
+    }
     pybnn_par_run(nparts, pybnn_igemm_part, &j);
     return used;
 }

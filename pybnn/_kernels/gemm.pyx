@@ -127,11 +127,20 @@ cdef int _check_zp(int a_zp) except -1:
     return 0
 
 
+def _empty_panels_aligned(Py_ssize_t size):
+    """Uninitialised uint8 array of `size` bytes whose byte 16 (after the header: the first
+    weight panel) is 64-byte aligned, so the AVX-512 kernel's 64-byte weight loads never
+    straddle cache lines (a view into a slightly larger array)."""
+    raw = np.empty(size + 64, dtype=np.uint8)
+    offset = (48 - raw.ctypes.data) % 64
+    return raw[offset:offset + size]
+
+
 def pack_int8_weights(const int8_t[:, ::1] w):
     """Pack int8 weights w (cout, K) for igemm: a 1-D uint8 array (layout in igemm.h)."""
     cdef Py_ssize_t cout = w.shape[0], k = w.shape[1]
     _check_kc(k, cout, MAX_K_INT8)
-    packed = np.empty(pybnn_igemm_packed_size(k, cout), dtype=np.uint8)
+    packed = _empty_panels_aligned(pybnn_igemm_packed_size(k, cout))
     cdef uint8_t[::1] dst = packed
     with nogil:
         pybnn_igemm_pack(&w[0, 0], k, cout, &dst[0])
