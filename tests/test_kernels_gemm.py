@@ -21,7 +21,7 @@ MS = [1, 5, 49]
 # (SSE4/AVX2); rows in blocks of 4-6 and super-blocks of 96 (more: ibgemm expands all the
 # weights once); channels in panels of 16 and groups of 64.
 BLOCK_KS = [4, 5, 255, 256, 257, 511, 512, 513, 640, 641, 643, 1023, 1024, 1025, 2051]
-BLOCK_MS = [2, 4, 5, 6, 7, 11, 12, 13, 95, 96, 97, 193]
+BLOCK_MS = [1, 2, 4, 5, 6, 7, 11, 12, 13, 95, 96, 97, 193]
 BLOCK_COUTS = [15, 16, 17, 31, 48, 63, 64, 65, 80, 129]
 ZPS = [0, -128, 127, 5]
 CHANNELS = [1, 3, 7, 8, 9, 31, 32, 33, 64, 65, 130]

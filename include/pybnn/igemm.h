@@ -216,16 +216,16 @@ static void pybnn_i8xb_scalar(const int8_t *a, size_t lda, size_t m, const uint8
 /* acc + pmaddwd(w, b), acc + pmaddubsw(u, m) and acc + vpdpbusd(u, s), with the accumulator
  * tied to one register by inline assembly: GCC 12 gives each new accumulator value a fresh
  * register and copies it back (with the intrinsics the tiles ran 2-3x slower, and spilled). */
+/* (SSE's 2-operand forms overwrite w / u: the compiler copies them first only if they are
+ * used again.) */
 PYBNN_TARGET_SSE4 static inline __attribute__((always_inline)) __m128i pybnn_igemm_madd_sse4(__m128i acc, __m128i w,
                                                                                             __m128i b) {
-    __m128i t;
-    __asm__("movdqa %2, %1\n\tpmaddwd %3, %1\n\tpaddd %1, %0" : "+x"(acc), "=&x"(t) : "x"(w), "x"(b));
+    __asm__("pmaddwd %2, %1\n\tpaddd %1, %0" : "+x"(acc), "+x"(w) : "x"(b));
     return acc;
 }
 PYBNN_TARGET_SSE4 static inline __attribute__((always_inline)) __m128i pybnn_i8xb_maddubs_sse4(__m128i acc, __m128i u,
                                                                                               __m128i m) {
-    __m128i t;
-    __asm__("movdqa %2, %1\n\tpmaddubsw %3, %1\n\tpaddw %1, %0" : "+x"(acc), "=&x"(t) : "x"(u), "x"(m));
+    __asm__("pmaddubsw %2, %1\n\tpaddw %1, %0" : "+x"(acc), "+x"(u) : "x"(m));
     return acc;
 }
 PYBNN_TARGET_AVX2 static inline __attribute__((always_inline)) __m256i pybnn_igemm_madd_avx2(__m256i acc, __m256i w,
@@ -333,118 +333,178 @@ pybnn_i8xb_flip_sse4(const int8_t *a, size_t lda, int mr, size_t k0, size_t nq, 
     }
 }
 
-/* mr rows x 4 channels: 2 accumulators (2 channels x 2 k pairs each) per row. */
+/* The tiles compute mr rows x ng groups of channels starting at channel n0 (SSE4: groups of 4
+ * channels, AVX2: groups of 8; 2 accumulators per group and row).  Blocks of 3-6 rows use
+ * one group; blocks of 1-2 rows use 2-4 groups, so that several weight streams are in
+ * flight: at batch 1 every weight comes from memory once, and one stream per tile ran 25-35%
+ * slower than the previous kernels there.  Group g reads its weight bytes at wg[g]. */
+#define PYBNN_GROUPS4(X, r) X(r, 0) X(r, 1) X(r, 2) X(r, 3)
+#define PYBNN_IGEMM_WGROUPS(CG)                                                                    \
+    const int8_t *wg[4] = {w, w, w, w};                                                            \
+    for (int g = 0; g < ng; g++) {                                                                 \
+        const size_t ch = n0 + (size_t)(CG) * g;                                                   \
+        wg[g] = w + (ch / 16) * pb + (ch % 16) * 4;                                                \
+    }
+
+/* mr rows x ng groups of 4 channels: accumulators (2 channels x 2 k pairs) acc<row><group>_0/1. */
 PYBNN_TARGET_SSE4 static inline __attribute__((always_inline)) void
-pybnn_igemm_tile_SSE4(const int16_t *buf, const int8_t *w, size_t nq, int32_t *c, size_t ldc, int nc,
-                      int accumulate, const int32_t *csub, const int mr) {
-#define PYBNN_DECL(r, z) __m128i acc##r##z = _mm_setzero_si128();
-#define PYBNN_DECL_ROW(r) PYBNN_COLS2(PYBNN_DECL, r)
-#define PYBNN_MAC(r, z) acc##r##z = pybnn_igemm_madd_sse4(acc##r##z, w##z, b);
+pybnn_igemm_tile_SSE4(const int16_t *buf, const int8_t *w, size_t n0, size_t pb, size_t nq, int32_t *c,
+                      size_t ldc, int nc, int accumulate, const int32_t *csub, const int mr, const int ng) {
+    PYBNN_IGEMM_WGROUPS(4)
+#define PYBNN_DECL(r, g) __m128i acc##r##g##_0 = _mm_setzero_si128(), acc##r##g##_1 = acc##r##g##_0;
+#define PYBNN_DECL_ROW(r) PYBNN_GROUPS4(PYBNN_DECL, r)
+#define PYBNN_MAC(r, g)                                                                            \
+    if (ng > g) {                                                                                  \
+        acc##r##g##_0 = pybnn_igemm_madd_sse4(acc##r##g##_0, w##g##_0, b);                         \
+        acc##r##g##_1 = pybnn_igemm_madd_sse4(acc##r##g##_1, w##g##_1, b);                         \
+    }
+#define PYBNN_LOADW(g)                                                                             \
+    __m128i w##g##_0 = _mm_setzero_si128(), w##g##_1 = w##g##_0;                                   \
+    if (ng > g) {                                                                                  \
+        w##g##_0 = _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(wg[g] + 64 * q)));          \
+        w##g##_1 = _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(wg[g] + 64 * q + 8)));      \
+    }
 #define PYBNN_ROW(r)                                                                               \
     if (mr > r) {                                                                                  \
         const __m128i b = _mm_set1_epi64x((long long)pybnn_igemm_load_u64(buf + r * PYBNN_IGEMM_KC + 4 * q)); \
-        PYBNN_COLS2(PYBNN_MAC, r)                                                                  \
+        PYBNN_GROUPS4(PYBNN_MAC, r)                                                                \
     }
-#define PYBNN_OUT(r)                                                                               \
-    if (mr > r) {                                                                                  \
+#define PYBNN_OUT(r, g)                                                                            \
+    if (mr > r && ng > g && nc > 4 * g) {                                                          \
+        const int cnt = PYBNN_MIN(4, nc - 4 * g);                                                  \
         int32_t res[4];                                                                            \
-        __m128i v = _mm_hadd_epi32(acc##r##0, acc##r##1);                                          \
+        __m128i v = _mm_hadd_epi32(acc##r##g##_0, acc##r##g##_1);                                  \
         if (accumulate) {                                                                          \
-            memcpy(res, c + r * ldc, nc * sizeof(int32_t));                                        \
+            memcpy(res, c + r * ldc + 4 * g, cnt * sizeof(int32_t));                               \
             v = _mm_add_epi32(v, _mm_loadu_si128((const __m128i *)res));                           \
         }                                                                                          \
         if (csub)                                                                                  \
-            v = _mm_sub_epi32(v, _mm_loadu_si128((const __m128i *)csub));                          \
+            v = _mm_sub_epi32(v, _mm_loadu_si128((const __m128i *)(csub + 4 * g)));                \
         _mm_storeu_si128((__m128i *)res, v);                                                       \
-        memcpy(c + r * ldc, res, nc * sizeof(int32_t));                                            \
+        memcpy(c + r * ldc + 4 * g, res, cnt * sizeof(int32_t));                                   \
     }
+#define PYBNN_OUT_ROW(r) PYBNN_GROUPS4(PYBNN_OUT, r)
     PYBNN_ROWS6(PYBNN_DECL_ROW)
-    for (size_t q = 0; q < nq; q++, w += 64) {
-        const __m128i w0 = _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)w));
-        const __m128i w1 = _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(w + 8)));
+    for (size_t q = 0; q < nq; q++) {
+        PYBNN_LOADW(0) PYBNN_LOADW(1) PYBNN_LOADW(2) PYBNN_LOADW(3)
         PYBNN_ROWS6(PYBNN_ROW)
     }
-    PYBNN_ROWS6(PYBNN_OUT)
+    PYBNN_ROWS6(PYBNN_OUT_ROW)
 #undef PYBNN_DECL
 #undef PYBNN_DECL_ROW
 #undef PYBNN_MAC
+#undef PYBNN_LOADW
 #undef PYBNN_ROW
 #undef PYBNN_OUT
+#undef PYBNN_OUT_ROW
 }
 
-/* mr rows x 8 channels: 2 accumulators (4 channels x 2 k pairs each) per row; 12 + 3 ymm. */
+/* mr rows x ng groups of 8 channels: accumulators (4 channels x 2 k pairs) acc<row><group>_0/1. */
 PYBNN_TARGET_AVX2 static inline __attribute__((always_inline)) void
-pybnn_igemm_tile_AVX2(const int16_t *buf, const int8_t *w, size_t nq, int32_t *c, size_t ldc, int nc,
-                      int accumulate, const int32_t *csub, const int mr) {
-    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), live = _mm256_cmpgt_epi32(_mm256_set1_epi32(nc), lanes);
-#define PYBNN_DECL(r, z) __m256i acc##r##z = _mm256_setzero_si256();
-#define PYBNN_DECL_ROW(r) PYBNN_COLS2(PYBNN_DECL, r)
-#define PYBNN_MAC(r, z) acc##r##z = pybnn_igemm_madd_avx2(acc##r##z, w##z, b);
+pybnn_igemm_tile_AVX2(const int16_t *buf, const int8_t *w, size_t n0, size_t pb, size_t nq, int32_t *c,
+                      size_t ldc, int nc, int accumulate, const int32_t *csub, const int mr, const int ng) {
+    PYBNN_IGEMM_WGROUPS(8)
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+#define PYBNN_DECL(r, g) __m256i acc##r##g##_0 = _mm256_setzero_si256(), acc##r##g##_1 = acc##r##g##_0;
+#define PYBNN_DECL_ROW(r) PYBNN_GROUPS4(PYBNN_DECL, r)
+#define PYBNN_MAC(r, g)                                                                            \
+    if (ng > g) {                                                                                  \
+        acc##r##g##_0 = pybnn_igemm_madd_avx2(acc##r##g##_0, w##g##_0, b);                         \
+        acc##r##g##_1 = pybnn_igemm_madd_avx2(acc##r##g##_1, w##g##_1, b);                         \
+    }
+#define PYBNN_LOADW(g)                                                                             \
+    __m256i w##g##_0 = _mm256_setzero_si256(), w##g##_1 = w##g##_0;                               \
+    if (ng > g) {                                                                                  \
+        w##g##_0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(wg[g] + 64 * q)));       \
+        w##g##_1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(wg[g] + 64 * q + 16)));  \
+    }
 #define PYBNN_ROW(r)                                                                               \
     if (mr > r) {                                                                                  \
         const __m256i b = _mm256_set1_epi64x((long long)pybnn_igemm_load_u64(buf + r * PYBNN_IGEMM_KC + 4 * q)); \
-        PYBNN_COLS2(PYBNN_MAC, r)                                                                  \
+        PYBNN_GROUPS4(PYBNN_MAC, r)                                                                \
     }
     /* hadd: [c0 c1 c4 c5 | c2 c3 c6 c7]; the 64-bit permute puts them in order. */
-#define PYBNN_OUT(r)                                                                               \
-    if (mr > r) {                                                                                  \
-        __m256i v = _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc##r##0, acc##r##1), _MM_SHUFFLE(3, 1, 2, 0)); \
+#define PYBNN_OUT(r, g)                                                                            \
+    if (mr > r && ng > g && nc > 8 * g) {                                                          \
+        const __m256i live = _mm256_cmpgt_epi32(_mm256_set1_epi32(nc - 8 * g), lanes);             \
+        __m256i v = _mm256_permute4x64_epi64(_mm256_hadd_epi32(acc##r##g##_0, acc##r##g##_1), _MM_SHUFFLE(3, 1, 2, 0)); \
         if (accumulate)                                                                            \
-            v = _mm256_add_epi32(v, _mm256_maskload_epi32(c + r * ldc, live));                     \
+            v = _mm256_add_epi32(v, _mm256_maskload_epi32(c + r * ldc + 8 * g, live));             \
         if (csub)                                                                                  \
-            v = _mm256_sub_epi32(v, _mm256_loadu_si256((const __m256i *)csub));                    \
-        _mm256_maskstore_epi32(c + r * ldc, live, v);                                              \
+            v = _mm256_sub_epi32(v, _mm256_loadu_si256((const __m256i *)(csub + 8 * g)));          \
+        _mm256_maskstore_epi32(c + r * ldc + 8 * g, live, v);                                      \
     }
+#define PYBNN_OUT_ROW(r) PYBNN_GROUPS4(PYBNN_OUT, r)
     PYBNN_ROWS6(PYBNN_DECL_ROW)
-    for (size_t q = 0; q < nq; q++, w += 64) {
-        const __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)w));
-        const __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(w + 16)));
+    for (size_t q = 0; q < nq; q++) {
+        PYBNN_LOADW(0) PYBNN_LOADW(1) PYBNN_LOADW(2) PYBNN_LOADW(3)
         PYBNN_ROWS6(PYBNN_ROW)
     }
-    PYBNN_ROWS6(PYBNN_OUT)
+    PYBNN_ROWS6(PYBNN_OUT_ROW)
 #undef PYBNN_DECL
 #undef PYBNN_DECL_ROW
 #undef PYBNN_MAC
+#undef PYBNN_LOADW
 #undef PYBNN_ROW
 #undef PYBNN_OUT
+#undef PYBNN_OUT_ROW
 }
+#undef PYBNN_IGEMM_WGROUPS
 
-typedef void (*pybnn_igemm_tile16_fn)(const int16_t *buf, const int8_t *w, size_t nq, int32_t *c, size_t ldc,
-                                      int nc, int accumulate, const int32_t *csub);
-#define PYBNN_IGEMM_TILE_FN(ISA, MR)                                                                 \
-    PYBNN_TARGET_##ISA static __attribute__((noinline)) void pybnn_igemm_tile_##ISA##_##MR(           \
-        const int16_t *buf, const int8_t *w, size_t nq, int32_t *c, size_t ldc, int nc, int accumulate, \
-        const int32_t *csub) {                                                                       \
-        pybnn_igemm_tile_##ISA(buf, w, nq, c, ldc, nc, accumulate, csub, MR);                        \
+typedef void (*pybnn_igemm_tile16_fn)(const int16_t *buf, const int8_t *w, size_t n0, size_t pb, size_t nq,
+                                      int32_t *c, size_t ldc, int nc, int accumulate, const int32_t *csub);
+#define PYBNN_IGEMM_TILE_FN(ISA, MR, NG)                                                             \
+    PYBNN_TARGET_##ISA static __attribute__((noinline)) void pybnn_igemm_tile_##ISA##_##MR##_##NG(   \
+        const int16_t *buf, const int8_t *w, size_t n0, size_t pb, size_t nq, int32_t *c, size_t ldc, \
+        int nc, int accumulate, const int32_t *csub) {                                               \
+        pybnn_igemm_tile_##ISA(buf, w, n0, pb, nq, c, ldc, nc, accumulate, csub, MR, NG);            \
     }
+/* [0..5]: 1-6 rows x 1 group, [6]: 2 x 2, [7]: 1 x 4, [8]: 1 x 2 (pybnn_igemm_tile_index). */
 #define PYBNN_IGEMM_TILE_TABLE(ISA)                                                                  \
-    PYBNN_IGEMM_TILE_FN(ISA, 1) PYBNN_IGEMM_TILE_FN(ISA, 2) PYBNN_IGEMM_TILE_FN(ISA, 3)              \
-    PYBNN_IGEMM_TILE_FN(ISA, 4) PYBNN_IGEMM_TILE_FN(ISA, 5) PYBNN_IGEMM_TILE_FN(ISA, 6)              \
-    static const pybnn_igemm_tile16_fn pybnn_igemm_tiles_##ISA[6] = {                                \
-        pybnn_igemm_tile_##ISA##_1, pybnn_igemm_tile_##ISA##_2, pybnn_igemm_tile_##ISA##_3,          \
-        pybnn_igemm_tile_##ISA##_4, pybnn_igemm_tile_##ISA##_5, pybnn_igemm_tile_##ISA##_6};
+    PYBNN_IGEMM_TILE_FN(ISA, 1, 1) PYBNN_IGEMM_TILE_FN(ISA, 2, 1) PYBNN_IGEMM_TILE_FN(ISA, 3, 1)     \
+    PYBNN_IGEMM_TILE_FN(ISA, 4, 1) PYBNN_IGEMM_TILE_FN(ISA, 5, 1) PYBNN_IGEMM_TILE_FN(ISA, 6, 1)     \
+    PYBNN_IGEMM_TILE_FN(ISA, 2, 2) PYBNN_IGEMM_TILE_FN(ISA, 1, 4) PYBNN_IGEMM_TILE_FN(ISA, 1, 2)     \
+    static const pybnn_igemm_tile16_fn pybnn_igemm_tiles_##ISA[9] = {                                \
+        pybnn_igemm_tile_##ISA##_1_1, pybnn_igemm_tile_##ISA##_2_1, pybnn_igemm_tile_##ISA##_3_1,    \
+        pybnn_igemm_tile_##ISA##_4_1, pybnn_igemm_tile_##ISA##_5_1, pybnn_igemm_tile_##ISA##_6_1,    \
+        pybnn_igemm_tile_##ISA##_2_2, pybnn_igemm_tile_##ISA##_1_4, pybnn_igemm_tile_##ISA##_1_2};
 PYBNN_IGEMM_TILE_TABLE(SSE4)
 PYBNN_IGEMM_TILE_TABLE(AVX2)
 
-/* The SSE4 / AVX2 igemm: row blocks, K blocks widened into buf, channel tiles of NT. */
-#define PYBNN_IGEMM_DRIVER(ISA, NT)                                                                  \
+/* Groups per tile for a block of mr rows and its index in the tile tables. */
+static inline int pybnn_igemm_groups(int mr) { return mr == 1 ? 4 : mr == 2 ? 2 : 1; }
+static inline int pybnn_igemm_tile_index(int mr, int ng) {
+    return ng == 1 ? mr - 1 : ng == 4 ? 7 : mr == 2 ? 6 : 8;
+}
+
+/* The SSE4 / AVX2 igemm: row blocks, K blocks widened into buf, tiles of ng groups of CG
+ * channels (fewer groups at the end, where the panels run out: a group never reads past them). */
+#define PYBNN_IGEMM_DRIVER(ISA, CG)                                                                  \
     const size_t kq = pybnn_igemm_kq(k), pb = pybnn_igemm_panel_bytes(k, 0);                       \
+    const size_t cpad = pybnn_igemm_npanels(cout) * PYBNN_IGEMM_NP;                                 \
     int16_t buf[PYBNN_IGEMM_MR * PYBNN_IGEMM_KC + 16];                                              \
-    int32_t csub[NT];                                                                               \
-    const size_t nib = pybnn_igemm_nblocks(m, PYBNN_IGEMM_MR), nkb = pybnn_igemm_nblocks(kq, PYBNN_IGEMM_KC / 4); \
+    int32_t csub[4 * (CG)];                                                                         \
+    const size_t nib = pybnn_igemm_nblocks(m, PYBNN_IGEMM_MR);                                      \
     for (size_t ib = 0; ib < nib; ib++) {                                                           \
         const size_t i0 = pybnn_igemm_bstart(m, nib, ib);                                           \
         const int mr = (int)(pybnn_igemm_bstart(m, nib, ib + 1) - i0);                              \
+        /* a single row may use the whole buffer: fewer partial sums through memory */              \
+        const size_t nkb = pybnn_igemm_nblocks(kq, PYBNN_IGEMM_KC / 4 * (mr == 1 ? PYBNN_IGEMM_MR : 1)); \
         for (size_t kb = 0; kb < nkb; kb++) {                                                       \
             const size_t q0 = pybnn_igemm_bstart(kq, nkb, kb), nq = pybnn_igemm_bstart(kq, nkb, kb + 1) - q0; \
             const int last = kb == nkb - 1;                                                         \
             pybnn_igemm_widen_sse4(a + i0 * lda, lda, mr, 4 * q0, nq, k, buf);                      \
-            for (size_t n0 = 0; n0 < cout; n0 += NT) {                                              \
+            for (size_t n0 = 0; n0 < cout;) {                                                       \
+                int ng = pybnn_igemm_groups(mr);                                                    \
+                while (ng > 1 && n0 + (size_t)(CG) * ng > cpad)                                     \
+                    ng /= 2;                                                                        \
+                const size_t nt = (size_t)(CG) * ng;                                                \
                 if (last)                                                                           \
-                    pybnn_igemm_colsub(sums, n0, NT, a_zp, csub);                                   \
-                pybnn_igemm_tiles_##ISA[mr - 1](buf, (const int8_t *)panels + (n0 / 16) * pb + (n0 % 16) * 4 + q0 * 64, \
-                                                nq, out + i0 * ldo + n0, ldo, (int)PYBNN_MIN(NT, cout - n0), \
-                                                kb > 0, last ? csub : NULL);                        \
+                    pybnn_igemm_colsub(sums, n0, nt, a_zp, csub);                                   \
+                pybnn_igemm_tiles_##ISA[pybnn_igemm_tile_index(mr, ng)](                            \
+                    buf, (const int8_t *)panels + q0 * 64, n0, pb, nq, out + i0 * ldo + n0, ldo,    \
+                    (int)PYBNN_MIN(nt, cout - n0), kb > 0, last ? csub : NULL);                     \
+                n0 += nt;                                                                           \
             }                                                                                       \
         }                                                                                           \
     }
