@@ -17,14 +17,21 @@ ISAS = pybnn.cpu.available()
 KS = [1, 3, 27, 31, 32, 33, 63, 64, 65, 130, 576, 1000]
 COUTS = [1, 3, 7, 8, 9, 33, 64]
 MS = [1, 5, 49]
+# Block boundaries of the int8 kernels (igemm.h): K in quads of 4, int16 flushes every 64
+# quads (K 256), K unsplit up to 640 then in blocks of at most 512 (AVX-512), blocks of 1024
+# (SSE4/AVX2); rows in blocks of 4-6 and super-blocks of 96 (more: ibgemm expands all the
+# weights once); channels in panels of 16 and groups of 64.
+BLOCK_KS = [4, 5, 255, 256, 257, 511, 512, 513, 640, 641, 643, 1023, 1024, 1025, 2051]
+BLOCK_MS = [1, 2, 4, 5, 6, 7, 11, 12, 13, 95, 96, 97, 193]
+BLOCK_COUTS = [15, 16, 17, 31, 48, 63, 64, 65, 80, 129]
 ZPS = [0, -128, 127, 5]
 CHANNELS = [1, 3, 7, 8, 9, 31, 32, 33, 64, 65, 130]
 
 # Variants each kernel implements; asking for another path falls back to the best lower one.
 IMPLEMENTED = {
-    "igemm": {"scalar", "sse4", "avx2", "neon"},
-    "ibgemm": {"scalar", "sse4", "avx2", "neon"},
-    "fbgemm": {"scalar", "sse4", "avx2", "neon", "avx512"},
+    "igemm": {"scalar", "sse4", "avx2", "avx512", "neon"},
+    "ibgemm": {"scalar", "sse4", "avx2", "avx512", "neon"},
+    "fbgemm": {"scalar", "sse4", "avx2", "avx512", "neon"},
     "transform": {"scalar", "avx2"},
 }
 
@@ -42,6 +49,13 @@ def expected_isa(kernel, name):
 def cases(k):
     """(M, cout, a_zp) combinations for one K: every cout, cycling M and the zero point."""
     return [(MS[(i + k) % len(MS)], cout, ZPS[(i + 2 * k) % len(ZPS)]) for i, cout in enumerate(COUTS)]
+
+
+def block_cases(k):
+    """(M, cout, a_zp) around the row and channel block sizes, a few per K."""
+    i = BLOCK_KS.index(k)
+    return [(BLOCK_MS[(i + j) % len(BLOCK_MS)], BLOCK_COUTS[(3 * i + j) % len(BLOCK_COUTS)],
+             ZPS[(i + j) % len(ZPS)]) for j in range(4)]
 
 
 # ------------------------------------------------------------------------------ oracles
@@ -63,7 +77,7 @@ def ref_igemm(a, w, zp):
 
 
 def signs(w):
-    """The sign rule of pack_binary_weights: +1 where w >= 0 (0 and -0.0 too), else -1."""
+    """The sign rule of the binary-weight packers: +1 where w >= 0 (0 and -0.0 too), else -1."""
     return np.where(w >= 0, 1, -1)
 
 
@@ -160,6 +174,18 @@ def test_igemm(name, k):
 
 
 @pytest.mark.parametrize("name", ISAS)
+@pytest.mark.parametrize("k", BLOCK_KS)
+def test_igemm_blocks(name, k):
+    rng = np.random.default_rng(500 + k)
+    for m, cout, zp in block_cases(k):
+        a = rng.integers(-128, 128, (m, k), dtype=np.int8)
+        w = rng.integers(-128, 128, (cout, k), dtype=np.int8)
+        out = np.full((m, cout), 12345, np.int32)
+        gemm.igemm(a, gemm.pack_int8_weights(w), k, cout, zp, out, isa_num(name))
+        np.testing.assert_array_equal(out, ref_igemm(a, w, zp), err_msg=f"M={m} cout={cout} zp={zp}")
+
+
+@pytest.mark.parametrize("name", ISAS)
 @pytest.mark.parametrize("k", [1, 33, 1000, 4100, 65536])
 def test_igemm_extremes(name, k):
     """Every input at -128 or 127 and weights at +-127 (and -128): no overflow, no saturation.
@@ -178,37 +204,47 @@ def test_igemm_extremes(name, k):
 
 
 def test_pack_int8_weights_layout():
-    """Header, 8-channel panels of interleaved k-pairs, then row sums (see igemm.h)."""
-    k, cout = 5, 9
-    w = np.arange(cout * k, dtype=np.int8).reshape(cout, k) - 20
+    """Header, 16-channel panels of 4-k quads (64 bytes: channel-major, k minor), then the
+    weight sums per channel (see igemm.h)."""
+    k, cout = 5, 19
+    w = (np.arange(cout * k).reshape(cout, k) * 7 % 256 - 128).astype(np.int8)
     wp = gemm.pack_int8_weights(w)
-    kp, npan = 8, 2
+    kq, npan = 2, 2
     header = wp[:16].view(np.uint32)
-    assert header[1] == k and header[2] == cout
-    panels = wp[16:16 + npan * kp * 8].view(np.int8).reshape(npan, kp // 2, 8, 2)
-    full = np.zeros((npan * 8, kp), np.int8)
+    assert header[0] == 0x38514250 and header[1] == k and header[2] == cout
+    panels = wp[16:16 + npan * kq * 64].view(np.int8).reshape(npan, kq, 16, 4)
+    full = np.zeros((npan * 16, kq * 4), np.int8)
     full[:cout, :k] = w
-    np.testing.assert_array_equal(panels, full.reshape(npan, 8, kp // 2, 2).transpose(0, 2, 1, 3))
-    sums = wp[16 + npan * kp * 8:].view(np.int32)
-    np.testing.assert_array_equal(sums, full.astype(np.int32).sum(1))
+    np.testing.assert_array_equal(panels, full.reshape(npan, 16, kq, 4).transpose(0, 2, 1, 3))
+    sums = wp[16 + npan * kq * 64:].view(np.int32)
+    want = np.zeros(npan * 16, np.int32)
+    want[:cout] = w.astype(np.int32).sum(1)
+    np.testing.assert_array_equal(sums, want)
 
 
 # ------------------------------------------------------------------------------ binary weights
 
-def test_pack_binary_weights_layout():
-    """Header, rows of the standard bit packing (bit 1 = -1), then row popcounts."""
-    rng = np.random.default_rng(0)
-    for k, cout in [(1, 1), (31, 3), (32, 2), (33, 7), (130, 5)]:
+def test_pack_int8_binary_weights_layout():
+    """Header, 16-channel panels of one uint64 per 4-k quad, bit 32*(c%2) + 8*j + c//2 for
+    channel c, k offset j (1 = -1), then the sums K - 2 * (number of -1) (see igemm.h)."""
+    rng = np.random.default_rng(3)
+    for k, cout in [(1, 1), (5, 19), (32, 16), (33, 40)]:
         w = random_float_weights(rng, cout, k)
         w[0, 0] = np.nan  # not >= 0: -1
-        wp = gemm.pack_binary_weights(w)
-        words = (k + 31) // 32
+        wp = gemm.pack_int8_binary_weights(w)
+        kq, npan = (k + 3) // 4, (cout + 15) // 16
         header = wp[:16].view(np.uint32)
-        assert header[1] == k and header[2] == cout
-        bits = ~(w >= 0)
-        rows = wp[16:16 + cout * words * 4].view(np.uint32).reshape(cout, words)
-        np.testing.assert_array_equal(rows, ref_pack_bits(bits))
-        np.testing.assert_array_equal(wp[16 + cout * words * 4:].view(np.int32), bits.sum(1))
+        assert header[0] == 0x31514250 and header[1] == k and header[2] == cout
+        words = wp[16:16 + npan * kq * 8].view(np.uint64).reshape(npan, kq)
+        neg = np.zeros((npan * 16, kq * 4), bool)
+        neg[:cout, :k] = ~(w >= 0)
+        c, j = np.meshgrid(np.arange(16), np.arange(4), indexing="ij")
+        shifts = (32 * (c % 2) + 8 * j + c // 2).astype(np.uint64)
+        blocks = neg.reshape(npan, 16, kq, 4).transpose(0, 2, 1, 3).astype(np.uint64)
+        np.testing.assert_array_equal(words, (blocks << shifts).sum((2, 3)).astype(np.uint64))
+        want = np.zeros(npan * 16, np.int32)
+        want[:cout] = k - 2 * neg[:cout].sum(1)
+        np.testing.assert_array_equal(wp[16 + npan * kq * 8:].view(np.int32), want)
 
 
 @pytest.mark.parametrize("name", ISAS)
@@ -219,8 +255,20 @@ def test_ibgemm(name, k):
         a = rng.integers(-128, 128, (m, k), dtype=np.int8)
         w = random_float_weights(rng, cout, k)
         out = np.full((m, cout), 12345, np.int32)
-        used = gemm.ibgemm(a, gemm.pack_binary_weights(w), k, cout, zp, out, isa_num(name))
+        used = gemm.ibgemm(a, gemm.pack_int8_binary_weights(w), k, cout, zp, out, isa_num(name))
         assert used == expected_isa("ibgemm", name)
+        np.testing.assert_array_equal(out, ref_igemm(a, signs(w), zp), err_msg=f"M={m} cout={cout} zp={zp}")
+
+
+@pytest.mark.parametrize("name", ISAS)
+@pytest.mark.parametrize("k", BLOCK_KS)
+def test_ibgemm_blocks(name, k):
+    rng = np.random.default_rng(1500 + k)
+    for m, cout, zp in block_cases(k):
+        a = rng.integers(-128, 128, (m, k), dtype=np.int8)
+        w = random_float_weights(rng, cout, k)
+        out = np.full((m, cout), 12345, np.int32)
+        gemm.ibgemm(a, gemm.pack_int8_binary_weights(w), k, cout, zp, out, isa_num(name))
         np.testing.assert_array_equal(out, ref_igemm(a, signs(w), zp), err_msg=f"M={m} cout={cout} zp={zp}")
 
 
@@ -234,7 +282,7 @@ def test_ibgemm_extremes(name, k):
     w[1] = -1.0
     w[2, ::2] = -1.0
     w[3, : k // 2] = -1.0
-    wp = gemm.pack_binary_weights(w)
+    wp = gemm.pack_int8_binary_weights(w)
     for aval, zp in [(-128, 127), (127, -128), (127, 127), (-128, -128), (127, 0)]:
         a = np.full((m, k), aval, np.int8)
         a[1, ::3] = -1 - aval
@@ -349,7 +397,7 @@ def test_gemm_empty_batch(name):
     w = np.ones((3, 10), np.float32)
     assert gemm.igemm(a8, gemm.pack_int8_weights(w.astype(np.int8)), 10, 3, 0,
                       np.zeros((0, 3), np.int32), isa_num(name)) == expected_isa("igemm", name)
-    assert gemm.ibgemm(a8, gemm.pack_binary_weights(w), 10, 3, 0, np.zeros((0, 3), np.int32),
+    assert gemm.ibgemm(a8, gemm.pack_int8_binary_weights(w), 10, 3, 0, np.zeros((0, 3), np.int32),
                        isa_num(name)) == expected_isa("ibgemm", name)
     assert gemm.fbgemm(af, gemm.pack_float_binary_weights(w), 10, 3, np.zeros((0, 3), np.float32),
                        isa_num(name)) == expected_isa("fbgemm", name)
@@ -358,29 +406,33 @@ def test_gemm_empty_batch(name):
 def test_gemm_rejects_bad_arguments():
     a = np.zeros((4, 10), np.int8)
     wi = gemm.pack_int8_weights(np.ones((3, 10), np.int8))
-    wb = gemm.pack_binary_weights(np.ones((3, 10), np.float32))
     wf = gemm.pack_float_binary_weights(np.ones((3, 10), np.float32))
+    wib = gemm.pack_int8_binary_weights(np.ones((3, 10), np.float32))
     out = np.zeros((4, 3), np.int32)
-    gemm.igemm(a, wi, 10, 3, 0, out)  # the good call
+    gemm.igemm(a, wi, 10, 3, 0, out)  # the good calls
+    gemm.ibgemm(a, wib, 10, 3, 0, out)
     bad = [
         lambda: gemm.igemm(a, wi, 11, 3, 0, out),                          # K mismatch
         lambda: gemm.igemm(a, wi, 10, 4, 0, np.zeros((4, 4), np.int32)),   # packed for 3 channels
         lambda: gemm.igemm(a, wi, 10, 3, 0, np.zeros((4, 2), np.int32)),   # output shape
         lambda: gemm.igemm(a, wi, 10, 3, 0, np.zeros((5, 3), np.int32)),
         lambda: gemm.igemm(a, wi, 10, 3, 200, out),                        # zero point
-        lambda: gemm.igemm(a, wb, 10, 3, 0, out),                          # binary-packed weights
+        lambda: gemm.igemm(a, wib, 10, 3, 0, out),                         # binary-packed weights
         lambda: gemm.igemm(a, wi[:-1], 10, 3, 0, out),                     # truncated buffer
         lambda: gemm.ibgemm(a, wi, 10, 3, 0, out),                         # int8-packed weights
-        lambda: gemm.ibgemm(a, wb, 10, 3, -129, out),
+        lambda: gemm.ibgemm(a, wf, 10, 3, 0, out),                         # fbgemm's binary packing
+        lambda: gemm.ibgemm(a, wib, 10, 3, -129, out),
+        lambda: gemm.ibgemm(a, wib, 11, 3, 0, out),
         lambda: gemm.fbgemm(a.astype(np.float32), wf, 10, 3, np.zeros((4, 3), np.float32)[:, :2]),
         lambda: gemm.fbgemm(np.zeros((4, 9), np.float32), wf, 10, 3, np.zeros((4, 3), np.float32)),
-        lambda: gemm.fbgemm(a.astype(np.float32), wb, 10, 3, np.zeros((4, 3), np.float32)),  # ibgemm's layout
+        lambda: gemm.fbgemm(a.astype(np.float32), wib, 10, 3, np.zeros((4, 3), np.float32)),  # ibgemm's layout
         lambda: gemm.fbgemm(a.astype(np.float32), wf[:-1], 10, 3, np.zeros((4, 3), np.float32)),
         lambda: gemm.fbgemm(a.astype(np.float32), gemm.pack_float_binary_weights(np.ones((33, 10), np.float32)),
                             10, 32, np.zeros((4, 32), np.float32)),         # packed for 33 channels
         lambda: gemm.pack_float_binary_weights(np.zeros((3, 0), np.float32)),
         lambda: gemm.pack_int8_weights(np.zeros((3, 0), np.int8)),
-        lambda: gemm.pack_binary_weights(np.zeros((0, 5), np.float32)),
+        lambda: gemm.pack_float_binary_weights(np.zeros((0, 5), np.float32)),
+        lambda: gemm.pack_int8_binary_weights(np.zeros((2, 0), np.float32)),
     ]
     for i, call in enumerate(bad):
         with pytest.raises(ValueError):

@@ -180,12 +180,13 @@ def test_im2col_and_gemm_kernels_identical(isa):
         icols = each_thread_count(lambda t: (gemm.im2col_i8(xi, k, k, s, s, 1, 1, 0, 0, hout, wout, 7, icols, t), icols)[1])
         kk = k * k * c
         wf = rng.standard_normal((cout, kk)).astype(np.float32)
-        wb, wfb = gemm.pack_binary_weights(wf), gemm.pack_float_binary_weights(wf)
+        wfb = gemm.pack_float_binary_weights(wf)
         wi = gemm.pack_int8_weights(rng.integers(-127, 128, (cout, kk)).astype(np.int8))
         facc = np.empty((cols.shape[0], cout), np.float32)
         iacc = np.empty((cols.shape[0], cout), np.int32)
         each_thread_count(lambda t: (gemm.fbgemm(cols, wfb, kk, cout, facc, isa_number(), t), facc)[1])
-        each_thread_count(lambda t: (gemm.ibgemm(icols, wb, kk, cout, 7, iacc, isa_number(), t), iacc)[1])
+        wib = gemm.pack_int8_binary_weights(rng.standard_normal((cout, kk)).astype(np.float32))
+        each_thread_count(lambda t: (gemm.ibgemm(icols, wib, kk, cout, 7, iacc, isa_number(), t), iacc)[1])
         each_thread_count(lambda t: (gemm.igemm(icols, wi, kk, cout, 7, iacc, isa_number(), t), iacc)[1])
 
 

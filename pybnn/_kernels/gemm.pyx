@@ -8,7 +8,7 @@ for every thread count, floats included), and returns the ISA number (pybnn.cpu)
 ran: the best one at or below `isa` that this build has and this CPU supports.
 
 Packed weights are 1-D uint8 arrays made once by pack_int8_weights (igemm),
-pack_binary_weights (ibgemm) or pack_float_binary_weights (fbgemm); they start with a
+pack_int8_binary_weights (ibgemm) or pack_float_binary_weights (fbgemm); they start with a
 16-byte header (magic, K, cout) that the GEMMs check, and every ISA variant of a GEMM reads
 the same layout (documented in include/pybnn/igemm.h and fbgemm.h).
 """
@@ -32,13 +32,13 @@ cdef extern from "pybnn/igemm.h" nogil:
     void pybnn_igemm_pack(const int8_t *w, size_t k, size_t cout, uint8_t *dst)
     int pybnn_igemm(int isa, int threads, const int8_t *a, size_t lda, size_t m, const uint8_t *wp, size_t k,
                     size_t cout, int a_zp, int32_t *out, size_t ldo)
+    size_t pybnn_ibgemm_packed_size(size_t k, size_t cout)
+    int pybnn_ibgemm_check(const uint8_t *wp, size_t size, size_t k, size_t cout)
+    void pybnn_ibgemm_pack(const float *w, size_t k, size_t cout, uint8_t *dst)
+    int pybnn_ibgemm(int isa, int threads, const int8_t *a, size_t lda, size_t m, const uint8_t *wp, size_t k,
+                   size_t cout, int a_zp, int32_t *out, size_t ldo)
 
 cdef extern from "pybnn/fbgemm.h" nogil:
-    size_t pybnn_bgemm_packed_size(size_t k, size_t cout)
-    int pybnn_bgemm_check(const uint8_t *wp, size_t size, size_t k, size_t cout)
-    void pybnn_bgemm_pack(const float *w, size_t k, size_t cout, uint8_t *dst)
-    int pybnn_ibgemm(int isa, int threads, const int8_t *a, size_t lda, size_t m, const uint8_t *wp, size_t k,
-                     size_t cout, int a_zp, int32_t *out, size_t ldo)
     size_t pybnn_fbgemm_packed_size(size_t k, size_t cout)
     int pybnn_fbgemm_check(const uint8_t *wp, size_t size, size_t k, size_t cout)
     void pybnn_fbgemm_pack(const float *w, size_t k, size_t cout, uint8_t *dst)
@@ -127,11 +127,20 @@ cdef int _check_zp(int a_zp) except -1:
     return 0
 
 
+def _empty_panels_aligned(Py_ssize_t size):
+    """Uninitialised uint8 array of `size` bytes whose byte 16 (after the header: the first
+    weight panel) is 64-byte aligned, so the AVX-512 kernel's 64-byte weight loads never
+    straddle cache lines (a view into a slightly larger array)."""
+    raw = np.empty(size + 64, dtype=np.uint8)
+    offset = (48 - raw.ctypes.data) % 64
+    return raw[offset:offset + size]
+
+
 def pack_int8_weights(const int8_t[:, ::1] w):
     """Pack int8 weights w (cout, K) for igemm: a 1-D uint8 array (layout in igemm.h)."""
     cdef Py_ssize_t cout = w.shape[0], k = w.shape[1]
     _check_kc(k, cout, MAX_K_INT8)
-    packed = np.empty(pybnn_igemm_packed_size(k, cout), dtype=np.uint8)
+    packed = _empty_panels_aligned(pybnn_igemm_packed_size(k, cout))
     cdef uint8_t[::1] dst = packed
     with nogil:
         pybnn_igemm_pack(&w[0, 0], k, cout, &dst[0])
@@ -154,21 +163,16 @@ def igemm(const int8_t[:, ::1] a, const uint8_t[::1] wpacked, int K, int cout, i
     return used
 
 
-def pack_binary_weights(const float[:, ::1] w):
-    """Binarize w (cout, K) (+1 where w >= 0, else -1) and pack it for ibgemm."""
+def pack_int8_binary_weights(const float[:, ::1] w):
+    """Binarize w (cout, K) (+1 where w >= 0, else -1) and pack it for ibgemm: 1 bit per
+    weight, in 16-channel panels (layout in igemm.h)."""
     cdef Py_ssize_t cout = w.shape[0], k = w.shape[1]
     _check_kc(k, cout, MAX_K_BINARY)
-    packed = np.empty(pybnn_bgemm_packed_size(k, cout), dtype=np.uint8)
+    packed = np.empty(pybnn_ibgemm_packed_size(k, cout), dtype=np.uint8)
     cdef uint8_t[::1] dst = packed
     with nogil:
-        pybnn_bgemm_pack(&w[0, 0], k, cout, &dst[0])
+        pybnn_ibgemm_pack(&w[0, 0], k, cout, &dst[0])
     return packed
-
-
-cdef int _check_bpacked(str name, const uint8_t[::1] wpacked, Py_ssize_t k, Py_ssize_t cout) except -1:
-    if not pybnn_bgemm_check(&wpacked[0], wpacked.shape[0], k, cout):
-        raise ValueError(f"{name}: wpacked was not made by pack_binary_weights for K={k}, cout={cout}")
-    return 0
 
 
 def ibgemm(const int8_t[:, ::1] a, const uint8_t[::1] wpacked, int K, int cout, int a_zp,
@@ -177,12 +181,13 @@ def ibgemm(const int8_t[:, ::1] a, const uint8_t[::1] wpacked, int K, int cout, 
     _check_threads(threads)
     _check_gemm("ibgemm", (a.shape[0], a.shape[1]), K, cout, MAX_K_BINARY, (out.shape[0], out.shape[1]))
     _check_zp(a_zp)
-    _check_bpacked("ibgemm", wpacked, K, cout)
+    if not pybnn_ibgemm_check(&wpacked[0], wpacked.shape[0], K, cout):
+        raise ValueError(f"ibgemm: wpacked was not made by pack_int8_binary_weights for K={K}, cout={cout}")
     cdef int used
     cdef size_t m = a.shape[0]
     with nogil:
         used = pybnn_ibgemm(isa, threads, &a[0, 0] if m else NULL, K, m, &wpacked[0], K, cout, a_zp,
-                            &out[0, 0] if m else NULL, cout)
+                          &out[0, 0] if m else NULL, cout)
     return used
 
 

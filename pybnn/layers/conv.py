@@ -407,7 +407,7 @@ class Int8BinaryConv2D(Int8Conv2D):
 
     def _pack(self, kernel4):
         flat = ref.binarize(kernel4).transpose(3, 0, 1, 2).reshape(self.filters, self.depth)
-        self._wpacked = kgemm.pack_binary_weights(np.ascontiguousarray(flat))
+        self._wpacked = kgemm.pack_int8_binary_weights(np.ascontiguousarray(flat))
 
     def acc_range(self):
         return -self.depth * 255, self.depth * 255
