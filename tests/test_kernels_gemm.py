@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import pybnn.cpu
+from pybnn import reference as ref
 from pybnn._kernels import gemm, transform
 
 ISAS = pybnn.cpu.available()
@@ -465,10 +466,10 @@ def test_to_float(name, c):
         out = np.full((13, c), np.nan, np.float32)
         used = transform.to_float_i32(acc, mult, bias, lo, hi, out, isa_num(name))
         assert used == expected_isa("transform", name)
-        assert bitwise_equal(out, np.clip(acc.astype(np.float32) * mult + bias, lo, hi)), (lo, hi)
+        assert bitwise_equal(out, ref.clamp(acc.astype(np.float32) * mult + bias, lo, hi)), (lo, hi)
 
         facc = (acc * np.float32(0.001)).astype(np.float32)
-        want = np.clip(facc * mult + bias, lo, hi)
+        want = ref.clamp(facc * mult + bias, lo, hi)
         out = np.full((13, c), np.nan, np.float32)
         assert transform.to_float_f32(facc, mult, bias, lo, hi, out, isa_num(name)) == used
         assert bitwise_equal(out, want), (lo, hi)
@@ -490,7 +491,7 @@ def test_to_float_nan_and_inf(name):
         out = np.empty((3, c), np.float32)
         transform.to_float_i32(acc, mult, bias, lo, hi, out, isa_num(name))
         with np.errstate(invalid="ignore"):
-            want = np.clip(acc.astype(np.float32) * mult + bias, lo, hi)
+            want = ref.clamp(acc.astype(np.float32) * mult + bias, lo, hi)
         assert bitwise_equal(out, want), (lo, hi)
 
 
