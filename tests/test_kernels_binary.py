@@ -14,7 +14,7 @@ IMPLEMENTED = {
     "pack_float": {"scalar", "sse4", "avx2", "neon"},
     "pack_int8": {"scalar", "sse4", "avx2"},
     "unpack": {"scalar", "avx2"},
-    "bconv2d": {"scalar", "sse4", "avx2", "neon"},
+    "bconv2d": {"scalar", "sse4", "avx2", "avx512", "neon"},
     "bmaxpool2d": {"scalar", "avx2"},
 }
 
@@ -286,7 +286,7 @@ def test_bconv2d_validation():
     x = np.zeros((1, 5, 5, 2), dtype=np.uint32)
     wf = np.ones((cout, kh, kw, c), dtype=np.float32)
     wp, ts = bconv.pack_weights(wf), bconv.tap_sums(wf)
-    assert wp.shape == bconv.packed_weights_shape(c, cout, kh, kw) == (2, 9, 8)
+    assert wp.shape == bconv.packed_weights_shape(c, cout, kh, kw) == (1, 9, 16)
     out = np.zeros((1, 5, 5, cout), dtype=np.int32)
     good = dict(x=x, wpacked=wp, channels=c, cout=cout, kh=kh, kw=kw, sh=1, sw=1, dh=1, dw=1,
                 pad_top=1, pad_left=1, hout=5, wout=5, pad_value=0, tapsum=ts, out=out)

@@ -39,7 +39,7 @@ def packed_weights_shape(int channels, int cout, int kh, int kw):
     if channels < 1 or cout < 1 or kh < 1 or kw < 1:
         raise ValueError(f"channels, cout, kh, kw must be >= 1; got {channels}, {cout}, {kh}, {kw}")
     cdef size_t kwords = <size_t>kh * kw * ((channels + 31) // 32)
-    return (int(pybnn_xgemm_cblocks(cout)), int(pybnn_xgemm_k64(kwords)), 8)
+    return (int(pybnn_xgemm_cblocks(cout)), int(pybnn_xgemm_k64(kwords)), 16)
 
 
 def pack_weights(const float[:, :, :, ::1] w):
