@@ -8,7 +8,22 @@ the variant that ran.  The C side is include/pybnn/bconv.h, bgemm.h and bpool.h.
 """
 import numpy as np
 
-from libc.stdint cimport uint32_t, int32_t
+from libc.stdint cimport int8_t, int32_t, uint32_t
+
+cdef extern from "pybnn/output_transform.h" nogil:
+    ctypedef struct pybnn_ot:
+        int kind
+        const float *mult
+        const float *bias
+        const int32_t *ibias
+        float lo, hi
+        int zp, qmin, qmax
+        const int32_t *thr
+        const int8_t *dir
+    enum:
+        PYBNN_OT_FLOAT_I32
+        PYBNN_OT_INT8
+        PYBNN_OT_BITS
 
 cdef extern from "pybnn/bconv.h" nogil:
     ctypedef struct pybnn_conv_geom:
@@ -22,7 +37,7 @@ cdef extern from "pybnn/bconv.h" nogil:
     void pybnn_bconv_pack_weights(const float *wf, size_t cout, size_t taps, size_t c,
                                   uint32_t *rows, uint32_t *wp)
     int pybnn_bconv2d(int isa, int threads, const pybnn_conv_geom *g, const uint32_t *x,
-                      const uint32_t *wp, const int32_t *tapsum, int32_t *out)
+                      const uint32_t *wp, const int32_t *tapsum, const pybnn_ot *ot, void *out)
 
 cdef extern from "pybnn/bpool.h" nogil:
     int pybnn_bmaxpool2d(int isa, int threads, const uint32_t *x, int n, int h, int w, int words, int kh,
@@ -35,7 +50,7 @@ include "_checks.pxi"
 
 def packed_weights_shape(int channels, int cout, int kh, int kw):
     """Shape of pack_weights' result for (cout, kh, kw, channels) float weights:
-    (ceil(cout/4), ceil(kh*kw*ceil(channels/32)/2), 8) uint32 (layout: bgemm.h)."""
+    (ceil(cout/8), ceil(kh*kw*ceil(channels/32)/2), 16) uint32 (layout: bgemm.h)."""
     if channels < 1 or cout < 1 or kh < 1 or kw < 1:
         raise ValueError(f"channels, cout, kh, kw must be >= 1; got {channels}, {cout}, {kh}, {kw}")
     cdef size_t kwords = <size_t>kh * kw * ((channels + 31) // 32)
@@ -44,9 +59,10 @@ def packed_weights_shape(int channels, int cout, int kh, int kw):
 
 def pack_weights(const float[:, :, :, ::1] w):
     """Binarize (bit = w < 0) and pack float32 weights (Cout, KH, KW, C) into the layout
-    bconv2d streams: uint32 (ceil(Cout/4), ceil(KH*KW*words/2), 8), i.e. per block of 4
-    output channels and per 64-bit step of the tap-major (KH*KW*words) bit row, the four
-    channels' 64-bit words side by side.  Treat it as opaque."""
+    bconv2d streams: uint32 (ceil(Cout/8), ceil(KH*KW*words/2), 16), i.e. per block of 8
+    output channels and per 64-bit step of the tap-major (KH*KW*words) bit row, the eight
+    channels' 64-bit words side by side.  Every instruction-set path reads this one layout.
+    Treat it as opaque."""
     cdef Py_ssize_t cout = w.shape[0], kh = w.shape[1], kw = w.shape[2], c = w.shape[3]
     shape = packed_weights_shape(c, cout, kh, kw)
     cdef uint32_t[::1] rows = np.empty(cout * kh * kw * ((c + 31) // 32), dtype=np.uint32)
@@ -88,20 +104,42 @@ cdef int _check_axis(str axis, long long size, int k, int s, int d, int pad, int
     return 0
 
 
+cdef int _per_channel(str name, object a, Py_ssize_t cout) except -1:
+    if a is None:
+        raise ValueError(f"bconv2d: this output kind needs {name}")
+    if a.shape[0] != cout:
+        raise ValueError(f"bconv2d: {name} has {a.shape[0]} values, expected one per output channel ({cout})")
+    return 0
+
+
 def bconv2d(const uint32_t[:, :, :, ::1] x, wpacked, int channels, int cout, int kh, int kw,
             int sh, int sw, int dh, int dw, int pad_top, int pad_left, int hout, int wout,
-            int pad_value, const int32_t[:, ::1] tapsum, int32_t[:, :, :, ::1] out,
-            int isa=0, int threads=1):
-    """Binary convolution: out (N, hout, wout, cout) int32 from x (N, H, W, words) packed
-    with `channels` real channels and wpacked from pack_weights, on up to `threads` threads
-    (the result does not depend on it).
+            int pad_value, const int32_t[:, ::1] tapsum, out, int isa=0, int threads=1, *,
+            const float[::1] mult=None, const float[::1] bias=None, float lo=-np.inf,
+            float hi=np.inf, const int32_t[::1] ibias=None, int zp=0, int qmin=-128, int qmax=127,
+            const int32_t[::1] thr=None, const int8_t[::1] dir=None):
+    """Binary convolution of x (N, H, W, words) packed with `channels` real channels and
+    wpacked from pack_weights, on up to `threads` threads (the result does not depend on it).
 
-    out[n,oh,ow,co] = sum_{i,j,c} xval * wval with xval the +-1 input at
-    (oh*sh - pad_top + i*dh, ow*sw - pad_left + j*dw), or pad_value (-1, 0, +1) outside.
-    tapsum (KH*KW, cout) int32 = tap_sums(w) of the float weights.
+    The accumulator of output (n, oh, ow, co) is
+        acc = sum_{i,j,c} xval * wval
+    with xval the +-1 input at (oh*sh - pad_top + i*dh, ow*sw - pad_left + j*dw), or
+    pad_value (-1, 0, +1) outside; tapsum (KH*KW, cout) int32 = tap_sums(w) of the float
+    weights.  What `out` receives depends on its dtype (the output transforms of
+    transform.pyx, applied by the kernel to each block of rows while it is in cache, with
+    bit-identical results):
+      int32   (N, hout, wout, cout): acc itself (no keyword arguments)
+      float32 (N, hout, wout, cout): clip(float32(acc [+ ibias]) * mult + bias, lo, hi)
+      int8    (N, hout, wout, cout): clip(rint(float32(acc + ibias) * mult) + zp, qmin, qmax)
+      uint32  (N, hout, wout, ceil(cout/32)): packed bits, -1 where dir >= 0 and acc < thr,
+              or dir < 0 and acc > thr
+    Per-channel arrays (mult, bias float32; ibias, thr int32; dir int8) have cout entries.
+    Returns the ISA number of the GEMM variant that ran.
     """
     cdef Py_ssize_t n = x.shape[0], h = x.shape[1], wd = x.shape[2], words = x.shape[3]
     cdef pybnn_conv_geom g
+    cdef pybnn_ot ot
+    cdef pybnn_ot *otp = &ot
     cdef const uint32_t[::1] wv
     cdef int used
     _check_isa(isa)
@@ -119,9 +157,6 @@ def bconv2d(const uint32_t[:, :, :, ::1] x, wpacked, int channels, int cout, int
     _check_axis("width", wd, kw, sw, dw, pad_left, wout)
     if <long long>kh * kw * channels > 2**31 - 1 or n > 2**31 - 1 or h > 2**31 - 1 or wd > 2**31 - 1:
         raise ValueError("convolution too large for 32-bit accumulators")
-    if (out.shape[0], out.shape[1], out.shape[2], out.shape[3]) != (n, hout, wout, cout):
-        raise ValueError(f"out has shape {(out.shape[0], out.shape[1], out.shape[2], out.shape[3])}; expected "
-                         f"{(n, hout, wout, cout)}")
     if tapsum.shape[0] != <long long>kh * kw or tapsum.shape[1] != cout:
         raise ValueError(f"tapsum has shape {(tapsum.shape[0], tapsum.shape[1])}; expected "
                          f"{(kh * kw, cout)}")
@@ -133,12 +168,60 @@ def bconv2d(const uint32_t[:, :, :, ::1] x, wpacked, int channels, int cout, int
                          f"for cout={cout}, kernel {kh}x{kw}, {channels} channels")
     if not wpacked.flags.c_contiguous:
         raise ValueError("wpacked must be C-contiguous")
+
+    # ---- output kind, from out's dtype, and its transform parameters
+    if not isinstance(out, np.ndarray):
+        raise ValueError("out must be a NumPy array")
+    kinds = {np.dtype(np.int32): "int32", np.dtype(np.float32): "float32", np.dtype(np.int8): "int8",
+             np.dtype(np.uint32): "bits"}
+    kind = kinds.get(out.dtype)
+    if kind is None:
+        raise ValueError(f"out must be int32, float32, int8 or uint32 (bits); got {out.dtype}")
+    last = (cout + 31) // 32 if kind == "bits" else cout
+    if out.shape != (n, hout, wout, last):
+        raise ValueError(f"out has shape {out.shape}; expected {(n, hout, wout, last)}")
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError("out must be C-contiguous and writeable")
+    given = {k for k, v in (("mult", mult), ("bias", bias), ("ibias", ibias), ("thr", thr), ("dir", dir))
+             if v is not None}
+    allowed = {"int32": set(), "float32": {"mult", "bias", "ibias"}, "int8": {"mult", "ibias"},
+               "bits": {"thr", "dir"}}[kind]
+    if given - allowed:
+        raise ValueError(f"bconv2d: {sorted(given - allowed)} do not apply to a {kind} output")
+    ot.mult, ot.bias, ot.ibias, ot.thr, ot.dir = NULL, NULL, NULL, NULL, NULL
+    ot.lo, ot.hi, ot.zp, ot.qmin, ot.qmax = lo, hi, zp, qmin, qmax
+    if kind == "int32":
+        otp = NULL
+    elif kind == "float32":
+        ot.kind = PYBNN_OT_FLOAT_I32
+        _per_channel("mult", mult, cout)
+        _per_channel("bias", bias, cout)
+        ot.mult, ot.bias = &mult[0], &bias[0]
+        if ibias is not None:
+            _per_channel("ibias", ibias, cout)
+            ot.ibias = &ibias[0]
+    elif kind == "int8":
+        ot.kind = PYBNN_OT_INT8
+        _per_channel("mult", mult, cout)
+        _per_channel("ibias", ibias, cout)
+        ot.mult, ot.ibias = &mult[0], &ibias[0]
+        if not -128 <= zp <= 127:
+            raise ValueError(f"bconv2d: zero point {zp} is outside [-128, 127]")
+        if not -128 <= qmin <= qmax <= 127:
+            raise ValueError(f"bconv2d: need -128 <= qmin <= qmax <= 127, got qmin={qmin}, qmax={qmax}")
+    else:
+        ot.kind = PYBNN_OT_BITS
+        _per_channel("thr", thr, cout)
+        _per_channel("dir", dir, cout)
+        ot.thr, ot.dir = &thr[0], &dir[0]
+
+    cdef size_t optr = out.ctypes.data
     wv = wpacked.reshape(-1)
     g.n, g.h, g.w, g.words, g.channels = n, h, wd, words, channels
     g.cout, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw = cout, kh, kw, sh, sw, dh, dw
     g.pad_top, g.pad_left, g.hout, g.wout, g.pad_value = pad_top, pad_left, hout, wout, pad_value
     with nogil:
-        used = pybnn_bconv2d(isa, threads, &g, &x[0, 0, 0, 0], &wv[0], &tapsum[0, 0], &out[0, 0, 0, 0])
+        used = pybnn_bconv2d(isa, threads, &g, &x[0, 0, 0, 0], &wv[0], &tapsum[0, 0], otp, <void *>optr)
     if used < 0:
         raise MemoryError("bconv2d: could not allocate scratch memory")
     return used

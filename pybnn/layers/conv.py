@@ -306,13 +306,38 @@ class BinaryConv2D(_Conv):
     def acc_range(self):
         return -self.depth, self.depth
 
-    def _accumulate(self, x):
+    def call(self, x):
+        """The kernel applies the output transform itself, to each block of rows while it is
+        in cache: no int32 accumulator array, no second pass (bit-identical to _transform)."""
+        if self._weights is None:
+            raise ShapeError(f"{self.name}: has no weights; call set_weights() or load a weights file")
+        out, n = self._out, x.shape[0]
+        _, _, _, _, _, _, _, hout, wout = self._geom
+        if out["kind"] == "float":
+            dtype, params = np.float32, dict(mult=out["mult"], bias=out["bias"], lo=out["lo"], hi=out["hi"],
+                                             ibias=out["ibias"])
+        elif out["kind"] == "int8":
+            dtype, params = np.int8, dict(mult=out["mult"], ibias=out["ibias"], zp=out["zp"], qmin=out["qmin"],
+                                          qmax=out["qmax"])
+        else:
+            dtype, params = np.uint32, dict(thr=out["thr"], dir=out["dir"])
+        y = np.empty(self.output_spec.array_shape(n), dtype)
+        last = words(self.filters) if dtype is np.uint32 else self.filters
+        self.last_isa = self._conv(x, y.reshape(n, hout, wout, last), **params)
+        return y
+
+    def _conv(self, x, out, **transform):
         h, w, c, pt, pb, pl, pr, hout, wout = self._geom
         kh, kw = self.kernel_size
+        return kbin.bconv2d(x, self._wpacked, c, self.filters, kh, kw, *self.strides, *self.dilation_rate,
+                            pt, pl, hout, wout, self.pad_value, self._tapsum, out, cpu.active(), cpu.num_threads(),
+                            **transform)
+
+    def _accumulate(self, x):
+        """The int32 accumulators alone (benchmark breakdowns)."""
+        _, _, _, _, _, _, _, hout, wout = self._geom
         acc = np.empty((x.shape[0], hout, wout, self.filters), np.int32)
-        isa = kbin.bconv2d(x, self._wpacked, c, self.filters, kh, kw, *self.strides, *self.dilation_rate,
-                           pt, pl, hout, wout, self.pad_value, self._tapsum, acc, cpu.active(), cpu.num_threads())
-        return acc.reshape(-1, self.filters), isa
+        return acc.reshape(-1, self.filters), self._conv(x, acc)
 
     def _reference_acc(self, x):
         h, w, c = self._geom[:3]
