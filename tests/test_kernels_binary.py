@@ -280,6 +280,13 @@ def test_bconv2d_long_rows_and_many_chunks(isa):
     with pybnn.cpu.use_isa(isa):
         out, _ = run_bconv(xf, wf, 1, 1, 1, 1, pt, pl, hout, wout, 0, pybnn.cpu.active())
     np.testing.assert_array_equal(out, ref_conv(xf, wf, 1, 1, 1, 1, pt, pl, hout, wout, 0))
+    # dense rows of 625 and 626 words: more than 31 Harley-Seal groups of 8 k-steps (AVX2)
+    for c in (20000, 20001):
+        xf = ref_sign(rng.standard_normal((3, 1, 1, c)))
+        wf = ref_sign(rng.standard_normal((9, 1, 1, c)))
+        with pybnn.cpu.use_isa(isa):
+            out, _ = run_bconv(xf, wf, 1, 1, 1, 1, 0, 0, 1, 1, 0, pybnn.cpu.active())
+        np.testing.assert_array_equal(out, ref_conv(xf, wf, 1, 1, 1, 1, 0, 0, 1, 1, 0))
 
 
 @pytest.mark.parametrize("isa", ISAS)
