@@ -297,7 +297,7 @@ typedef struct {
     pybnn_xgemm_fn gemm;
     const uint32_t *x, *wp;
     const pybnn_ot *ot; /* NULL: out receives the int32 accumulators */
-    int ot_avx2;
+    int ot_level;
     void *out;
     size_t ldo, esize;  /* output row stride (elements) and element size (bytes) */
     unsigned char *scratch; /* nparts blocks of scratch_bytes */
@@ -345,7 +345,7 @@ static void pybnn_bconv_part(void *ctx, int part, int nparts) {
         if (j->fix)
             pybnn_bconv_pad_fix(g, j->t, oh, ow, m, c0, c1, acc, ldc);
         if (j->ot)
-            pybnn_ot_apply(j->ot, j->ot_avx2, acc, ldc, m, c0, c1,
+            pybnn_ot_apply(j->ot, j->ot_level, acc, ldc, m, c0, c1,
                            (char *)j->out + p0 * j->ldo * j->esize, j->ldo);
     }
 }
@@ -367,7 +367,7 @@ static int pybnn_bconv2d(int isa, int threads, const pybnn_conv_geom *g, const u
     j.g = g;
     j.gemm = pybnn_xgemm_pick(isa, &used);
     j.x = x, j.wp = wp, j.out = out, j.ot = ot;
-    j.ot_avx2 = PYBNN_OT_USE_AVX2(isa);
+    j.ot_level = pybnn_ot_level(isa);
     size_t words = (size_t)g->words, cout = (size_t)g->cout;
     j.ldo = ot ? pybnn_ot_ldo(ot, cout) : cout;
     j.esize = ot && ot->kind == PYBNN_OT_INT8 ? 1 : 4;

@@ -191,6 +191,80 @@ PYBNN_TARGET_AVX2 static void pybnn_to_bits_avx2(const int32_t *acc, size_t lda,
         }
     }
 }
+/* ================================================================ AVX-512
+ * 16 channels at a time (the last ones through masked loads and stores), the same float32
+ * operations in the same order as the AVX2 and scalar code.  Channel groups outside and
+ * rows inside, so each group's parameters stay in registers over a block of rows: this is
+ * the variant fused callers run (pybnn_ot_apply at level PYBNN_OT_AVX512) on blocks that
+ * are still in L1.  The standalone drivers, which stream whole arrays through memory, stop
+ * at AVX2. */
+
+PYBNN_TARGET_AVX512 static inline __mmask16 pybnn_ot_mask16(size_t j, size_t c) {
+    return j >= c ? (__mmask16)0 : c - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (c - j)) - 1);
+}
+
+PYBNN_TARGET_AVX512 static void pybnn_to_float_i32_avx512(const int32_t *acc, size_t lda, size_t m, size_t c,
+                                                          const int32_t *ibias, const float *mult, const float *bias,
+                                                          float lo, float hi, float *out, size_t ldo) {
+    const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
+    for (size_t j = 0; j < c; j += 16) {
+        const __mmask16 k = pybnn_ot_mask16(j, c);
+        const __m512 vm = _mm512_maskz_loadu_ps(k, mult + j), vb = _mm512_maskz_loadu_ps(k, bias + j);
+        const __m512i vi = ibias ? _mm512_maskz_loadu_epi32(k, ibias + j) : _mm512_setzero_si512();
+        const int32_t *row = acc + j;
+        float *dst = out + j;
+        for (size_t i = 0; i < m; i++, row += lda, dst += ldo) {
+            const __m512i a = _mm512_add_epi32(_mm512_maskz_loadu_epi32(k, row), vi);
+            const __m512 y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(a), vm), vb);
+            _mm512_mask_storeu_ps(dst, k, _mm512_min_ps(vhi, _mm512_max_ps(vlo, y)));
+        }
+    }
+}
+
+PYBNN_TARGET_AVX512 static void pybnn_to_int8_avx512(const int32_t *acc, size_t lda, size_t m, size_t c,
+                                                     const int32_t *bias, const float *mult, int zp, int qmin,
+                                                     int qmax, int8_t *out, size_t ldo) {
+    const __m512 lim_lo = _mm512_set1_ps(-PYBNN_OT_REQ_LIMIT), lim_hi = _mm512_set1_ps(PYBNN_OT_REQ_LIMIT);
+    const __m512i vzp = _mm512_set1_epi32(zp), vqmin = _mm512_set1_epi32(qmin), vqmax = _mm512_set1_epi32(qmax);
+    for (size_t j = 0; j < c; j += 16) {
+        const __mmask16 k = pybnn_ot_mask16(j, c);
+        const __m512 vm = _mm512_maskz_loadu_ps(k, mult + j);
+        const __m512i vb = _mm512_maskz_loadu_epi32(k, bias + j);
+        const int32_t *row = acc + j;
+        int8_t *dst = out + j;
+        for (size_t i = 0; i < m; i++, row += lda, dst += ldo) {
+            const __m512i s = _mm512_add_epi32(_mm512_maskz_loadu_epi32(k, row), vb);
+            __m512 x = _mm512_mul_ps(_mm512_cvtepi32_ps(s), vm);
+            x = _mm512_min_ps(_mm512_max_ps(x, lim_lo), lim_hi); /* NaN -> lim_lo, as in AVX2 */
+            __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(x), vzp);
+            q = _mm512_min_epi32(_mm512_max_epi32(q, vqmin), vqmax);
+            _mm512_mask_cvtepi32_storeu_epi8(dst, k, q); /* already within int8: narrows */
+        }
+    }
+}
+
+/* Each group of 16 channels is one little-endian half of an output word, stored as a
+ * uint16; channels past c give 0 bits, and the groups run to the end of the last word
+ * so its padding bits are written as 0. */
+PYBNN_TARGET_AVX512 static void pybnn_to_bits_avx512(const int32_t *acc, size_t lda, size_t m, size_t c,
+                                                     const int32_t *thr, const int8_t *dir, uint32_t *out,
+                                                     size_t ldo) {
+    uint16_t *halves = (uint16_t *)out;
+    for (size_t j = 0; j < (c + 31) / 32 * 32; j += 16) {
+        const __mmask16 k = pybnn_ot_mask16(j, c);
+        const __m512i t = _mm512_maskz_loadu_epi32(k, thr + j);
+        const __mmask16 neg = _mm512_cmplt_epi32_mask(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k, dir + j)),
+                                                      _mm512_setzero_si512());
+        /* dir < 0 lanes take acc > thr, the others acc < thr */
+        const __mmask16 below = (__mmask16)(k & ~neg), above = (__mmask16)(k & neg);
+        const int32_t *row = acc + j;
+        for (size_t i = 0; i < m; i++, row += lda) {
+            const __m512i x = _mm512_maskz_loadu_epi32(k, row);
+            halves[i * 2 * ldo + j / 16] =
+                (uint16_t)(_mm512_mask_cmplt_epi32_mask(below, x, t) | _mm512_mask_cmpgt_epi32_mask(above, x, t));
+        }
+    }
+}
 #endif /* PYBNN_X86 */
 
 /* ================================================================ fused use
@@ -210,11 +284,23 @@ typedef struct {
     const int8_t *dir;
 } pybnn_ot;
 
+/* Variant levels of pybnn_ot_apply. */
+enum { PYBNN_OT_SCALAR, PYBNN_OT_AVX2, PYBNN_OT_AVX512 };
+
 #if PYBNN_X86
 #define PYBNN_OT_USE_AVX2(isa) ((isa) >= PYBNN_ISA_AVX2 && pybnn_isa_supported(PYBNN_ISA_AVX2))
 #else
 #define PYBNN_OT_USE_AVX2(isa) 0
 #endif
+
+/* The level pybnn_ot_apply runs for instruction set `isa` (walking down as selectors do). */
+static inline int pybnn_ot_level(int isa) {
+#if PYBNN_X86
+    if (isa >= PYBNN_ISA_AVX512 && pybnn_isa_supported(PYBNN_ISA_AVX512))
+        return PYBNN_OT_AVX512;
+#endif
+    return PYBNN_OT_USE_AVX2(isa) ? PYBNN_OT_AVX2 : PYBNN_OT_SCALAR;
+}
 
 /* Output row stride, in elements of the output type, of a transform to c channels. */
 static inline size_t pybnn_ot_ldo(const pybnn_ot *t, size_t c) {
@@ -223,17 +309,19 @@ static inline size_t pybnn_ot_ldo(const pybnn_ot *t, size_t c) {
 
 /* Transforms m rows of channels c0 .. c1-1 (acc: row stride lda, first element = channel
  * c0) into output rows at `out` (row stride ldo; channel j lands at element j, or bit j%32
- * of word j/32 for bits, whose c0 must be a multiple of 32).  avx2: from PYBNN_OT_USE_AVX2. */
-static void pybnn_ot_apply(const pybnn_ot *t, int avx2, const int32_t *acc, size_t lda, size_t m,
+ * of word j/32 for bits, whose c0 must be a multiple of 32).  level: PYBNN_OT_SCALAR,
+ * PYBNN_OT_AVX2 or PYBNN_OT_AVX512 (pybnn_ot_level). */
+static void pybnn_ot_apply(const pybnn_ot *t, int level, const int32_t *acc, size_t lda, size_t m,
                            size_t c0, size_t c1, void *out, size_t ldo) {
     const size_t c = c1 - c0;
-    (void)avx2;
+    (void)level;
     switch (t->kind) {
     case PYBNN_OT_FLOAT_I32: {
         const int32_t *ib = t->ibias ? t->ibias + c0 : NULL;
         float *o = (float *)out + c0;
 #if PYBNN_X86
-        if (avx2) { pybnn_to_float_i32_avx2(acc, lda, m, c, ib, t->mult + c0, t->bias + c0, t->lo, t->hi, o, ldo); break; }
+        if (level == PYBNN_OT_AVX512) { pybnn_to_float_i32_avx512(acc, lda, m, c, ib, t->mult + c0, t->bias + c0, t->lo, t->hi, o, ldo); break; }
+        if (level == PYBNN_OT_AVX2) { pybnn_to_float_i32_avx2(acc, lda, m, c, ib, t->mult + c0, t->bias + c0, t->lo, t->hi, o, ldo); break; }
 #endif
         pybnn_to_float_i32_scalar(acc, lda, m, c, ib, t->mult + c0, t->bias + c0, t->lo, t->hi, o, ldo);
         break;
@@ -241,7 +329,8 @@ static void pybnn_ot_apply(const pybnn_ot *t, int avx2, const int32_t *acc, size
     case PYBNN_OT_INT8: {
         int8_t *o = (int8_t *)out + c0;
 #if PYBNN_X86
-        if (avx2) { pybnn_to_int8_avx2(acc, lda, m, c, t->ibias + c0, t->mult + c0, t->zp, t->qmin, t->qmax, o, ldo); break; }
+        if (level == PYBNN_OT_AVX512) { pybnn_to_int8_avx512(acc, lda, m, c, t->ibias + c0, t->mult + c0, t->zp, t->qmin, t->qmax, o, ldo); break; }
+        if (level == PYBNN_OT_AVX2) { pybnn_to_int8_avx2(acc, lda, m, c, t->ibias + c0, t->mult + c0, t->zp, t->qmin, t->qmax, o, ldo); break; }
 #endif
         pybnn_to_int8_scalar(acc, lda, m, c, t->ibias + c0, t->mult + c0, t->zp, t->qmin, t->qmax, o, ldo);
         break;
@@ -249,7 +338,8 @@ static void pybnn_ot_apply(const pybnn_ot *t, int avx2, const int32_t *acc, size
     default: {
         uint32_t *o = (uint32_t *)out + c0 / 32;
 #if PYBNN_X86
-        if (avx2) { pybnn_to_bits_avx2(acc, lda, m, c, t->thr + c0, t->dir + c0, o, ldo); break; }
+        if (level == PYBNN_OT_AVX512) { pybnn_to_bits_avx512(acc, lda, m, c, t->thr + c0, t->dir + c0, o, ldo); break; }
+        if (level == PYBNN_OT_AVX2) { pybnn_to_bits_avx2(acc, lda, m, c, t->thr + c0, t->dir + c0, o, ldo); break; }
 #endif
         pybnn_to_bits_scalar(acc, lda, m, c, t->thr + c0, t->dir + c0, o, ldo);
         break;
@@ -289,7 +379,7 @@ static void pybnn_ot_part(void *ctx, int part, int nparts) {
     }
     /* element sizes: float and int32 4 bytes, int8 1, bits one uint32 word per 32 channels */
     size_t esize = t->kind == PYBNN_OT_INT8 ? 1 : 4;
-    pybnn_ot_apply(t, j->avx2, (const int32_t *)j->acc + r0 * c, c, r1 - r0, 0, c,
+    pybnn_ot_apply(t, j->avx2 ? PYBNN_OT_AVX2 : PYBNN_OT_SCALAR, (const int32_t *)j->acc + r0 * c, c, r1 - r0, 0, c,
                    (char *)j->out + r0 * ldo * esize, ldo);
 }
 
