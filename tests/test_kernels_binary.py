@@ -270,6 +270,29 @@ def test_bconv2d(isa, c):
             np.testing.assert_array_equal(out, expect, err_msg=f"geometry {gi} pad {pad_value}")
 
 
+def test_bconv2d_precomputed_pad_corrections():
+    """pad_corrections once + corr= in every call gives what each call computes itself."""
+    rng = np.random.default_rng(3)
+    for gi, (n, h, w, kh, kw, sh, sw, dh, dw, padding) in enumerate(GEOMETRIES):
+        pt, pl, hout, wout = geometry_args(h, w, kh, kw, sh, sw, dh, dw, padding)
+        c, cout = 40, 9
+        x = ref_pack(rng.standard_normal((n, h, w, c)) < 0)
+        wf = ref_sign(rng.standard_normal((cout, kh, kw, c))).astype(np.float32)
+        wp, ts = bconv.pack_weights(wf), bconv.tap_sums(wf)
+        for pad_value in (-1, 0, 1):
+            geom = (c, cout, kh, kw, sh, sw, dh, dw, pt, pl, hout, wout, pad_value)
+            corr = bconv.pad_corrections(h, w, *geom, ts)
+            assert corr.dtype == np.int32 and corr.shape[1] == cout
+            if pad_value == 1 or padding == "valid":
+                assert corr.shape[0] == 0  # nothing to correct
+            out, want = (np.zeros((n, hout, wout, cout), np.int32) for _ in range(2))
+            bconv.bconv2d(x, wp, *geom, ts, want)
+            bconv.bconv2d(x, wp, *geom, ts, out, corr=corr)
+            np.testing.assert_array_equal(out, want, err_msg=f"geometry {gi} pad {pad_value}")
+            with pytest.raises(ValueError):
+                bconv.bconv2d(x, wp, *geom, ts, out, corr=np.zeros((corr.shape[0] + 1, cout), np.int32))
+
+
 @pytest.mark.parametrize("isa", ISAS)
 def test_bconv2d_long_rows_and_many_chunks(isa):
     """K spanning several 31-step byte-accumulator flushes, many output chunks, odd words."""

@@ -150,12 +150,12 @@ static inline size_t pybnn_pad_corr_ints(const pybnn_conv_geom *g, const pybnn_p
     return ((size_t)t->nrc * t->ncc + ((size_t)g->kh + 1) * ((size_t)g->kw + 1)) * (size_t)g->cout;
 }
 
-/* Fills t->corr = mem (pybnn_pad_corr_ints of them).  The sum over the taps outside a
- * rectangle is the total minus the rectangle's sum, read from prefix sums
- * P[i][j] = sum of tapsum over taps (< i, < j).  uint32 arithmetic: exact modulo 2^32,
- * and the corrected accumulator fits int32. */
+/* Fills corr (the first nrc*ncc*cout of pybnn_pad_corr_ints int32 at mem; the prefix sums
+ * follow it).  The sum over the taps outside a rectangle is the total minus the
+ * rectangle's sum, read from prefix sums P[i][j] = sum of tapsum over taps (< i, < j).
+ * uint32 arithmetic: exact modulo 2^32, and the corrected accumulator fits int32. */
 static void pybnn_bconv_pad_corr(const pybnn_conv_geom *g, const int32_t *tapsum,
-                                 pybnn_pad_tables *t, int32_t *mem) {
+                                 const pybnn_pad_tables *t, int32_t *mem) {
     size_t cout = (size_t)g->cout, kw1 = (size_t)g->kw + 1;
     uint32_t scale = (uint32_t)(g->pad_value - 1);
     uint32_t *corr = (uint32_t *)mem, *pre = corr + (size_t)t->nrc * t->ncc * cout;
@@ -182,7 +182,51 @@ static void pybnn_bconv_pad_corr(const pybnn_conv_geom *g, const int32_t *tapsum
                 c[co] = scale * (all[co] - (a[co] - b[co] - d[co] + e[co]));
         }
 #undef PYBNN_PRE
-    t->corr = mem;
+}
+
+/* Does the geometry need a padding correction (some tap out of range, pad_value != +1)? */
+static int pybnn_bconv_needs_fix(const pybnn_conv_geom *g) {
+    int padded = g->pad_top > 0 || g->pad_left > 0 ||
+                 (long)(g->hout - 1) * g->sh - g->pad_top + (long)(g->kh - 1) * g->dh >= g->h ||
+                 (long)(g->wout - 1) * g->sw - g->pad_left + (long)(g->kw - 1) * g->dw >= g->w;
+    return padded && g->pad_value != 1;
+}
+
+/* The padding corrections depend on the geometry and the weights only, so a caller may
+ * compute them once (a layer does, when its weights are set) and pass them to every
+ * pybnn_bconv2d call.  pybnn_bconv_corrections_size: their number of int32, (class pairs)
+ * x cout, 0 when the geometry needs none; -1 if memory runs out.  pybnn_bconv_corrections
+ * fills corr with that many; returns 0, or -1 if memory runs out. */
+static long pybnn_bconv_corrections_size(const pybnn_conv_geom *g) {
+    if (!pybnn_bconv_needs_fix(g))
+        return 0;
+    int *ints = malloc(pybnn_pad_tables_ints(g) * sizeof(int));
+    if (!ints)
+        return -1;
+    pybnn_pad_tables t;
+    pybnn_bconv_pad_tables(g, ints, &t);
+    long size = (long)t.nrc * t.ncc * g->cout;
+    free(ints);
+    return size;
+}
+
+static int pybnn_bconv_corrections(const pybnn_conv_geom *g, const int32_t *tapsum, int32_t *corr) {
+    if (!pybnn_bconv_needs_fix(g))
+        return 0;
+    int *ints = malloc(pybnn_pad_tables_ints(g) * sizeof(int));
+    int32_t *mem = NULL;
+    pybnn_pad_tables t;
+    if (ints) {
+        pybnn_bconv_pad_tables(g, ints, &t);
+        mem = malloc(pybnn_pad_corr_ints(g, &t) * sizeof(int32_t));
+    }
+    if (mem) {
+        pybnn_bconv_pad_corr(g, tapsum, &t, mem);
+        memcpy(corr, mem, (size_t)t.nrc * t.ncc * g->cout * sizeof(int32_t));
+    }
+    free(mem);
+    free(ints);
+    return mem ? 0 : -1;
 }
 
 /* Receptive field of output pixel (n, oh, ow) -> one im2col row of kh*kw*words words. */
@@ -350,7 +394,8 @@ static void pybnn_bconv_part(void *ctx, int part, int nparts) {
     }
 }
 
-/* x: (n, h, w, words); wp: packed weights; tapsum: (kh*kw, cout).
+/* x: (n, h, w, words); wp: packed weights; tapsum: (kh*kw, cout); corr: the padding
+ * corrections from pybnn_bconv_corrections, or NULL to compute them here.
  * ot == NULL: out is int32 (n, hout, wout, cout), the accumulators.  Otherwise the
  * transform *ot is applied to each chunk of accumulators (padding correction included)
  * while it is in cache, and out is its result: float32 or int8 (n, hout, wout, cout), or
@@ -361,7 +406,8 @@ static void pybnn_bconv_part(void *ctx, int part, int nparts) {
  * 32.  Returns the ISA of the GEMM variant used, or -1 if scratch memory could not be
  * allocated. */
 static int pybnn_bconv2d(int isa, int threads, const pybnn_conv_geom *g, const uint32_t *x,
-                         const uint32_t *wp, const int32_t *tapsum, const pybnn_ot *ot, void *out) {
+                         const uint32_t *wp, const int32_t *tapsum, const int32_t *corr,
+                         const pybnn_ot *ot, void *out) {
     int used;
     pybnn_bconv_job j;
     j.g = g;
@@ -381,11 +427,7 @@ static int pybnn_bconv2d(int isa, int threads, const pybnn_conv_geom *g, const u
                              g->hout == g->h && g->wout == g->w) ||
                             (g->kh == g->h && g->kw == g->w && g->dh == 1 && g->dw == 1 &&
                              g->hout == 1 && g->wout == 1));
-    /* Any tap ever out of range?  Only then can padding need a correction. */
-    int padded = g->pad_top > 0 || g->pad_left > 0 ||
-                 (long)(g->hout - 1) * g->sh - g->pad_top + (long)(g->kh - 1) * g->dh >= g->h ||
-                 (long)(g->wout - 1) * g->sw - g->pad_left + (long)(g->kw - 1) * g->dw >= g->w;
-    j.fix = padded && g->pad_value != 1;
+    j.fix = pybnn_bconv_needs_fix(g);
     if (j.total == 0)
         return used;
 
@@ -406,21 +448,23 @@ static int pybnn_bconv2d(int isa, int threads, const pybnn_conv_geom *g, const u
 
     pybnn_pad_tables t;
     unsigned char *mem = malloc((size_t)nparts * j.scratch_bytes + pybnn_pad_tables_ints(g) * sizeof(int) + 64);
-    int32_t *corr = NULL;
+    int32_t *own = NULL; /* corrections computed here */
     if (!mem)
         return -1;
     j.scratch = (unsigned char *)(((uintptr_t)mem + 63) / 64 * 64);
     pybnn_bconv_pad_tables(g, (int *)(j.scratch + (size_t)nparts * j.scratch_bytes), &t);
-    if (j.fix) {
-        if (!(corr = malloc(pybnn_pad_corr_ints(g, &t) * sizeof(int32_t)))) {
+    if (j.fix && !corr) {
+        if (!(own = malloc(pybnn_pad_corr_ints(g, &t) * sizeof(int32_t)))) {
             free(mem);
             return -1;
         }
-        pybnn_bconv_pad_corr(g, tapsum, &t, corr);
+        pybnn_bconv_pad_corr(g, tapsum, &t, own);
+        corr = own;
     }
+    t.corr = j.fix ? corr : NULL;
     j.t = &t;
     pybnn_par_run(nparts, pybnn_bconv_part, &j);
-    free(corr);
+    free(own);
     free(mem);
     return used;
 }

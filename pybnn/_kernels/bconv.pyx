@@ -8,7 +8,10 @@ the variant that ran.  The C side is include/pybnn/bconv.h, bgemm.h and bpool.h.
 """
 import numpy as np
 
+cimport numpy as cnp
 from libc.stdint cimport int8_t, int32_t, uint32_t
+
+cnp.import_array()
 
 cdef extern from "pybnn/output_transform.h" nogil:
     ctypedef struct pybnn_ot:
@@ -36,8 +39,11 @@ cdef extern from "pybnn/bconv.h" nogil:
     size_t pybnn_xgemm_wsize(size_t n, size_t kwords)
     void pybnn_bconv_pack_weights(const float *wf, size_t cout, size_t taps, size_t c,
                                   uint32_t *rows, uint32_t *wp)
+    long pybnn_bconv_corrections_size(const pybnn_conv_geom *g)
+    int pybnn_bconv_corrections(const pybnn_conv_geom *g, const int32_t *tapsum, int32_t *corr)
     int pybnn_bconv2d(int isa, int threads, const pybnn_conv_geom *g, const uint32_t *x,
-                      const uint32_t *wp, const int32_t *tapsum, const pybnn_ot *ot, void *out)
+                      const uint32_t *wp, const int32_t *tapsum, const int32_t *corr,
+                      const pybnn_ot *ot, void *out)
 
 cdef extern from "pybnn/bpool.h" nogil:
     int pybnn_bmaxpool2d(int isa, int threads, const uint32_t *x, int n, int h, int w, int words, int kh,
@@ -104,46 +110,36 @@ cdef int _check_axis(str axis, long long size, int k, int s, int d, int pad, int
     return 0
 
 
-cdef int _per_channel(str name, object a, Py_ssize_t cout) except -1:
-    if a is None:
-        raise ValueError(f"bconv2d: this output kind needs {name}")
-    if a.shape[0] != cout:
-        raise ValueError(f"bconv2d: {name} has {a.shape[0]} values, expected one per output channel ({cout})")
-    return 0
+_TYPE_NAMES = {cnp.NPY_INT32: "int32", cnp.NPY_UINT32: "uint32", cnp.NPY_FLOAT32: "float32",
+               cnp.NPY_INT8: "int8"}
 
 
-def bconv2d(const uint32_t[:, :, :, ::1] x, wpacked, int channels, int cout, int kh, int kw,
-            int sh, int sw, int dh, int dw, int pad_top, int pad_left, int hout, int wout,
-            int pad_value, const int32_t[:, ::1] tapsum, out, int isa=0, int threads=1, *,
-            const float[::1] mult=None, const float[::1] bias=None, float lo=-np.inf,
-            float hi=np.inf, const int32_t[::1] ibias=None, int zp=0, int qmin=-128, int qmax=127,
-            const int32_t[::1] thr=None, const int8_t[::1] dir=None):
-    """Binary convolution of x (N, H, W, words) packed with `channels` real channels and
-    wpacked from pack_weights, on up to `threads` threads (the result does not depend on it).
+cdef void *_data(object a, int typenum, int ndim, const cnp.npy_intp *dims, str name,
+                 bint writeable=False) except NULL:
+    """Data pointer of `a` if it is a C-contiguous NumPy array of that type and shape, else
+    ValueError.  Plain C checks: these run on every layer call."""
+    if not isinstance(a, cnp.ndarray):
+        raise ValueError(f"bconv2d: {name} must be a NumPy array, got {type(a).__name__}")
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    cdef bint ok = (cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_NDIM(arr) == ndim and
+                    cnp.PyArray_IS_C_CONTIGUOUS(arr) and (cnp.PyArray_ISWRITEABLE(arr) or not writeable))
+    cdef int i
+    if ok:
+        for i in range(ndim):
+            ok = ok and cnp.PyArray_DIMS(arr)[i] == dims[i]
+    if not ok:
+        want = []
+        for i in range(ndim):
+            want.append(int(dims[i]))
+        raise ValueError(f"bconv2d: {name} must be a C-contiguous{' writeable' if writeable else ''} "
+                         f"{_TYPE_NAMES.get(typenum, typenum)} array of shape {tuple(want)}; "
+                         f"got {a.dtype} {a.shape}")
+    return cnp.PyArray_DATA(arr)
 
-    The accumulator of output (n, oh, ow, co) is
-        acc = sum_{i,j,c} xval * wval
-    with xval the +-1 input at (oh*sh - pad_top + i*dh, ow*sw - pad_left + j*dw), or
-    pad_value (-1, 0, +1) outside; tapsum (KH*KW, cout) int32 = tap_sums(w) of the float
-    weights.  What `out` receives depends on its dtype (the output transforms of
-    transform.pyx, applied by the kernel to each block of rows while it is in cache, with
-    bit-identical results):
-      int32   (N, hout, wout, cout): acc itself (no keyword arguments)
-      float32 (N, hout, wout, cout): clip(float32(acc [+ ibias]) * mult + bias, lo, hi)
-      int8    (N, hout, wout, cout): clip(rint(float32(acc + ibias) * mult) + zp, qmin, qmax)
-      uint32  (N, hout, wout, ceil(cout/32)): packed bits, -1 where dir >= 0 and acc < thr,
-              or dir < 0 and acc > thr
-    Per-channel arrays (mult, bias float32; ibias, thr int32; dir int8) have cout entries.
-    Returns the ISA number of the GEMM variant that ran.
-    """
-    cdef Py_ssize_t n = x.shape[0], h = x.shape[1], wd = x.shape[2], words = x.shape[3]
-    cdef pybnn_conv_geom g
-    cdef pybnn_ot ot
-    cdef pybnn_ot *otp = &ot
-    cdef const uint32_t[::1] wv
-    cdef int used
-    _check_isa(isa)
-    _check_threads(threads)
+
+cdef int _geometry(pybnn_conv_geom *g, Py_ssize_t n, Py_ssize_t h, Py_ssize_t wd, Py_ssize_t words,
+                   int channels, int cout, int kh, int kw, int sh, int sw, int dh, int dw, int pad_top,
+                   int pad_left, int hout, int wout, int pad_value) except -1:
     if channels < 1 or cout < 1:
         raise ValueError(f"channels and cout must be >= 1; got {channels} and {cout}")
     if words != (channels + 31) // 32:
@@ -157,71 +153,128 @@ def bconv2d(const uint32_t[:, :, :, ::1] x, wpacked, int channels, int cout, int
     _check_axis("width", wd, kw, sw, dw, pad_left, wout)
     if <long long>kh * kw * channels > 2**31 - 1 or n > 2**31 - 1 or h > 2**31 - 1 or wd > 2**31 - 1:
         raise ValueError("convolution too large for 32-bit accumulators")
-    if tapsum.shape[0] != <long long>kh * kw or tapsum.shape[1] != cout:
-        raise ValueError(f"tapsum has shape {(tapsum.shape[0], tapsum.shape[1])}; expected "
-                         f"{(kh * kw, cout)}")
-    expected = packed_weights_shape(channels, cout, kh, kw)
-    if not isinstance(wpacked, np.ndarray) or wpacked.dtype != np.uint32:
-        raise ValueError("wpacked must be the uint32 array returned by pack_weights")
-    if wpacked.shape != expected:
-        raise ValueError(f"wpacked has shape {wpacked.shape}; pack_weights gives {expected} "
-                         f"for cout={cout}, kernel {kh}x{kw}, {channels} channels")
-    if not wpacked.flags.c_contiguous:
-        raise ValueError("wpacked must be C-contiguous")
+    g.n, g.h, g.w, g.words, g.channels = n, h, wd, words, channels
+    g.cout, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw = cout, kh, kw, sh, sw, dh, dw
+    g.pad_top, g.pad_left, g.hout, g.wout, g.pad_value = pad_top, pad_left, hout, wout, pad_value
+    return 0
+
+
+def pad_corrections(int h, int w, int channels, int cout, int kh, int kw, int sh, int sw, int dh,
+                    int dw, int pad_top, int pad_left, int hout, int wout, int pad_value, tapsum):
+    """The padding corrections bconv2d adds for this geometry (the input is (N, h, w, words)
+    for any N) and these tap sums: an int32 (pairs, cout) array, pairs = 0 when there is
+    nothing to correct.  They depend on the geometry and the weights only: compute them once
+    and pass them to every bconv2d call as `corr` (else each call computes them)."""
+    cdef pybnn_conv_geom g
+    cdef cnp.npy_intp dims[2]
+    _geometry(&g, 1, h, w, (channels + 31) // 32, channels, cout, kh, kw, sh, sw, dh, dw, pad_top,
+              pad_left, hout, wout, pad_value)
+    dims[0], dims[1] = <cnp.npy_intp>kh * kw, cout
+    cdef const int32_t *ts = <const int32_t *>_data(tapsum, cnp.NPY_INT32, 2, dims, "tapsum")
+    cdef long size = pybnn_bconv_corrections_size(&g)
+    if size < 0:
+        raise MemoryError("pad_corrections: out of memory")
+    corr = np.empty((size // cout, cout), np.int32)
+    if size and pybnn_bconv_corrections(&g, ts, <int32_t *>cnp.PyArray_DATA(corr)) < 0:
+        raise MemoryError("pad_corrections: out of memory")
+    return corr
+
+
+def bconv2d(x, wpacked, int channels, int cout, int kh, int kw, int sh, int sw, int dh, int dw,
+            int pad_top, int pad_left, int hout, int wout, int pad_value, tapsum, out, int isa=0,
+            int threads=1, *, corr=None, mult=None, bias=None, float lo=-np.inf, float hi=np.inf,
+            ibias=None, int zp=0, int qmin=-128, int qmax=127, thr=None, dir=None):
+    """Binary convolution of x (N, H, W, words) uint32, packed with `channels` real channels,
+    and wpacked from pack_weights, on up to `threads` threads (the result does not depend on
+    it).
+
+    The accumulator of output (n, oh, ow, co) is
+        acc = sum_{i,j,c} xval * wval
+    with xval the +-1 input at (oh*sh - pad_top + i*dh, ow*sw - pad_left + j*dw), or
+    pad_value (-1, 0, +1) outside; tapsum (KH*KW, cout) int32 = tap_sums(w) of the float
+    weights; corr: pad_corrections(...) for this geometry and weights, or None to compute
+    them in the call.  What `out` receives depends on its dtype (the output transforms of
+    transform.pyx, applied by the kernel to each block of rows while it is in cache, with
+    bit-identical results):
+      int32   (N, hout, wout, cout): acc itself (no transform arguments)
+      float32 (N, hout, wout, cout): clip(float32(acc [+ ibias]) * mult + bias, lo, hi)
+      int8    (N, hout, wout, cout): clip(rint(float32(acc + ibias) * mult) + zp, qmin, qmax)
+      uint32  (N, hout, wout, ceil(cout/32)): packed bits, -1 where dir >= 0 and acc < thr,
+              or dir < 0 and acc > thr
+    Per-channel arrays (mult, bias float32; ibias, thr int32; dir int8) have cout entries.
+    Every array must be a C-contiguous NumPy array of exactly that dtype (ValueError
+    otherwise).  Returns the ISA number of the GEMM variant that ran.
+    """
+    cdef pybnn_conv_geom g
+    cdef pybnn_ot ot
+    cdef pybnn_ot *otp = &ot
+    cdef cnp.npy_intp dims[4]
+    cdef int used, typenum
+    cdef const int32_t *cp = NULL
+    _check_isa(isa)
+    _check_threads(threads)
+    if not isinstance(x, cnp.ndarray) or cnp.PyArray_NDIM(<cnp.ndarray>x) != 4:
+        raise ValueError("bconv2d: x must be a 4-D NumPy array (N, H, W, words)")
+    dims[0], dims[1], dims[2], dims[3] = cnp.PyArray_DIMS(<cnp.ndarray>x)[0], cnp.PyArray_DIMS(<cnp.ndarray>x)[1], \
+        cnp.PyArray_DIMS(<cnp.ndarray>x)[2], cnp.PyArray_DIMS(<cnp.ndarray>x)[3]
+    cdef const uint32_t *xp = <const uint32_t *>_data(x, cnp.NPY_UINT32, 4, dims, "x")
+    _geometry(&g, dims[0], dims[1], dims[2], dims[3], channels, cout, kh, kw, sh, sw, dh, dw,
+              pad_top, pad_left, hout, wout, pad_value)
+    dims[0], dims[1] = <cnp.npy_intp>kh * kw, cout
+    cdef const int32_t *ts = <const int32_t *>_data(tapsum, cnp.NPY_INT32, 2, dims, "tapsum")
+    cdef size_t kwords = <size_t>kh * kw * ((channels + 31) // 32)
+    dims[0], dims[1], dims[2] = pybnn_xgemm_cblocks(cout), pybnn_xgemm_k64(kwords), 16
+    cdef const uint32_t *wp = <const uint32_t *>_data(wpacked, cnp.NPY_UINT32, 3, dims,
+                                                      "wpacked (from pack_weights, for this kernel)")
+    cdef long csize
+    if corr is not None:
+        csize = pybnn_bconv_corrections_size(&g)
+        if csize < 0:
+            raise MemoryError("bconv2d: out of memory")
+        dims[0], dims[1] = csize // cout, cout
+        cp = <const int32_t *>_data(corr, cnp.NPY_INT32, 2, dims, "corr (from pad_corrections, for this geometry)")
 
     # ---- output kind, from out's dtype, and its transform parameters
-    if not isinstance(out, np.ndarray):
-        raise ValueError("out must be a NumPy array")
-    kinds = {np.dtype(np.int32): "int32", np.dtype(np.float32): "float32", np.dtype(np.int8): "int8",
-             np.dtype(np.uint32): "bits"}
-    kind = kinds.get(out.dtype)
-    if kind is None:
-        raise ValueError(f"out must be int32, float32, int8 or uint32 (bits); got {out.dtype}")
-    last = (cout + 31) // 32 if kind == "bits" else cout
-    if out.shape != (n, hout, wout, last):
-        raise ValueError(f"out has shape {out.shape}; expected {(n, hout, wout, last)}")
-    if not out.flags.c_contiguous or not out.flags.writeable:
-        raise ValueError("out must be C-contiguous and writeable")
-    given = {k for k, v in (("mult", mult), ("bias", bias), ("ibias", ibias), ("thr", thr), ("dir", dir))
-             if v is not None}
-    allowed = {"int32": set(), "float32": {"mult", "bias", "ibias"}, "int8": {"mult", "ibias"},
-               "bits": {"thr", "dir"}}[kind]
-    if given - allowed:
-        raise ValueError(f"bconv2d: {sorted(given - allowed)} do not apply to a {kind} output")
+    if not isinstance(out, cnp.ndarray):
+        raise ValueError("bconv2d: out must be a NumPy array")
+    typenum = cnp.PyArray_TYPE(<cnp.ndarray>out)
+    dims[0], dims[1], dims[2], dims[3] = g.n, hout, wout, (cout + 31) // 32 if typenum == cnp.NPY_UINT32 else cout
+    cdef void *op = _data(out, typenum, 4, dims, "out", True)
+    dims[0] = cout
     ot.mult, ot.bias, ot.ibias, ot.thr, ot.dir = NULL, NULL, NULL, NULL, NULL
     ot.lo, ot.hi, ot.zp, ot.qmin, ot.qmax = lo, hi, zp, qmin, qmax
-    if kind == "int32":
+    if typenum == cnp.NPY_INT32:
+        if mult is not None or bias is not None or ibias is not None or thr is not None or dir is not None:
+            raise ValueError("bconv2d: an int32 output (the accumulators) takes no transform arguments")
         otp = NULL
-    elif kind == "float32":
+    elif typenum == cnp.NPY_FLOAT32:
+        if thr is not None or dir is not None:
+            raise ValueError("bconv2d: thr and dir do not apply to a float32 output")
         ot.kind = PYBNN_OT_FLOAT_I32
-        _per_channel("mult", mult, cout)
-        _per_channel("bias", bias, cout)
-        ot.mult, ot.bias = &mult[0], &bias[0]
+        ot.mult = <const float *>_data(mult, cnp.NPY_FLOAT32, 1, dims, "mult")
+        ot.bias = <const float *>_data(bias, cnp.NPY_FLOAT32, 1, dims, "bias")
         if ibias is not None:
-            _per_channel("ibias", ibias, cout)
-            ot.ibias = &ibias[0]
-    elif kind == "int8":
+            ot.ibias = <const int32_t *>_data(ibias, cnp.NPY_INT32, 1, dims, "ibias")
+    elif typenum == cnp.NPY_INT8:
+        if bias is not None or thr is not None or dir is not None:
+            raise ValueError("bconv2d: an int8 output takes mult, ibias, zp, qmin, qmax only")
         ot.kind = PYBNN_OT_INT8
-        _per_channel("mult", mult, cout)
-        _per_channel("ibias", ibias, cout)
-        ot.mult, ot.ibias = &mult[0], &ibias[0]
+        ot.mult = <const float *>_data(mult, cnp.NPY_FLOAT32, 1, dims, "mult")
+        ot.ibias = <const int32_t *>_data(ibias, cnp.NPY_INT32, 1, dims, "ibias")
         if not -128 <= zp <= 127:
             raise ValueError(f"bconv2d: zero point {zp} is outside [-128, 127]")
         if not -128 <= qmin <= qmax <= 127:
             raise ValueError(f"bconv2d: need -128 <= qmin <= qmax <= 127, got qmin={qmin}, qmax={qmax}")
-    else:
+    elif typenum == cnp.NPY_UINT32:
+        if mult is not None or bias is not None or ibias is not None:
+            raise ValueError("bconv2d: a bits (uint32) output takes thr and dir only")
         ot.kind = PYBNN_OT_BITS
-        _per_channel("thr", thr, cout)
-        _per_channel("dir", dir, cout)
-        ot.thr, ot.dir = &thr[0], &dir[0]
-
-    cdef size_t optr = out.ctypes.data
-    wv = wpacked.reshape(-1)
-    g.n, g.h, g.w, g.words, g.channels = n, h, wd, words, channels
-    g.cout, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw = cout, kh, kw, sh, sw, dh, dw
-    g.pad_top, g.pad_left, g.hout, g.wout, g.pad_value = pad_top, pad_left, hout, wout, pad_value
+        ot.thr = <const int32_t *>_data(thr, cnp.NPY_INT32, 1, dims, "thr")
+        ot.dir = <const int8_t *>_data(dir, cnp.NPY_INT8, 1, dims, "dir")
+    else:
+        raise ValueError(f"bconv2d: out must be int32, float32, int8 or uint32 (bits); got {out.dtype}")
     with nogil:
-        used = pybnn_bconv2d(isa, threads, &g, &x[0, 0, 0, 0], &wv[0], &tapsum[0, 0], otp, <void *>optr)
+        used = pybnn_bconv2d(isa, threads, &g, xp, wp, ts, cp, otp, op)
     if used < 0:
         raise MemoryError("bconv2d: could not allocate scratch memory")
     return used
