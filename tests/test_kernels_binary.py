@@ -9,14 +9,15 @@ from pybnn._kernels import bconv, bitpack
 
 ISAS = pybnn.cpu.available()
 CHANNELS = [1, 3, 31, 32, 33, 63, 64, 65, 130]
+HALF_WORDS = [15, 16, 17, 47, 48, 49]  # edges of the 16-channel AVX-512 compares
 
 # Variants each kernel implements; asking for another path falls back to the best lower one.
 IMPLEMENTED = {
-    "pack_float": {"scalar", "sse4", "avx2", "neon"},
-    "pack_int8": {"scalar", "sse4", "avx2"},
-    "unpack": {"scalar", "avx2"},
+    "pack_float": {"scalar", "sse4", "avx2", "avx512", "neon"},
+    "pack_int8": {"scalar", "sse4", "avx2", "avx512"},
+    "unpack": {"scalar", "avx2", "avx512"},
     "bconv2d": {"scalar", "sse4", "avx2", "avx512", "neon"},
-    "bmaxpool2d": {"scalar", "avx2"},
+    "bmaxpool2d": {"scalar", "avx2", "avx512"},
 }
 
 
@@ -119,7 +120,7 @@ def test_pack_float_thresholds_literal():
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("c", CHANNELS + [96, 257])
+@pytest.mark.parametrize("c", CHANNELS + HALF_WORDS + [96, 257])
 def test_pack_float_random(isa, c):
     rng = np.random.default_rng(c)
     x = rng.standard_normal((5, c)).astype(np.float32)
@@ -156,7 +157,7 @@ def test_pack_int8_literal():
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("c", CHANNELS)
+@pytest.mark.parametrize("c", CHANNELS + HALF_WORDS)
 def test_pack_int8_random(isa, c):
     rng = np.random.default_rng(100 + c)
     q = rng.integers(-128, 128, (4, c)).astype(np.int8)
@@ -178,7 +179,7 @@ def test_unpack(isa):
         == expected_isa("unpack", isa)
     np.testing.assert_array_equal(out, [[1, -1, 1, 1, 1, -1]])
     rng = np.random.default_rng(7)
-    for c in CHANNELS:
+    for c in CHANNELS + HALF_WORDS:
         bits = ref_pack(rng.random((3, c)) < 0.5)
         out = np.zeros((3, c), dtype=np.float32)
         bitpack.unpack(bits, c, out, isa=isa_num(isa))
@@ -483,7 +484,7 @@ POOLS = [  # (N, H, W, KH, KW, SH, SW, pad_top, pad_left, hout, wout)
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("c", CHANNELS + [300])
+@pytest.mark.parametrize("c", CHANNELS + [300, 512, 513])  # 300, 512, 513: 10, 16, 17 words
 def test_bmaxpool2d(isa, c):
     rng = np.random.default_rng(c)
     for (n, h, w, kh, kw, sh, sw, pt, pl, hout, wout) in POOLS:

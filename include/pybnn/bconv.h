@@ -97,7 +97,7 @@ typedef struct {
     int *class_rlo, *class_rhi, *class_clo, *class_chi; /* ranges of the classes */
     int nrc, ncc;                                       /* classes, 0 included */
     int ow_in_lo, ow_in_hi; /* output columns [lo, hi) whose taps are all in range along width */
-    int32_t *corr;
+    const int32_t *corr;
 } pybnn_pad_tables;
 
 /* Number of ints the tables need (their int arrays are carved from one block). */
