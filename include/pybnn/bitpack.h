@@ -174,33 +174,39 @@ PYBNN_TARGET_AVX512 static inline __mmask16 pybnn_dirneg_avx512(const int8_t *di
     return _mm512_cmplt_epi32_mask(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k, dir)), _mm512_setzero_si512());
 }
 
+/* 16 channels at ch (the first `valid` lanes) -> 16 bits: x < thr (dir >= 0) or x > thr
+ * (dir < 0), or x < 0 without thresholds.  Ordered compares: false for NaN, and -0.0 < 0
+ * is false, as the scalar rule. */
+PYBNN_TARGET_AVX512 static inline __mmask16 pybnn_pack16_f32(const float *x, const float *thr, const int8_t *dir,
+                                                             size_t ch, __mmask16 valid) {
+    const __m512 v = _mm512_maskz_loadu_ps(valid, x + ch);
+    if (!thr)
+        return _mm512_mask_cmp_ps_mask(valid, v, _mm512_setzero_ps(), _CMP_LT_OQ);
+    const __m512 t = _mm512_maskz_loadu_ps(valid, thr + ch);
+    const __mmask16 neg = pybnn_dirneg_avx512(dir + ch, valid);
+    return (__mmask16)(_mm512_mask_cmp_ps_mask((__mmask16)(valid & ~neg), v, t, _CMP_LT_OQ) |
+                       _mm512_mask_cmp_ps_mask((__mmask16)(valid & neg), v, t, _CMP_GT_OQ));
+}
+
 PYBNN_TARGET_AVX512 static void pybnn_pack_float_avx512(const float *x, size_t m, size_t c,
                                                         const float *thr, const int8_t *dir,
                                                         uint32_t *out) {
-    size_t words = pybnn_words(c);
-    const __m512 zero = _mm512_setzero_ps();
+    size_t words = pybnn_words(c), full = c / 32;
     for (size_t i = 0; i < m; i++) {
         const float *xr = x + i * c;
         uint32_t *o = out + i * words;
-        for (size_t k = 0; k < words; k++) {
-            uint32_t w = 0;
-            for (size_t j = 32 * k; j < 32 * k + 32; j += 16) {
-                const __mmask16 valid = pybnn_bp_mask16(j, c);
-                const __m512 v = _mm512_maskz_loadu_ps(valid, xr + j);
-                __mmask16 bits;
-                if (thr) {
-                    const __m512 t = _mm512_maskz_loadu_ps(valid, thr + j);
-                    const __mmask16 neg = pybnn_dirneg_avx512(dir + j, valid);
-                    /* ordered compares: false for NaN, as the scalar rule */
-                    bits = (__mmask16)((_mm512_mask_cmp_ps_mask((__mmask16)(valid & ~neg), v, t, _CMP_LT_OQ)) |
-                                       (_mm512_mask_cmp_ps_mask((__mmask16)(valid & neg), v, t, _CMP_GT_OQ)));
-                } else {
-                    bits = _mm512_mask_cmp_ps_mask(valid, v, zero, _CMP_LT_OQ); /* -0.0 < 0 is false */
-                }
-                w |= (uint32_t)bits << (j - 32 * k);
-            }
-            o[k] = w;
+        if (thr) {
+            for (size_t k = 0; k < full; k++)
+                o[k] = pybnn_pack16_f32(xr, thr, dir, 32 * k, 0xffff) |
+                       (uint32_t)pybnn_pack16_f32(xr, thr, dir, 32 * k + 16, 0xffff) << 16;
+        } else { /* its own loop: the common case, without the thresholds' loads */
+            for (size_t k = 0; k < full; k++)
+                o[k] = pybnn_pack16_f32(xr, NULL, NULL, 32 * k, 0xffff) |
+                       (uint32_t)pybnn_pack16_f32(xr, NULL, NULL, 32 * k + 16, 0xffff) << 16;
         }
+        if (full < words) /* partial last word: masked lanes give 0 bits */
+            o[full] = pybnn_pack16_f32(xr, thr, dir, 32 * full, pybnn_bp_mask16(32 * full, c)) |
+                      (uint32_t)pybnn_pack16_f32(xr, thr, dir, 32 * full + 16, pybnn_bp_mask16(32 * full + 16, c)) << 16;
     }
 }
 #endif /* PYBNN_X86 */
@@ -325,26 +331,28 @@ PYBNN_TARGET_AVX2 static void pybnn_pack_int8_avx2(const int8_t *q, size_t m, si
     }
 }
 
+PYBNN_TARGET_AVX512 static inline __mmask16 pybnn_pack16_i8(const int8_t *q, const int32_t *thr, const int8_t *dir,
+                                                            size_t ch, __mmask16 valid) {
+    const __m512i v = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(valid, q + ch));
+    const __m512i t = _mm512_maskz_loadu_epi32(valid, thr + ch);
+    const __mmask16 neg = pybnn_dirneg_avx512(dir + ch, valid);
+    return (__mmask16)(_mm512_mask_cmplt_epi32_mask((__mmask16)(valid & ~neg), v, t) |
+                       _mm512_mask_cmpgt_epi32_mask((__mmask16)(valid & neg), v, t));
+}
+
 PYBNN_TARGET_AVX512 static void pybnn_pack_int8_avx512(const int8_t *q, size_t m, size_t c,
                                                        const int32_t *thr, const int8_t *dir,
                                                        uint32_t *out) {
-    size_t words = pybnn_words(c);
+    size_t words = pybnn_words(c), full = c / 32;
     for (size_t i = 0; i < m; i++) {
         const int8_t *qr = q + i * c;
         uint32_t *o = out + i * words;
-        for (size_t k = 0; k < words; k++) {
-            uint32_t w = 0;
-            for (size_t j = 32 * k; j < 32 * k + 32; j += 16) {
-                const __mmask16 valid = pybnn_bp_mask16(j, c);
-                const __m512i v = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(valid, qr + j));
-                const __m512i t = _mm512_maskz_loadu_epi32(valid, thr + j);
-                const __mmask16 neg = pybnn_dirneg_avx512(dir + j, valid);
-                const __mmask16 bits = (__mmask16)(_mm512_mask_cmplt_epi32_mask((__mmask16)(valid & ~neg), v, t) |
-                                                   _mm512_mask_cmpgt_epi32_mask((__mmask16)(valid & neg), v, t));
-                w |= (uint32_t)bits << (j - 32 * k);
-            }
-            o[k] = w;
-        }
+        for (size_t k = 0; k < full; k++)
+            o[k] = pybnn_pack16_i8(qr, thr, dir, 32 * k, 0xffff) |
+                   (uint32_t)pybnn_pack16_i8(qr, thr, dir, 32 * k + 16, 0xffff) << 16;
+        if (full < words)
+            o[full] = pybnn_pack16_i8(qr, thr, dir, 32 * full, pybnn_bp_mask16(32 * full, c)) |
+                      (uint32_t)pybnn_pack16_i8(qr, thr, dir, 32 * full + 16, pybnn_bp_mask16(32 * full + 16, c)) << 16;
     }
 }
 #endif /* PYBNN_X86 */
