@@ -338,8 +338,14 @@ pybnn_xgemm_avx512_tile(const uint32_t *a, size_t lda, size_t mr, size_t kwords,
     size_t kfull = kwords / 2;
     for (size_t k = 0; k < kfull; k++) {
         __m512i wv[PYBNN_XGEMM_AVX512_NB];
-        for (int b = 0; b < NB; b++)
+        for (int b = 0; b < NB; b++) {
             wv[b] = _mm512_loadu_si512((const void *)(wb + b * bstride + k * 16));
+            /* Few rows (dense layers at batch 1-3) do too little per weight line to hide its
+             * trip from L2: ask for it 8 k-steps ahead (+12-35% on the dense shapes whose
+             * weights fit L2; past the block's end it only touches the next block). */
+            if (MR <= 3)
+                _mm_prefetch((const char *)(wb + b * bstride + (k + 8) * 16), _MM_HINT_T0);
+        }
         for (int r = 0; r < MR; r++) {
             __m512i x = _mm512_set1_epi64((long long)pybnn_xgemm_load64(ar[r] + 2 * k));
             for (int b = 0; b < NB; b++)
