@@ -7,21 +7,25 @@
  * How: output pixels are processed in chunks of consecutive (n, oh, ow).  Each chunk's
  * receptive fields are copied bit-for-bit into a scratch matrix ("bit-im2col", one row of
  * kwords = KH*KW*words uint32 per pixel, tap-major: tap i*KW+j holds the tap's `words`
- * words) and multiplied against the packed weights by the XNOR-popcount GEMM (bgemm.h, pybnn_xgemm), whose
- * output rows are exactly the rows of `out`.  Out-of-bounds taps are written as all-zero
- * words, i.e. +1 inputs, so the GEMM alone is exact for pad_value = +1; for the other pad
- * values the difference (pad_value - 1) * sum_{padded taps} tapsum[tap, co] is added
- * afterwards from tables precomputed per border row and per border column (a pixel's
- * padded taps are the union of its row's out-of-range tap rows and its column's
- * out-of-range tap columns, so correction = R[oh] + C[ow] - corner(oh, ow)).
+ * words; interior pixels copy KH runs of KW*words words) and multiplied against the packed
+ * weights by the XNOR-popcount GEMM (bgemm.h, pybnn_xgemm).  Out-of-bounds taps are
+ * written as all-zero words, i.e. +1 inputs, so the GEMM alone is exact for pad_value =
+ * +1; for the other pad values (pad_value - 1) * sum_{padded taps} tapsum[tap, co] is
+ * added to the chunk's accumulators.  That correction depends only on which taps are
+ * clipped, a rectangle per pixel, and border rows/columns come in few classes, so it is
+ * one table row per class pair (pybnn_pad_tables), computable once per layer
+ * (pybnn_bconv_corrections).  Then the chunk's accumulators either are the output (int32)
+ * or go through the output transform (output_transform.h, pybnn_ot) while still in L1:
+ * float, int8 or packed bits, bit-identical to transforming the whole int32 result.
  * A 1x1 stride-1 unpadded convolution and a "kernel = whole image" valid convolution
  * (dense layers) need no copy: the input itself is the im2col matrix.
  * Threads: each part (common.h, pybnn_par_run) takes a contiguous range of output pixels
  * with its own scratch, or, when pixels are few (a dense layer at batch 1), a range of
- * output-channel blocks of every pixel; results are integers, identical for any split.
+ * output channels (units of 32) of every pixel; every output is computed by the same code
+ * whatever the split, so results are identical for any thread count.
  *
  * The packed weights are the pybnn_xgemm layout of the (Cout, KH*KW*words) tap-major rows:
- * uint32 (ceil(Cout/4), ceil(KH*KW*words/2), 8); see bgemm.h.
+ * uint32 (ceil(Cout/8), ceil(KH*KW*words/2), 16); see bgemm.h.
  *
  * Callers (the Cython layer) validate every size; these functions trust the geometry.
  */
