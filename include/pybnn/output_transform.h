@@ -167,30 +167,37 @@ PYBNN_TARGET_AVX2 static void pybnn_to_int8_avx2(const int32_t *acc, size_t lda,
     }
 }
 
+/* One output word (32 channels) at a time, its thresholds and directions loaded once for
+ * all rows: per 8 channels and row, two compares and two movemasks. */
 PYBNN_TARGET_AVX2 static void pybnn_to_bits_avx2(const int32_t *acc, size_t lda, size_t m, size_t c,
                                                  const int32_t *thr, const int8_t *dir, uint32_t *out,
                                                  size_t ldo) {
     const size_t cw = (c + 31) / 32;
-    const __m256i zero = _mm256_setzero_si256();
-    for (size_t i = 0; i < m; i++) {
-        const int32_t *row = acc + i * lda;
-        for (size_t w = 0; w < cw; w++) {
-            uint32_t word = 0;
-            size_t j = 32 * w;
-            const size_t end = PYBNN_MIN(32 * w + 32, c);
-            for (; j + 8 <= end; j += 8) {
-                const __m256i x = _mm256_loadu_si256((const __m256i *)(row + j));
-                const __m256i t = _mm256_loadu_si256((const __m256i *)(thr + j));
-                const __m256i neg = _mm256_cmpgt_epi32(zero, _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(dir + j))));
-                /* dir < 0 lanes take acc > thr, the others acc < thr. */
-                const __m256i bit = _mm256_blendv_epi8(_mm256_cmpgt_epi32(t, x), _mm256_cmpgt_epi32(x, t), neg);
-                word |= (uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(bit)) << (j - 32 * w);
+    for (size_t w = 0; w < cw; w++) {
+        const size_t j0 = 32 * w, groups = PYBNN_MIN((size_t)32, c - j0) / 8, rest = j0 + 8 * groups;
+        __m256i t[4];
+        uint32_t neg = 0; /* bit per channel: dir < 0, compare acc > thr */
+        for (size_t g = 0; g < groups; g++) {
+            t[g] = _mm256_loadu_si256((const __m256i *)(thr + j0 + 8 * g));
+            const __m256i d = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(dir + j0 + 8 * g)));
+            neg |= (uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(d)) << (8 * g);
+        }
+        for (size_t i = 0; i < m; i++) {
+            const int32_t *row = acc + i * lda;
+            uint32_t below = 0, above = 0;
+            for (size_t g = 0; g < groups; g++) {
+                const __m256i x = _mm256_loadu_si256((const __m256i *)(row + j0 + 8 * g));
+                below |= (uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(t[g], x))) << (8 * g);
+                above |= (uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(x, t[g]))) << (8 * g);
             }
-            for (; j < end; j++) word |= (uint32_t)pybnn_ot_bit(row[j], thr[j], dir[j]) << (j - 32 * w);
+            uint32_t word = (below & ~neg) | (above & neg);
+            for (size_t j = rest; j < PYBNN_MIN(j0 + 32, c); j++)
+                word |= (uint32_t)pybnn_ot_bit(row[j], thr[j], dir[j]) << (j - j0);
             out[i * ldo + w] = word;
         }
     }
 }
+
 /* ================================================================ AVX-512
  * 16 channels at a time (the last ones through masked loads and stores), the same float32
  * operations in the same order as the AVX2 and scalar code.  Channel groups outside and
