@@ -327,7 +327,7 @@ PYBNN_TARGET_AVX2 static void pybnn_xgemm_avx2(const uint32_t *a, size_t lda, si
 PYBNN_TARGET_AVX512 static inline __attribute__((always_inline)) void
 pybnn_xgemm_avx512_tile(const uint32_t *a, size_t lda, size_t mr, size_t kwords,
                         const uint32_t *wb, size_t bstride, int32_t kbits, int32_t *c,
-                        size_t ldc, size_t nc, const int MR, const int NB) {
+                        size_t ldc, size_t nc, const int MR, const int NB, const int ODD) {
     const uint32_t *ar[PYBNN_XGEMM_AVX512_MR];
     __m512i acc[PYBNN_XGEMM_AVX512_MR][PYBNN_XGEMM_AVX512_NB];
     for (int r = 0; r < MR; r++) {
@@ -352,7 +352,7 @@ pybnn_xgemm_avx512_tile(const uint32_t *a, size_t lda, size_t mr, size_t kwords,
                 acc[r][b] = _mm512_add_epi64(acc[r][b], _mm512_popcnt_epi64(_mm512_xor_si512(x, wv[b])));
         }
     }
-    if (kwords & 1) { /* odd word count: the last input word alone, high half 0 */
+    if (ODD) { /* odd word count: the last input word alone, high half 0 */
         __m512i wv[PYBNN_XGEMM_AVX512_NB];
         for (int b = 0; b < NB; b++)
             wv[b] = _mm512_loadu_si512((const void *)(wb + b * bstride + kfull * 16));
@@ -382,10 +382,24 @@ pybnn_xgemm_avx512_tile(const uint32_t *a, size_t lda, size_t mr, size_t kwords,
     }
 }
 
+/* A tile of nb blocks; MR and ODD are compile-time constants after inlining. */
+PYBNN_TARGET_AVX512 static inline __attribute__((always_inline)) void
+pybnn_xgemm_avx512_nb(const uint32_t *a, size_t lda, size_t mr, size_t kwords, const uint32_t *wb,
+                      size_t bstride, int32_t kbits, int32_t *c, size_t ldc, size_t nc, size_t nb,
+                      const int MR, const int ODD) {
+    switch (nb) {
+    case 4: pybnn_xgemm_avx512_tile(a, lda, mr, kwords, wb, bstride, kbits, c, ldc, nc, MR, 4, ODD); break;
+    case 3: pybnn_xgemm_avx512_tile(a, lda, mr, kwords, wb, bstride, kbits, c, ldc, nc, MR, 3, ODD); break;
+    case 2: pybnn_xgemm_avx512_tile(a, lda, mr, kwords, wb, bstride, kbits, c, ldc, nc, MR, 2, ODD); break;
+    default: pybnn_xgemm_avx512_tile(a, lda, mr, kwords, wb, bstride, kbits, c, ldc, nc, MR, 1, ODD); break;
+    }
+}
+
 PYBNN_TARGET_AVX512 static void pybnn_xgemm_avx512(const uint32_t *a, size_t lda, size_t m,
                                                    size_t kwords, const uint32_t *w, size_t n,
                                                    int32_t kbits, int32_t *c, size_t ldc) {
     size_t bstride = pybnn_xgemm_k64(kwords) * 16, cblocks = pybnn_xgemm_cblocks(n);
+    int odd = (int)(kwords & 1);
     for (size_t cb = 0; cb < cblocks; cb += PYBNN_XGEMM_AVX512_NB) {
         size_t nb = PYBNN_MIN((size_t)PYBNN_XGEMM_AVX512_NB, cblocks - cb);
         size_t nc = PYBNN_MIN((size_t)8 * PYBNN_XGEMM_AVX512_NB, n - cb * 8);
@@ -395,22 +409,19 @@ PYBNN_TARGET_AVX512 static void pybnn_xgemm_avx512(const uint32_t *a, size_t lda
             const uint32_t *ai = a + i * lda;
             int32_t *ci = c + i * ldc + cb * 8;
             /* Few rows (dense layers at batch 1, the last rows of a chunk): a 1-row or
-             * 3-row tile instead of recomputing a 6-row one. */
-#define PYBNN_XGEMM_AVX512_CASE(MR)                                                          \
-            switch (nb) {                                                                    \
-            case 4: pybnn_xgemm_avx512_tile(ai, lda, mr, kwords, wb, bstride, kbits, ci, ldc, nc, MR, 4); break; \
-            case 3: pybnn_xgemm_avx512_tile(ai, lda, mr, kwords, wb, bstride, kbits, ci, ldc, nc, MR, 3); break; \
-            case 2: pybnn_xgemm_avx512_tile(ai, lda, mr, kwords, wb, bstride, kbits, ci, ldc, nc, MR, 2); break; \
-            default: pybnn_xgemm_avx512_tile(ai, lda, mr, kwords, wb, bstride, kbits, ci, ldc, nc, MR, 1); break; \
-            }
+             * 3-row tile instead of recomputing a 6-row one.  Odd word counts get tiles of
+             * their own: the extra step after the k-loop made GCC keep the 6-row tile's
+             * accumulators on the stack too. */
             if (mr == 1) {
-                PYBNN_XGEMM_AVX512_CASE(1)
+                if (odd) pybnn_xgemm_avx512_nb(ai, lda, mr, kwords, wb, bstride, kbits, ci, ldc, nc, nb, 1, 1);
+                else pybnn_xgemm_avx512_nb(ai, lda, mr, kwords, wb, bstride, kbits, ci, ldc, nc, nb, 1, 0);
             } else if (mr <= 3) {
-                PYBNN_XGEMM_AVX512_CASE(3)
+                if (odd) pybnn_xgemm_avx512_nb(ai, lda, mr, kwords, wb, bstride, kbits, ci, ldc, nc, nb, 3, 1);
+                else pybnn_xgemm_avx512_nb(ai, lda, mr, kwords, wb, bstride, kbits, ci, ldc, nc, nb, 3, 0);
             } else {
-                PYBNN_XGEMM_AVX512_CASE(6)
+                if (odd) pybnn_xgemm_avx512_nb(ai, lda, mr, kwords, wb, bstride, kbits, ci, ldc, nc, nb, 6, 1);
+                else pybnn_xgemm_avx512_nb(ai, lda, mr, kwords, wb, bstride, kbits, ci, ldc, nc, nb, 6, 0);
             }
-#undef PYBNN_XGEMM_AVX512_CASE
         }
     }
 }
