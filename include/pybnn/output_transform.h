@@ -199,55 +199,18 @@ PYBNN_TARGET_AVX2 static void pybnn_to_bits_avx2(const int32_t *acc, size_t lda,
 }
 
 /* ================================================================ AVX-512
- * 16 channels at a time (the last ones through masked loads and stores), the same float32
- * operations in the same order as the AVX2 and scalar code.  Channel groups outside and
- * rows inside, so each group's parameters stay in registers over a block of rows: this is
- * the variant fused callers run (pybnn_ot_apply at level PYBNN_OT_AVX512) on blocks that
- * are still in L1.  The standalone drivers, which stream whole arrays through memory, stop
- * at AVX2. */
+ * Bits only: 16 channels per compare into a mask register (the last ones through masked
+ * loads), channel groups outside and rows inside so each group's thresholds stay in
+ * registers over a block of rows.  This is what fused callers run (pybnn_ot_apply at level
+ * PYBNN_OT_AVX512) on blocks still in L1; the standalone drivers, which stream whole arrays
+ * through memory, stop at AVX2.
+ * The float and int8 transforms stay on AVX2 at this level: inside the binary conv their
+ * 512-bit float operations (the only heavy AVX-512 instructions there) cost 30-50 us per
+ * call on the daBNN shapes, the core apparently slowing down around them, against 5-10 us
+ * for the same work in 256-bit registers. */
 
 PYBNN_TARGET_AVX512 static inline __mmask16 pybnn_ot_mask16(size_t j, size_t c) {
     return j >= c ? (__mmask16)0 : c - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (c - j)) - 1);
-}
-
-PYBNN_TARGET_AVX512 static void pybnn_to_float_i32_avx512(const int32_t *acc, size_t lda, size_t m, size_t c,
-                                                          const int32_t *ibias, const float *mult, const float *bias,
-                                                          float lo, float hi, float *out, size_t ldo) {
-    const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
-    for (size_t j = 0; j < c; j += 16) {
-        const __mmask16 k = pybnn_ot_mask16(j, c);
-        const __m512 vm = _mm512_maskz_loadu_ps(k, mult + j), vb = _mm512_maskz_loadu_ps(k, bias + j);
-        const __m512i vi = ibias ? _mm512_maskz_loadu_epi32(k, ibias + j) : _mm512_setzero_si512();
-        const int32_t *row = acc + j;
-        float *dst = out + j;
-        for (size_t i = 0; i < m; i++, row += lda, dst += ldo) {
-            const __m512i a = _mm512_add_epi32(_mm512_maskz_loadu_epi32(k, row), vi);
-            const __m512 y = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(a), vm), vb);
-            _mm512_mask_storeu_ps(dst, k, _mm512_min_ps(vhi, _mm512_max_ps(vlo, y)));
-        }
-    }
-}
-
-PYBNN_TARGET_AVX512 static void pybnn_to_int8_avx512(const int32_t *acc, size_t lda, size_t m, size_t c,
-                                                     const int32_t *bias, const float *mult, int zp, int qmin,
-                                                     int qmax, int8_t *out, size_t ldo) {
-    const __m512 lim_lo = _mm512_set1_ps(-PYBNN_OT_REQ_LIMIT), lim_hi = _mm512_set1_ps(PYBNN_OT_REQ_LIMIT);
-    const __m512i vzp = _mm512_set1_epi32(zp), vqmin = _mm512_set1_epi32(qmin), vqmax = _mm512_set1_epi32(qmax);
-    for (size_t j = 0; j < c; j += 16) {
-        const __mmask16 k = pybnn_ot_mask16(j, c);
-        const __m512 vm = _mm512_maskz_loadu_ps(k, mult + j);
-        const __m512i vb = _mm512_maskz_loadu_epi32(k, bias + j);
-        const int32_t *row = acc + j;
-        int8_t *dst = out + j;
-        for (size_t i = 0; i < m; i++, row += lda, dst += ldo) {
-            const __m512i s = _mm512_add_epi32(_mm512_maskz_loadu_epi32(k, row), vb);
-            __m512 x = _mm512_mul_ps(_mm512_cvtepi32_ps(s), vm);
-            x = _mm512_min_ps(_mm512_max_ps(x, lim_lo), lim_hi); /* NaN -> lim_lo, as in AVX2 */
-            __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(x), vzp);
-            q = _mm512_min_epi32(_mm512_max_epi32(q, vqmin), vqmax);
-            _mm512_mask_cvtepi32_storeu_epi8(dst, k, q); /* already within int8: narrows */
-        }
-    }
 }
 
 /* Each group of 16 channels is one little-endian half of an output word, stored as a
@@ -327,8 +290,7 @@ static void pybnn_ot_apply(const pybnn_ot *t, int level, const int32_t *acc, siz
         const int32_t *ib = t->ibias ? t->ibias + c0 : NULL;
         float *o = (float *)out + c0;
 #if PYBNN_X86
-        if (level == PYBNN_OT_AVX512) { pybnn_to_float_i32_avx512(acc, lda, m, c, ib, t->mult + c0, t->bias + c0, t->lo, t->hi, o, ldo); break; }
-        if (level == PYBNN_OT_AVX2) { pybnn_to_float_i32_avx2(acc, lda, m, c, ib, t->mult + c0, t->bias + c0, t->lo, t->hi, o, ldo); break; }
+        if (level >= PYBNN_OT_AVX2) { pybnn_to_float_i32_avx2(acc, lda, m, c, ib, t->mult + c0, t->bias + c0, t->lo, t->hi, o, ldo); break; }
 #endif
         pybnn_to_float_i32_scalar(acc, lda, m, c, ib, t->mult + c0, t->bias + c0, t->lo, t->hi, o, ldo);
         break;
@@ -336,8 +298,7 @@ static void pybnn_ot_apply(const pybnn_ot *t, int level, const int32_t *acc, siz
     case PYBNN_OT_INT8: {
         int8_t *o = (int8_t *)out + c0;
 #if PYBNN_X86
-        if (level == PYBNN_OT_AVX512) { pybnn_to_int8_avx512(acc, lda, m, c, t->ibias + c0, t->mult + c0, t->zp, t->qmin, t->qmax, o, ldo); break; }
-        if (level == PYBNN_OT_AVX2) { pybnn_to_int8_avx2(acc, lda, m, c, t->ibias + c0, t->mult + c0, t->zp, t->qmin, t->qmax, o, ldo); break; }
+        if (level >= PYBNN_OT_AVX2) { pybnn_to_int8_avx2(acc, lda, m, c, t->ibias + c0, t->mult + c0, t->zp, t->qmin, t->qmax, o, ldo); break; }
 #endif
         pybnn_to_int8_scalar(acc, lda, m, c, t->ibias + c0, t->mult + c0, t->zp, t->qmin, t->qmax, o, ldo);
         break;
