@@ -313,11 +313,13 @@ class BinaryConv2D(_Conv):
         return -self.depth, self.depth
 
     def _kernel_args(self):
-        """(output dtype, transform keyword arguments of bconv2d) for the current output
-        transform; made again only when folding has replaced it."""
+        """(output dtype, transform keyword arguments of bconv2d, kernel output shape without
+        the batch) for the current output transform; made again only when folding has
+        replaced it."""
         out = self._out
         cached = getattr(self, "_args_for", None)
         if cached is None or cached[0] is not out:
+            hout, wout = self._geom[7:]
             if out["kind"] == "float":
                 args = np.float32, dict(mult=out["mult"], bias=out["bias"], lo=out["lo"], hi=out["hi"],
                                         ibias=out["ibias"])
@@ -326,21 +328,20 @@ class BinaryConv2D(_Conv):
                                      qmax=out["qmax"])
             else:
                 args = np.uint32, dict(thr=out["thr"], dir=out["dir"])
-            self._args_for = cached = (out, *args)
-        return cached[1], cached[2]
+            last = words(self.filters) if args[0] is np.uint32 else self.filters
+            self._args_for = cached = (out, *args, (hout, wout, last))
+        return cached[1:]
 
     def call(self, x):
         """The kernel applies the output transform itself, to each block of rows while it is
         in cache: no int32 accumulator array, no second pass (bit-identical to _transform)."""
         if self._weights is None:
             raise ShapeError(f"{self.name}: has no weights; call set_weights() or load a weights file")
-        dtype, params = self._kernel_args()
+        dtype, params, shape = self._kernel_args()
         n = x.shape[0]
-        y = np.empty(self.output_spec.array_shape(n), dtype)
-        hout, wout = self._geom[7:]
-        last = words(self.filters) if dtype is np.uint32 else self.filters
-        self.last_isa = self._conv(x, y.reshape(n, hout, wout, last), params)
-        return y
+        y = np.empty((n,) + shape, dtype)
+        self.last_isa = self._conv(x, y, params)
+        return y.reshape(self.output_spec.array_shape(n)) if self.dense else y
 
     def _conv(self, x, out, params):
         return kbin.bconv2d(x, self._wpacked, *self._conv_geometry, self._tapsum, out, cpu.active(),
