@@ -334,12 +334,15 @@ def test_bconv2d_tile_edges(isa, c):
 
 # ------------------------------------------------------------------------------ fused output transforms
 
-# (N, H, W, C, Cout, K, stride, padding): the first two are large enough to be split between
-# 2 threads (by pixels; by output channels in units of 32 for the 1x1-output one, whose 600
-# channels end in a partial unit), the others are awkward small ones.
+# (N, H, W, C, Cout, K, stride, padding): the first four are large enough to be split
+# between 2 threads: by pixels; by output channels in units of 32 (few pixels: the 1x1-output
+# ones, whose 600 and 1100 channels end in a partial unit, and the 49-pixel one, except for
+# bits outputs whose row shares would be under 64 bytes); the others are awkward small ones.
 FUSED_GEOMETRIES = [
     (2, 16, 15, 70, 72, 3, 1, "same"),
     (3, 5, 5, 200, 600, 5, 1, "valid"),
+    (2, 1, 1, 4000, 1100, 1, 1, "valid"),
+    (1, 7, 7, 100, 160, 3, 1, "same"),
     (1, 9, 7, 33, 40, 3, 2, "same"),
     (2, 5, 5, 31, 9, 5, 1, "same"),
     (3, 1, 1, 65, 33, 1, 1, "valid"),
