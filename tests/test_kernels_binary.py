@@ -335,9 +335,9 @@ def test_bconv2d_tile_edges(isa, c):
 # ------------------------------------------------------------------------------ fused output transforms
 
 # (N, H, W, C, Cout, K, stride, padding): the first four are large enough to be split
-# between 2 threads: by pixels; by output channels in units of 32 (few pixels: the 1x1-output
-# ones, whose 600 and 1100 channels end in a partial unit, and the 49-pixel one, except for
-# bits outputs whose row shares would be under 64 bytes); the others are awkward small ones.
+# between 2 threads: by pixels (480, and 49 = 25 + 24 with a 1-row tile in one part) or by
+# output channels in units of 32 (the 1x1-output ones, whose 600 and 1100 channels end in a
+# partial unit); the others are awkward small ones.
 FUSED_GEOMETRIES = [
     (2, 16, 15, 70, 72, 3, 1, "same"),
     (3, 5, 5, 200, 600, 5, 1, "valid"),

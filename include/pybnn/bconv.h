@@ -438,14 +438,12 @@ static int pybnn_bconv2d(int isa, int threads, const pybnn_conv_geom *g, const u
     /* Work (common.h units): one per 32-bit word of the XNOR-popcount GEMM (+ the im2col copy). */
     double work = (double)j.total * (double)j.kwords * ((double)cout + (j.direct ? 0.0 : 1.0));
     int nparts = pybnn_par_parts(threads, PYBNN_MAX(j.total, j.cunits), work);
-    /* Split pixels while every part gets several 6-row GEMM tiles: a part's last, partial
-     * tile costs nearly a full one (49 pixels = 25 + 24 rows: 4 full tiles and a 1-row
-     * one against 4), so with few pixels output channels split more evenly.  Not for
-     * bits when a part's share of an output row would be under a 64-byte line (parts
-     * writing the same lines); float and int8 rows are long. */
-    size_t unit_bytes = ot && ot->kind == PYBNN_OT_BITS ? 4 : PYBNN_BCONV_CUNIT * j.esize;
-    j.by_pixels = j.total >= (size_t)nparts * 32 || j.cunits < (size_t)nparts ||
-                  j.cunits / (size_t)nparts * unit_bytes < 64;
+    /* Split pixels while every part gets a few 6-row GEMM tiles; else output channels.
+     * (Splitting channels already below 32 pixels per part balances the parts better -
+     * 49 pixels give 25 + 24 rows, 4 full tiles and a 1-row one against 4 - but measured
+     * no better overall: each part then copies every receptive field, corrects every
+     * border pixel, and parts writing bits share output lines.) */
+    j.by_pixels = j.total >= (size_t)nparts * 16 || j.cunits < (size_t)nparts;
     nparts = (int)PYBNN_MIN((size_t)nparts, j.by_pixels ? j.total : j.cunits);
     size_t part_channels = j.by_pixels ? cout : PYBNN_MIN(cout, (j.cunits + nparts - 1) / nparts * PYBNN_BCONV_CUNIT);
     j.mc = pybnn_bconv_chunk(j.kwords, ot ? part_channels : 0);
