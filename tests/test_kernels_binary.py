@@ -4,18 +4,20 @@ import numpy as np
 import pytest
 
 import pybnn.cpu
+from pybnn import reference as ref
 from pybnn._kernels import bconv, bitpack
 
 ISAS = pybnn.cpu.available()
 CHANNELS = [1, 3, 31, 32, 33, 63, 64, 65, 130]
+HALF_WORDS = [15, 16, 17, 47, 48, 49]  # edges of the 16-channel AVX-512 compares
 
 # Variants each kernel implements; asking for another path falls back to the best lower one.
 IMPLEMENTED = {
-    "pack_float": {"scalar", "sse4", "avx2", "neon"},
-    "pack_int8": {"scalar", "sse4", "avx2"},
-    "unpack": {"scalar", "avx2"},
-    "bconv2d": {"scalar", "sse4", "avx2", "neon"},
-    "bmaxpool2d": {"scalar", "avx2"},
+    "pack_float": {"scalar", "sse4", "avx2", "avx512", "neon"},
+    "pack_int8": {"scalar", "sse4", "avx2", "avx512"},
+    "unpack": {"scalar", "avx2", "avx512"},
+    "bconv2d": {"scalar", "sse4", "avx2", "avx512", "neon"},
+    "bmaxpool2d": {"scalar", "avx2", "avx512"},
 }
 
 
@@ -118,7 +120,7 @@ def test_pack_float_thresholds_literal():
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("c", CHANNELS + [96, 257])
+@pytest.mark.parametrize("c", CHANNELS + HALF_WORDS + [96, 257])
 def test_pack_float_random(isa, c):
     rng = np.random.default_rng(c)
     x = rng.standard_normal((5, c)).astype(np.float32)
@@ -155,7 +157,7 @@ def test_pack_int8_literal():
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("c", CHANNELS)
+@pytest.mark.parametrize("c", CHANNELS + HALF_WORDS)
 def test_pack_int8_random(isa, c):
     rng = np.random.default_rng(100 + c)
     q = rng.integers(-128, 128, (4, c)).astype(np.int8)
@@ -177,7 +179,7 @@ def test_unpack(isa):
         == expected_isa("unpack", isa)
     np.testing.assert_array_equal(out, [[1, -1, 1, 1, 1, -1]])
     rng = np.random.default_rng(7)
-    for c in CHANNELS:
+    for c in CHANNELS + HALF_WORDS:
         bits = ref_pack(rng.random((3, c)) < 0.5)
         out = np.zeros((3, c), dtype=np.float32)
         bitpack.unpack(bits, c, out, isa=isa_num(isa))
@@ -256,7 +258,7 @@ def test_bconv2d(isa, c):
     rng = np.random.default_rng(c)
     for gi, (n, h, w, kh, kw, sh, sw, dh, dw, padding) in enumerate(GEOMETRIES):
         pt, pl, hout, wout = geometry_args(h, w, kh, kw, sh, sw, dh, dw, padding)
-        cout = [1, 4, 5, 13][gi % 4]
+        cout = [1, 8, 9, 13, 33, 40][gi % 6]  # edges of 8-channel blocks and 32-channel tiles
         xf = ref_sign(rng.standard_normal((n, h, w, c)))
         wraw = rng.standard_normal((cout, kh, kw, c)).astype(np.float32)
         wraw[rng.random(wraw.shape) < 0.1] = 0.0  # zero weights binarize to +1
@@ -269,6 +271,29 @@ def test_bconv2d(isa, c):
             np.testing.assert_array_equal(out, expect, err_msg=f"geometry {gi} pad {pad_value}")
 
 
+def test_bconv2d_precomputed_pad_corrections():
+    """pad_corrections once + corr= in every call gives what each call computes itself."""
+    rng = np.random.default_rng(3)
+    for gi, (n, h, w, kh, kw, sh, sw, dh, dw, padding) in enumerate(GEOMETRIES):
+        pt, pl, hout, wout = geometry_args(h, w, kh, kw, sh, sw, dh, dw, padding)
+        c, cout = 40, 9
+        x = ref_pack(rng.standard_normal((n, h, w, c)) < 0)
+        wf = ref_sign(rng.standard_normal((cout, kh, kw, c))).astype(np.float32)
+        wp, ts = bconv.pack_weights(wf), bconv.tap_sums(wf)
+        for pad_value in (-1, 0, 1):
+            geom = (c, cout, kh, kw, sh, sw, dh, dw, pt, pl, hout, wout, pad_value)
+            corr = bconv.pad_corrections(h, w, *geom, ts)
+            assert corr.dtype == np.int32 and corr.shape[1] == cout
+            if pad_value == 1 or padding == "valid":
+                assert corr.shape[0] == 0  # nothing to correct
+            out, want = (np.zeros((n, hout, wout, cout), np.int32) for _ in range(2))
+            bconv.bconv2d(x, wp, *geom, ts, want)
+            bconv.bconv2d(x, wp, *geom, ts, out, corr=corr)
+            np.testing.assert_array_equal(out, want, err_msg=f"geometry {gi} pad {pad_value}")
+            with pytest.raises(ValueError):
+                bconv.bconv2d(x, wp, *geom, ts, out, corr=np.zeros((corr.shape[0] + 1, cout), np.int32))
+
+
 @pytest.mark.parametrize("isa", ISAS)
 def test_bconv2d_long_rows_and_many_chunks(isa):
     """K spanning several 31-step byte-accumulator flushes, many output chunks, odd words."""
@@ -279,6 +304,142 @@ def test_bconv2d_long_rows_and_many_chunks(isa):
     with pybnn.cpu.use_isa(isa):
         out, _ = run_bconv(xf, wf, 1, 1, 1, 1, pt, pl, hout, wout, 0, pybnn.cpu.active())
     np.testing.assert_array_equal(out, ref_conv(xf, wf, 1, 1, 1, 1, pt, pl, hout, wout, 0))
+    # dense rows of 625 and 626 words: more than 31 Harley-Seal groups of 8 k-steps (AVX2)
+    for c in (20000, 20001):
+        xf = ref_sign(rng.standard_normal((3, 1, 1, c)))
+        wf = ref_sign(rng.standard_normal((9, 1, 1, c)))
+        with pybnn.cpu.use_isa(isa):
+            out, _ = run_bconv(xf, wf, 1, 1, 1, 1, 0, 0, 1, 1, 0, pybnn.cpu.active())
+        np.testing.assert_array_equal(out, ref_conv(xf, wf, 1, 1, 1, 1, 0, 0, 1, 1, 0))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("c", [33, 64])
+def test_bconv2d_tile_edges(isa, c):
+    """Every row count around the 6-row GEMM tiles (and its 1- and 3-row remainders) times
+    every channel count around the 8-channel blocks and 32-channel tiles, direct (1x1) and
+    through im2col (1x3 "same")."""
+    rng = np.random.default_rng(c + 5)
+    for m in range(1, 15):
+        xf = ref_sign(rng.standard_normal((1, 1, m, c)))
+        for cout in (1, 7, 8, 9, 16, 24, 31, 32, 33, 40, 63, 64, 65, 100):
+            for kw in (1, 3):
+                wf = ref_sign(rng.standard_normal((cout, 1, kw, c)))
+                pl = kw // 2
+                out, used = run_bconv(xf, wf, 1, 1, 1, 1, 0, pl, 1, m, 0, isa_num(isa))
+                assert used == expected_isa("bconv2d", isa)
+                np.testing.assert_array_equal(out, ref_conv(xf, wf, 1, 1, 1, 1, 0, pl, 1, m, 0),
+                                              err_msg=f"m={m} cout={cout} kw={kw}")
+
+
+# ------------------------------------------------------------------------------ fused output transforms
+
+# (N, H, W, C, Cout, K, stride, padding): the first four are large enough to be split
+# between 2 threads: by pixels (480, and 49 = 25 + 24 with a 1-row tile in one part) or by
+# output channels in units of 32 (the 1x1-output ones, whose 600 and 1100 channels end in a
+# partial unit); the others are awkward small ones.
+FUSED_GEOMETRIES = [
+    (2, 16, 15, 70, 72, 3, 1, "same"),
+    (3, 5, 5, 200, 600, 5, 1, "valid"),
+    (2, 1, 1, 4000, 1100, 1, 1, "valid"),
+    (1, 7, 7, 100, 160, 3, 1, "same"),
+    (1, 9, 7, 33, 40, 3, 2, "same"),
+    (2, 5, 5, 31, 9, 5, 1, "same"),
+    (3, 1, 1, 65, 33, 1, 1, "valid"),
+]
+
+
+def fused_params(kind, cout, acc, rng):
+    """Transform parameters of one output kind and what NumPy makes of acc with them."""
+    if kind in ("float", "float_ibias", "relu"):
+        mult = rng.uniform(-0.1, 0.1, cout).astype(np.float32)
+        mult[::7] = 0.0
+        bias = rng.uniform(-2, 2, cout).astype(np.float32)
+        lo, hi = {"float": (-np.inf, np.inf), "float_ibias": (-1.5, 0.75), "relu": (0.0, np.inf)}[kind]
+        params = dict(mult=mult, bias=bias, lo=lo, hi=hi)
+        total = acc
+        if kind == "float_ibias":
+            params["ibias"] = rng.integers(-50, 50, cout).astype(np.int32)
+            total = acc + params["ibias"]
+        return np.float32, params, ref.to_float(total, mult, bias, lo, hi)
+    if kind == "int8":
+        mult = rng.uniform(0.001, 0.2, cout).astype(np.float32)
+        ibias = rng.integers(-300, 300, cout).astype(np.int32)
+        params = dict(mult=mult, ibias=ibias, zp=-3, qmin=-3, qmax=127)
+        return np.int8, params, ref.requantize(acc, ibias, mult, -3, -3, 127)
+    thr = rng.integers(-40, 40, cout).astype(np.int32)
+    thr[::5] = np.iinfo(np.int32).min
+    thr[1::5] = np.iinfo(np.int32).max
+    direction = rng.choice(np.array([-1, 0, 1], np.int8), cout)
+    return np.uint32, dict(thr=thr, dir=direction), ref.pack_bits(ref.threshold_negative(acc, thr, direction))
+
+
+_FUSED_CASES = {}
+
+
+def fused_case(gi):
+    """Inputs, packed weights and exact accumulators (per pad value) of FUSED_GEOMETRIES[gi],
+    made once for all kinds and paths."""
+    if gi not in _FUSED_CASES:
+        n, h, w, c, cout, k, s, padding = FUSED_GEOMETRIES[gi]
+        rng = np.random.default_rng(gi)
+        pt, pl, hout, wout = geometry_args(h, w, k, k, s, s, 1, 1, padding)
+        xf = ref_sign(rng.standard_normal((n, h, w, c)))
+        wf = ref_sign(rng.standard_normal((cout, k, k, c)))
+        accs = {pv: ref_conv(xf, wf, s, s, 1, 1, pt, pl, hout, wout, pv).astype(np.int32) for pv in (-1, 0, 1)}
+        _FUSED_CASES[gi] = (ref_pack(xf < 0), bconv.pack_weights(wf.astype(np.float32)), bconv.tap_sums(wf),
+                            (pt, pl, hout, wout), accs)
+    return _FUSED_CASES[gi]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("kind", ["float", "float_ibias", "relu", "int8", "bits"])
+def test_bconv2d_fused_transform(isa, kind):
+    """Each output kind written by the conv itself equals NumPy's transform of the exact
+    accumulators, bit for bit, for every pad value, on 1 and 2 threads."""
+    rng = np.random.default_rng(len(kind))
+    for gi, (n, h, w, c, cout, k, s, padding) in enumerate(FUSED_GEOMETRIES):
+        x, wp, ts, (pt, pl, hout, wout), accs = fused_case(gi)
+        for pad_value in (-1, 0, 1):
+            dtype, params, want = fused_params(kind, cout, accs[pad_value], rng)
+            for threads in (1, 2):
+                out = np.full(want.shape, 0x5A, dtype)
+                used = bconv.bconv2d(x, wp, c, cout, k, k, s, s, 1, 1, pt, pl, hout, wout, pad_value, ts,
+                                     out, isa_num(isa), threads, **params)
+                assert used == expected_isa("bconv2d", isa)
+                np.testing.assert_array_equal(out, want, err_msg=f"geometry {gi} pad {pad_value} threads {threads}")
+
+
+def test_bconv2d_transform_validation():
+    c, cout = 40, 5
+    x = np.zeros((1, 4, 4, 2), np.uint32)
+    wf = np.ones((cout, 3, 3, c), np.float32)
+    wp, ts = bconv.pack_weights(wf), bconv.tap_sums(wf)
+    f32, i32, i8 = np.ones(cout, np.float32), np.zeros(cout, np.int32), np.ones(cout, np.int8)
+    args = (x, wp, c, cout, 3, 3, 1, 1, 1, 1, 1, 1, 4, 4, 0, ts)
+    good = [(np.zeros((1, 4, 4, cout), np.int32), {}),
+            (np.zeros((1, 4, 4, cout), np.float32), dict(mult=f32, bias=f32)),
+            (np.zeros((1, 4, 4, cout), np.int8), dict(mult=f32, ibias=i32)),
+            (np.zeros((1, 4, 4, 1), np.uint32), dict(thr=i32, dir=i8))]
+    for out, params in good:
+        bconv.bconv2d(*args, out, **params)
+    bad = [(np.zeros((1, 4, 4, cout), np.int32), dict(mult=f32)),           # int32 takes no transform
+           (np.zeros((1, 4, 4, cout), np.float32), dict(mult=f32)),         # bias missing
+           (np.zeros((1, 4, 4, cout), np.float32), dict(mult=f32[:4], bias=f32)),
+           (np.zeros((1, 4, 4, cout), np.float32), dict(mult=f32, bias=f32, thr=i32)),
+           (np.zeros((1, 4, 4, cout), np.int8), dict(mult=f32)),            # ibias missing
+           (np.zeros((1, 4, 4, cout), np.int8), dict(mult=f32, ibias=i32, zp=200)),
+           (np.zeros((1, 4, 4, cout), np.int8), dict(mult=f32, ibias=i32, qmin=5, qmax=4)),
+           (np.zeros((1, 4, 4, cout), np.uint32), dict(thr=i32, dir=i8)),   # bits need ceil(cout/32) words
+           (np.zeros((1, 4, 4, 1), np.uint32), dict(thr=i32)),
+           (np.zeros((1, 4, 4, cout), np.float64), dict(mult=f32, bias=f32)),
+           (np.zeros((1, 4, 4, cout), np.float32)[:, ::-1], dict(mult=f32, bias=f32)),
+           (np.zeros((1, 4, 4, cout), np.int32).tolist(), {})]
+    for out, params in bad:
+        with pytest.raises(ValueError):
+            bconv.bconv2d(*args, out, **params)
+    with pytest.raises(ValueError):  # wrong dtype of a per-channel array
+        bconv.bconv2d(*args, np.zeros((1, 4, 4, cout), np.float32), mult=f32.astype(np.float64), bias=f32)
 
 
 def test_bconv2d_validation():
@@ -286,7 +447,7 @@ def test_bconv2d_validation():
     x = np.zeros((1, 5, 5, 2), dtype=np.uint32)
     wf = np.ones((cout, kh, kw, c), dtype=np.float32)
     wp, ts = bconv.pack_weights(wf), bconv.tap_sums(wf)
-    assert wp.shape == bconv.packed_weights_shape(c, cout, kh, kw) == (2, 9, 8)
+    assert wp.shape == bconv.packed_weights_shape(c, cout, kh, kw) == (1, 9, 16)
     out = np.zeros((1, 5, 5, cout), dtype=np.int32)
     good = dict(x=x, wpacked=wp, channels=c, cout=cout, kh=kh, kw=kw, sh=1, sw=1, dh=1, dw=1,
                 pad_top=1, pad_left=1, hout=5, wout=5, pad_value=0, tapsum=ts, out=out)
@@ -326,7 +487,7 @@ POOLS = [  # (N, H, W, KH, KW, SH, SW, pad_top, pad_left, hout, wout)
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("c", CHANNELS + [300])
+@pytest.mark.parametrize("c", CHANNELS + [300, 512, 513])  # 300, 512, 513: 10, 16, 17 words
 def test_bmaxpool2d(isa, c):
     rng = np.random.default_rng(c)
     for (n, h, w, kh, kw, sh, sw, pt, pl, hout, wout) in POOLS:

@@ -11,9 +11,11 @@
  * how a folded batch-norm + sign becomes one comparison (dir < 0 for a negative scale).
  *
  * Families (one variant per ISA + selector returning the ISA it ran):
- *   pybnn_pack_float  scalar, sse4, avx2, neon
- *   pybnn_pack_int8   scalar, sse4, avx2
- *   pybnn_unpack      scalar, avx2
+ *   pybnn_pack_float  scalar, sse4, avx2, avx512, neon
+ *   pybnn_pack_int8   scalar, sse4, avx2, avx512
+ *   pybnn_unpack      scalar, avx2, avx512
+ * The AVX-512 variants compare 16 channels into a mask register: one instruction gives 16
+ * bits of a word, and masked loads handle the partial last word (no scalar tail).
  * All take C-contiguous rows: x is m x c, packed rows are m x ceil(c/32).
  */
 #ifndef PYBNN_BITPACK_H
@@ -162,6 +164,51 @@ PYBNN_TARGET_AVX2 static void pybnn_pack_float_avx2(const float *x, size_t m, si
         pybnn_pack_float_row_tail(xr, c, thr, dir, o, full);
     }
 }
+
+PYBNN_TARGET_AVX512 static inline __mmask16 pybnn_bp_mask16(size_t j, size_t c) {
+    return j >= c ? (__mmask16)0 : c - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (c - j)) - 1);
+}
+
+/* Lanes whose dir < 0 (they compare x > thr instead of x < thr). */
+PYBNN_TARGET_AVX512 static inline __mmask16 pybnn_dirneg_avx512(const int8_t *dir, __mmask16 k) {
+    return _mm512_cmplt_epi32_mask(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k, dir)), _mm512_setzero_si512());
+}
+
+/* 16 channels at ch (the first `valid` lanes) -> 16 bits: x < thr (dir >= 0) or x > thr
+ * (dir < 0), or x < 0 without thresholds.  Ordered compares: false for NaN, and -0.0 < 0
+ * is false, as the scalar rule. */
+PYBNN_TARGET_AVX512 static inline __mmask16 pybnn_pack16_f32(const float *x, const float *thr, const int8_t *dir,
+                                                             size_t ch, __mmask16 valid) {
+    const __m512 v = _mm512_maskz_loadu_ps(valid, x + ch);
+    if (!thr)
+        return _mm512_mask_cmp_ps_mask(valid, v, _mm512_setzero_ps(), _CMP_LT_OQ);
+    const __m512 t = _mm512_maskz_loadu_ps(valid, thr + ch);
+    const __mmask16 neg = pybnn_dirneg_avx512(dir + ch, valid);
+    return (__mmask16)(_mm512_mask_cmp_ps_mask((__mmask16)(valid & ~neg), v, t, _CMP_LT_OQ) |
+                       _mm512_mask_cmp_ps_mask((__mmask16)(valid & neg), v, t, _CMP_GT_OQ));
+}
+
+PYBNN_TARGET_AVX512 static void pybnn_pack_float_avx512(const float *x, size_t m, size_t c,
+                                                        const float *thr, const int8_t *dir,
+                                                        uint32_t *out) {
+    size_t words = pybnn_words(c), full = c / 32;
+    for (size_t i = 0; i < m; i++) {
+        const float *xr = x + i * c;
+        uint32_t *o = out + i * words;
+        if (thr) {
+            for (size_t k = 0; k < full; k++)
+                o[k] = pybnn_pack16_f32(xr, thr, dir, 32 * k, 0xffff) |
+                       (uint32_t)pybnn_pack16_f32(xr, thr, dir, 32 * k + 16, 0xffff) << 16;
+        } else { /* its own loop: the common case, without the thresholds' loads */
+            for (size_t k = 0; k < full; k++)
+                o[k] = pybnn_pack16_f32(xr, NULL, NULL, 32 * k, 0xffff) |
+                       (uint32_t)pybnn_pack16_f32(xr, NULL, NULL, 32 * k + 16, 0xffff) << 16;
+        }
+        if (full < words) /* partial last word: masked lanes give 0 bits */
+            o[full] = pybnn_pack16_f32(xr, thr, dir, 32 * full, pybnn_bp_mask16(32 * full, c)) |
+                      (uint32_t)pybnn_pack16_f32(xr, thr, dir, 32 * full + 16, pybnn_bp_mask16(32 * full + 16, c)) << 16;
+    }
+}
 #endif /* PYBNN_X86 */
 
 #if PYBNN_NEON
@@ -213,6 +260,7 @@ static int pybnn_pack_float_serial(int isa, const float *x, size_t m, size_t c, 
     if (isa >= PYBNN_ISA_NEON) { pybnn_pack_float_neon(x, m, c, thr, dir, out); return PYBNN_ISA_NEON; }
 #endif
 #if PYBNN_X86
+    if (isa >= PYBNN_ISA_AVX512) { pybnn_pack_float_avx512(x, m, c, thr, dir, out); return PYBNN_ISA_AVX512; }
     if (isa >= PYBNN_ISA_AVX2) { pybnn_pack_float_avx2(x, m, c, thr, dir, out); return PYBNN_ISA_AVX2; }
     if (isa >= PYBNN_ISA_SSE4) { pybnn_pack_float_sse4(x, m, c, thr, dir, out); return PYBNN_ISA_SSE4; }
 #endif
@@ -282,11 +330,37 @@ PYBNN_TARGET_AVX2 static void pybnn_pack_int8_avx2(const int8_t *q, size_t m, si
         pybnn_pack_int8_row_tail(qr, c, thr, dir, o, full);
     }
 }
+
+PYBNN_TARGET_AVX512 static inline __mmask16 pybnn_pack16_i8(const int8_t *q, const int32_t *thr, const int8_t *dir,
+                                                            size_t ch, __mmask16 valid) {
+    const __m512i v = _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(valid, q + ch));
+    const __m512i t = _mm512_maskz_loadu_epi32(valid, thr + ch);
+    const __mmask16 neg = pybnn_dirneg_avx512(dir + ch, valid);
+    return (__mmask16)(_mm512_mask_cmplt_epi32_mask((__mmask16)(valid & ~neg), v, t) |
+                       _mm512_mask_cmpgt_epi32_mask((__mmask16)(valid & neg), v, t));
+}
+
+PYBNN_TARGET_AVX512 static void pybnn_pack_int8_avx512(const int8_t *q, size_t m, size_t c,
+                                                       const int32_t *thr, const int8_t *dir,
+                                                       uint32_t *out) {
+    size_t words = pybnn_words(c), full = c / 32;
+    for (size_t i = 0; i < m; i++) {
+        const int8_t *qr = q + i * c;
+        uint32_t *o = out + i * words;
+        for (size_t k = 0; k < full; k++)
+            o[k] = pybnn_pack16_i8(qr, thr, dir, 32 * k, 0xffff) |
+                   (uint32_t)pybnn_pack16_i8(qr, thr, dir, 32 * k + 16, 0xffff) << 16;
+        if (full < words)
+            o[full] = pybnn_pack16_i8(qr, thr, dir, 32 * full, pybnn_bp_mask16(32 * full, c)) |
+                      (uint32_t)pybnn_pack16_i8(qr, thr, dir, 32 * full + 16, pybnn_bp_mask16(32 * full + 16, c)) << 16;
+    }
+}
 #endif /* PYBNN_X86 */
 
 static int pybnn_pack_int8_serial(int isa, const int8_t *q, size_t m, size_t c, const int32_t *thr,
                            const int8_t *dir, uint32_t *out) {
 #if PYBNN_X86
+    if (isa >= PYBNN_ISA_AVX512) { pybnn_pack_int8_avx512(q, m, c, thr, dir, out); return PYBNN_ISA_AVX512; }
     if (isa >= PYBNN_ISA_AVX2) { pybnn_pack_int8_avx2(q, m, c, thr, dir, out); return PYBNN_ISA_AVX2; }
     if (isa >= PYBNN_ISA_SSE4) { pybnn_pack_int8_sse4(q, m, c, thr, dir, out); return PYBNN_ISA_SSE4; }
 #endif
@@ -337,10 +411,26 @@ PYBNN_TARGET_AVX2 static void pybnn_unpack_avx2(const uint32_t *bits, size_t m, 
             o[ch] = ((b[ch / 32] >> (ch % 32)) & 1u) ? -1.0f : 1.0f;
     }
 }
+
+/* Each half word is a mask choosing -1.0 or +1.0 per lane. */
+PYBNN_TARGET_AVX512 static void pybnn_unpack_avx512(const uint32_t *bits, size_t m, size_t c,
+                                                    float *out) {
+    size_t words = pybnn_words(c);
+    const __m512 one = _mm512_set1_ps(1.0f), minus_one = _mm512_set1_ps(-1.0f);
+    for (size_t i = 0; i < m; i++) {
+        const uint32_t *b = bits + i * words;
+        float *o = out + i * c;
+        for (size_t j = 0; j < c; j += 16) {
+            const __mmask16 neg = (__mmask16)(b[j / 32] >> (j % 32));
+            _mm512_mask_storeu_ps(o + j, pybnn_bp_mask16(j, c), _mm512_mask_blend_ps(neg, one, minus_one));
+        }
+    }
+}
 #endif
 
 static int pybnn_unpack_serial(int isa, const uint32_t *bits, size_t m, size_t c, float *out) {
 #if PYBNN_X86
+    if (isa >= PYBNN_ISA_AVX512) { pybnn_unpack_avx512(bits, m, c, out); return PYBNN_ISA_AVX512; }
     if (isa >= PYBNN_ISA_AVX2) { pybnn_unpack_avx2(bits, m, c, out); return PYBNN_ISA_AVX2; }
 #endif
     (void)isa;

@@ -5,7 +5,7 @@
  * must hold at least one input pixel: the Cython layer checks it).  Padding bits stay 0
  * because they are 0 in every input word.
  *
- * Family pybnn_band (dst &= src over `words` words): scalar, avx2; the window walk
+ * Family pybnn_band (dst &= src over `words` words): scalar, avx2, avx512; the window walk
  * pybnn_bmaxpool2d(isa, ...) is shared and returns the ISA of the variant it used.
  */
 #ifndef PYBNN_BPOOL_H
@@ -31,10 +31,19 @@ PYBNN_TARGET_AVX2 static void pybnn_band_avx2(uint32_t *dst, const uint32_t *src
     for (; q < words; q++)
         dst[q] &= src[q];
 }
+
+PYBNN_TARGET_AVX512 static void pybnn_band_avx512(uint32_t *dst, const uint32_t *src, size_t words) {
+    for (size_t q = 0; q < words; q += 16) { /* the last 1-16 words through a mask */
+        const __mmask16 k = words - q >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (words - q)) - 1);
+        const __m512i d = _mm512_maskz_loadu_epi32(k, dst + q), s = _mm512_maskz_loadu_epi32(k, src + q);
+        _mm512_mask_storeu_epi32(dst + q, k, _mm512_and_si512(d, s));
+    }
+}
 #endif
 
 static pybnn_band_fn pybnn_band_pick(int isa, int *used) {
 #if PYBNN_X86
+    if (isa >= PYBNN_ISA_AVX512) { *used = PYBNN_ISA_AVX512; return pybnn_band_avx512; }
     if (isa >= PYBNN_ISA_AVX2) { *used = PYBNN_ISA_AVX2; return pybnn_band_avx2; }
 #endif
     (void)isa;

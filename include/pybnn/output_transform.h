@@ -1,8 +1,10 @@
 /* Output transforms: turn GEMM accumulators (M rows x C channels, row-major) into what the
- * next layer consumes.  Fast kernels will later fuse these into their store step, so each
- * is written per row with per-channel parameters.
+ * next layer consumes, with per-channel parameters.  Standalone (the pybnn_to_* drivers, on
+ * whole contiguous matrices) or fused: a kernel fills a pybnn_ot with the parameters and
+ * calls pybnn_ot_apply on each block of rows it has just computed, while the block is still
+ * in cache (pybnn_bconv2d does); both run the same variants, so the results are identical.
  *
- *   to_float_i32 / to_float_f32:  out = min(max(float(acc) * mult[c] + bias[c], lo), hi)
+ *   to_float_i32 / to_float_f32:  out = min(max(float(acc [+ ibias[c]]) * mult[c] + bias[c], lo), hi)
  *   to_int8:   out = clamp(rint(float(acc + bias[c]) * mult[c]) + zp, qmin, qmax)
  *   to_bits:   bit (= -1) where dir[c] >= 0 ? acc < thr[c] : acc > thr[c]; rows of
  *              ceil(C/32) little-endian uint32 words, value c in bit c%32 of word c/32,
@@ -49,41 +51,49 @@ static inline int pybnn_ot_bit(int32_t acc, int32_t thr, int8_t dir) {
     return dir >= 0 ? acc < thr : acc > thr;
 }
 
-/* ================================================================ scalar */
+/* ================================================================ scalar
+ * Every variant reads m rows of c channels from acc (row stride lda elements) and writes
+ * rows of out (row stride ldo elements of its type; for bits, uint32 words); the
+ * per-channel arrays hold c entries.  Callers transform a block of channels by offsetting
+ * acc, out and the per-channel arrays (for bits, by whole 32-channel words). */
 
-static void pybnn_to_float_i32_scalar(const int32_t *acc, size_t m, size_t c, const float *mult,
-                                      const float *bias, float lo, float hi, float *out) {
+/* ibias may be NULL (nothing added). */
+static void pybnn_to_float_i32_scalar(const int32_t *acc, size_t lda, size_t m, size_t c,
+                                      const int32_t *ibias, const float *mult, const float *bias,
+                                      float lo, float hi, float *out, size_t ldo) {
     for (size_t i = 0; i < m; i++)
-        for (size_t j = 0; j < c; j++)
-            out[i * c + j] = pybnn_ot_clip_f32((float)acc[i * c + j] * mult[j] + bias[j], lo, hi);
+        for (size_t j = 0; j < c; j++) {
+            const int32_t a = ibias ? pybnn_ot_add_wrap(acc[i * lda + j], ibias[j]) : acc[i * lda + j];
+            out[i * ldo + j] = pybnn_ot_clip_f32((float)a * mult[j] + bias[j], lo, hi);
+        }
 }
 
-/* `out` may be `acc` (in place): each element is read before it is written. */
-static void pybnn_to_float_f32_scalar(const float *acc, size_t m, size_t c, const float *mult,
-                                      const float *bias, float lo, float hi, float *out) {
+/* `out` may be `acc` (in place, same strides): each element is read before it is written. */
+static void pybnn_to_float_f32_scalar(const float *acc, size_t lda, size_t m, size_t c, const float *mult,
+                                      const float *bias, float lo, float hi, float *out, size_t ldo) {
     for (size_t i = 0; i < m; i++)
         for (size_t j = 0; j < c; j++)
-            out[i * c + j] = pybnn_ot_clip_f32(acc[i * c + j] * mult[j] + bias[j], lo, hi);
+            out[i * ldo + j] = pybnn_ot_clip_f32(acc[i * lda + j] * mult[j] + bias[j], lo, hi);
 }
 
-static void pybnn_to_int8_scalar(const int32_t *acc, size_t m, size_t c, const int32_t *bias,
-                                 const float *mult, int zp, int qmin, int qmax, int8_t *out) {
+static void pybnn_to_int8_scalar(const int32_t *acc, size_t lda, size_t m, size_t c, const int32_t *bias,
+                                 const float *mult, int zp, int qmin, int qmax, int8_t *out, size_t ldo) {
     for (size_t i = 0; i < m; i++)
         for (size_t j = 0; j < c; j++)
-            out[i * c + j] = pybnn_ot_requant(acc[i * c + j], bias[j], mult[j], zp, qmin, qmax);
+            out[i * ldo + j] = pybnn_ot_requant(acc[i * lda + j], bias[j], mult[j], zp, qmin, qmax);
 }
 
-static void pybnn_to_bits_scalar(const int32_t *acc, size_t m, size_t c, const int32_t *thr,
-                                 const int8_t *dir, uint32_t *out) {
+static void pybnn_to_bits_scalar(const int32_t *acc, size_t lda, size_t m, size_t c, const int32_t *thr,
+                                 const int8_t *dir, uint32_t *out, size_t ldo) {
     const size_t cw = (c + 31) / 32;
     for (size_t i = 0; i < m; i++) {
         for (size_t w = 0; w < cw; w++) {
             uint32_t word = 0;
             for (size_t b = 0; b < 32 && 32 * w + b < c; b++) {
                 const size_t j = 32 * w + b;
-                word |= (uint32_t)pybnn_ot_bit(acc[i * c + j], thr[j], dir[j]) << b;
+                word |= (uint32_t)pybnn_ot_bit(acc[i * lda + j], thr[j], dir[j]) << b;
             }
-            out[i * cw + w] = word;
+            out[i * ldo + w] = word;
         }
     }
 }
@@ -93,28 +103,35 @@ static void pybnn_to_bits_scalar(const int32_t *acc, size_t m, size_t c, const i
  * Channels go 8 at a time; the last C % 8 of each row reuse the scalar code, which does the
  * same operations, so results do not depend on where a channel falls. */
 
-PYBNN_TARGET_AVX2 static void pybnn_to_float_i32_avx2(const int32_t *acc, size_t m, size_t c, const float *mult,
-                                                      const float *bias, float lo, float hi, float *out) {
+PYBNN_TARGET_AVX2 static void pybnn_to_float_i32_avx2(const int32_t *acc, size_t lda, size_t m, size_t c,
+                                                      const int32_t *ibias, const float *mult, const float *bias,
+                                                      float lo, float hi, float *out, size_t ldo) {
     const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
     for (size_t i = 0; i < m; i++) {
-        const int32_t *row = acc + i * c;
-        float *dst = out + i * c;
+        const int32_t *row = acc + i * lda;
+        float *dst = out + i * ldo;
         size_t j = 0;
         for (; j + 8 <= c; j += 8) {
-            const __m256 x = _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(row + j)));
+            __m256i a = _mm256_loadu_si256((const __m256i *)(row + j));
+            if (ibias)
+                a = _mm256_add_epi32(a, _mm256_loadu_si256((const __m256i *)(ibias + j)));
+            const __m256 x = _mm256_cvtepi32_ps(a);
             const __m256 y = _mm256_add_ps(_mm256_mul_ps(x, _mm256_loadu_ps(mult + j)), _mm256_loadu_ps(bias + j));
             _mm256_storeu_ps(dst + j, _mm256_min_ps(vhi, _mm256_max_ps(vlo, y)));
         }
-        for (; j < c; j++) dst[j] = pybnn_ot_clip_f32((float)row[j] * mult[j] + bias[j], lo, hi);
+        if (j < c)
+            pybnn_to_float_i32_scalar(row + j, lda, 1, c - j, ibias ? ibias + j : NULL, mult + j, bias + j,
+                                      lo, hi, dst + j, ldo);
     }
 }
 
-PYBNN_TARGET_AVX2 static void pybnn_to_float_f32_avx2(const float *acc, size_t m, size_t c, const float *mult,
-                                                      const float *bias, float lo, float hi, float *out) {
+PYBNN_TARGET_AVX2 static void pybnn_to_float_f32_avx2(const float *acc, size_t lda, size_t m, size_t c,
+                                                      const float *mult, const float *bias, float lo, float hi,
+                                                      float *out, size_t ldo) {
     const __m256 vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi);
     for (size_t i = 0; i < m; i++) {
-        const float *row = acc + i * c;
-        float *dst = out + i * c;
+        const float *row = acc + i * lda;
+        float *dst = out + i * ldo;
         size_t j = 0;
         for (; j + 8 <= c; j += 8) {
             const __m256 x = _mm256_loadu_ps(row + j);
@@ -125,13 +142,14 @@ PYBNN_TARGET_AVX2 static void pybnn_to_float_f32_avx2(const float *acc, size_t m
     }
 }
 
-PYBNN_TARGET_AVX2 static void pybnn_to_int8_avx2(const int32_t *acc, size_t m, size_t c, const int32_t *bias,
-                                                 const float *mult, int zp, int qmin, int qmax, int8_t *out) {
+PYBNN_TARGET_AVX2 static void pybnn_to_int8_avx2(const int32_t *acc, size_t lda, size_t m, size_t c,
+                                                 const int32_t *bias, const float *mult, int zp, int qmin,
+                                                 int qmax, int8_t *out, size_t ldo) {
     const __m256 lim_lo = _mm256_set1_ps(-PYBNN_OT_REQ_LIMIT), lim_hi = _mm256_set1_ps(PYBNN_OT_REQ_LIMIT);
     const __m256i vzp = _mm256_set1_epi32(zp), vqmin = _mm256_set1_epi32(qmin), vqmax = _mm256_set1_epi32(qmax);
     for (size_t i = 0; i < m; i++) {
-        const int32_t *row = acc + i * c;
-        int8_t *dst = out + i * c;
+        const int32_t *row = acc + i * lda;
+        int8_t *dst = out + i * ldo;
         size_t j = 0;
         for (; j + 8 <= c; j += 8) {
             const __m256i s = _mm256_add_epi32(_mm256_loadu_si256((const __m256i *)(row + j)),
@@ -149,36 +167,95 @@ PYBNN_TARGET_AVX2 static void pybnn_to_int8_avx2(const int32_t *acc, size_t m, s
     }
 }
 
-PYBNN_TARGET_AVX2 static void pybnn_to_bits_avx2(const int32_t *acc, size_t m, size_t c, const int32_t *thr,
-                                                 const int8_t *dir, uint32_t *out) {
+/* One output word (32 channels) at a time, its thresholds and directions loaded once for
+ * all rows: per 8 channels and row, two compares and two movemasks. */
+PYBNN_TARGET_AVX2 static void pybnn_to_bits_avx2(const int32_t *acc, size_t lda, size_t m, size_t c,
+                                                 const int32_t *thr, const int8_t *dir, uint32_t *out,
+                                                 size_t ldo) {
     const size_t cw = (c + 31) / 32;
-    const __m256i zero = _mm256_setzero_si256();
-    for (size_t i = 0; i < m; i++) {
-        const int32_t *row = acc + i * c;
-        for (size_t w = 0; w < cw; w++) {
-            uint32_t word = 0;
-            size_t j = 32 * w;
-            const size_t end = PYBNN_MIN(32 * w + 32, c);
-            for (; j + 8 <= end; j += 8) {
-                const __m256i x = _mm256_loadu_si256((const __m256i *)(row + j));
-                const __m256i t = _mm256_loadu_si256((const __m256i *)(thr + j));
-                const __m256i neg = _mm256_cmpgt_epi32(zero, _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(dir + j))));
-                /* dir < 0 lanes take acc > thr, the others acc < thr. */
-                const __m256i bit = _mm256_blendv_epi8(_mm256_cmpgt_epi32(t, x), _mm256_cmpgt_epi32(x, t), neg);
-                word |= (uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(bit)) << (j - 32 * w);
+    for (size_t w = 0; w < cw; w++) {
+        const size_t j0 = 32 * w, groups = PYBNN_MIN((size_t)32, c - j0) / 8, rest = j0 + 8 * groups;
+        __m256i t[4];
+        uint32_t neg = 0; /* bit per channel: dir < 0, compare acc > thr */
+        for (size_t g = 0; g < groups; g++) {
+            t[g] = _mm256_loadu_si256((const __m256i *)(thr + j0 + 8 * g));
+            const __m256i d = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(dir + j0 + 8 * g)));
+            neg |= (uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(d)) << (8 * g);
+        }
+        for (size_t i = 0; i < m; i++) {
+            const int32_t *row = acc + i * lda;
+            uint32_t below = 0, above = 0;
+            for (size_t g = 0; g < groups; g++) {
+                const __m256i x = _mm256_loadu_si256((const __m256i *)(row + j0 + 8 * g));
+                below |= (uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(t[g], x))) << (8 * g);
+                above |= (uint32_t)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(x, t[g]))) << (8 * g);
             }
-            for (; j < end; j++) word |= (uint32_t)pybnn_ot_bit(row[j], thr[j], dir[j]) << (j - 32 * w);
-            out[i * cw + w] = word;
+            uint32_t word = (below & ~neg) | (above & neg);
+            for (size_t j = rest; j < PYBNN_MIN(j0 + 32, c); j++)
+                word |= (uint32_t)pybnn_ot_bit(row[j], thr[j], dir[j]) << (j - j0);
+            out[i * ldo + w] = word;
+        }
+    }
+}
+
+/* ================================================================ AVX-512
+ * Bits only: 16 channels per compare into a mask register (the last ones through masked
+ * loads), channel groups outside and rows inside so each group's thresholds stay in
+ * registers over a block of rows.  This is what fused callers run (pybnn_ot_apply at level
+ * PYBNN_OT_AVX512) on blocks still in L1; the standalone drivers, which stream whole arrays
+ * through memory, stop at AVX2.
+ * The float and int8 transforms stay on AVX2 at this level: inside the binary conv their
+ * 512-bit float operations (the only heavy AVX-512 instructions there) cost 30-50 us per
+ * call on the daBNN shapes, the core apparently slowing down around them, against 5-10 us
+ * for the same work in 256-bit registers. */
+
+PYBNN_TARGET_AVX512 static inline __mmask16 pybnn_ot_mask16(size_t j, size_t c) {
+    return j >= c ? (__mmask16)0 : c - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (c - j)) - 1);
+}
+
+/* Each group of 16 channels is one little-endian half of an output word, stored as a
+ * uint16; channels past c give 0 bits, and the groups run to the end of the last word
+ * so its padding bits are written as 0. */
+PYBNN_TARGET_AVX512 static void pybnn_to_bits_avx512(const int32_t *acc, size_t lda, size_t m, size_t c,
+                                                     const int32_t *thr, const int8_t *dir, uint32_t *out,
+                                                     size_t ldo) {
+    uint16_t *halves = (uint16_t *)out;
+    for (size_t j = 0; j < (c + 31) / 32 * 32; j += 16) {
+        const __mmask16 k = pybnn_ot_mask16(j, c);
+        const __m512i t = _mm512_maskz_loadu_epi32(k, thr + j);
+        const __mmask16 neg = _mm512_cmplt_epi32_mask(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k, dir + j)),
+                                                      _mm512_setzero_si512());
+        /* dir < 0 lanes take acc > thr, the others acc < thr */
+        const __mmask16 below = (__mmask16)(k & ~neg), above = (__mmask16)(k & neg);
+        const int32_t *row = acc + j;
+        for (size_t i = 0; i < m; i++, row += lda) {
+            const __m512i x = _mm512_maskz_loadu_epi32(k, row);
+            halves[i * 2 * ldo + j / 16] =
+                (uint16_t)(_mm512_mask_cmplt_epi32_mask(below, x, t) | _mm512_mask_cmpgt_epi32_mask(above, x, t));
         }
     }
 }
 #endif /* PYBNN_X86 */
 
-/* ================================================================ drivers
- * acc/out are (m, c) row-major and contiguous (to_bits: out is (m, ceil(c/32))).  Each runs
- * the best variant at or below `isa` that is built and supported, with rows split into up
- * to `threads` contiguous ranges (each element's value depends only on its row and
- * channel), and returns its ISA. */
+/* ================================================================ fused use
+ * The parameters of one transform of int32 accumulators, for kernels that apply it to each
+ * block of rows while the block is still in cache (pybnn_bconv2d).  Per-channel arrays are
+ * indexed by absolute output channel. */
+
+enum { PYBNN_OT_FLOAT_I32, PYBNN_OT_FLOAT_F32, PYBNN_OT_INT8, PYBNN_OT_BITS };
+
+typedef struct {
+    int kind;                 /* PYBNN_OT_FLOAT_I32 (float32 out), PYBNN_OT_INT8, PYBNN_OT_BITS */
+    const float *mult, *bias; /* float: y = clip(float32(acc [+ ibias]) * mult + bias, lo, hi) */
+    const int32_t *ibias;     /* float: optional (NULL); int8: the int32 bias, required */
+    float lo, hi;
+    int zp, qmin, qmax;       /* int8: clamp(rint(float32(acc + ibias) * mult) + zp, qmin, qmax) */
+    const int32_t *thr;       /* bits: -1 where dir >= 0 ? acc < thr : acc > thr */
+    const int8_t *dir;
+} pybnn_ot;
+
+/* Variant levels of pybnn_ot_apply. */
+enum { PYBNN_OT_SCALAR, PYBNN_OT_AVX2, PYBNN_OT_AVX512 };
 
 #if PYBNN_X86
 #define PYBNN_OT_USE_AVX2(isa) ((isa) >= PYBNN_ISA_AVX2 && pybnn_isa_supported(PYBNN_ISA_AVX2))
@@ -186,63 +263,92 @@ PYBNN_TARGET_AVX2 static void pybnn_to_bits_avx2(const int32_t *acc, size_t m, s
 #define PYBNN_OT_USE_AVX2(isa) 0
 #endif
 
-enum { PYBNN_OT_FLOAT_I32, PYBNN_OT_FLOAT_F32, PYBNN_OT_INT8, PYBNN_OT_BITS };
+/* The level pybnn_ot_apply runs for instruction set `isa` (walking down as selectors do). */
+static inline int pybnn_ot_level(int isa) {
+#if PYBNN_X86
+    if (isa >= PYBNN_ISA_AVX512 && pybnn_isa_supported(PYBNN_ISA_AVX512))
+        return PYBNN_OT_AVX512;
+#endif
+    return PYBNN_OT_USE_AVX2(isa) ? PYBNN_OT_AVX2 : PYBNN_OT_SCALAR;
+}
+
+/* Output row stride, in elements of the output type, of a transform to c channels. */
+static inline size_t pybnn_ot_ldo(const pybnn_ot *t, size_t c) {
+    return t->kind == PYBNN_OT_BITS ? (c + 31) / 32 : c;
+}
+
+/* Transforms m rows of channels c0 .. c1-1 (acc: row stride lda, first element = channel
+ * c0) into output rows at `out` (row stride ldo; channel j lands at element j, or bit j%32
+ * of word j/32 for bits, whose c0 must be a multiple of 32).  level: PYBNN_OT_SCALAR,
+ * PYBNN_OT_AVX2 or PYBNN_OT_AVX512 (pybnn_ot_level). */
+static void pybnn_ot_apply(const pybnn_ot *t, int level, const int32_t *acc, size_t lda, size_t m,
+                           size_t c0, size_t c1, void *out, size_t ldo) {
+    const size_t c = c1 - c0;
+    (void)level;
+    switch (t->kind) {
+    case PYBNN_OT_FLOAT_I32: {
+        const int32_t *ib = t->ibias ? t->ibias + c0 : NULL;
+        float *o = (float *)out + c0;
+#if PYBNN_X86
+        if (level >= PYBNN_OT_AVX2) { pybnn_to_float_i32_avx2(acc, lda, m, c, ib, t->mult + c0, t->bias + c0, t->lo, t->hi, o, ldo); break; }
+#endif
+        pybnn_to_float_i32_scalar(acc, lda, m, c, ib, t->mult + c0, t->bias + c0, t->lo, t->hi, o, ldo);
+        break;
+    }
+    case PYBNN_OT_INT8: {
+        int8_t *o = (int8_t *)out + c0;
+#if PYBNN_X86
+        if (level >= PYBNN_OT_AVX2) { pybnn_to_int8_avx2(acc, lda, m, c, t->ibias + c0, t->mult + c0, t->zp, t->qmin, t->qmax, o, ldo); break; }
+#endif
+        pybnn_to_int8_scalar(acc, lda, m, c, t->ibias + c0, t->mult + c0, t->zp, t->qmin, t->qmax, o, ldo);
+        break;
+    }
+    default: {
+        uint32_t *o = (uint32_t *)out + c0 / 32;
+#if PYBNN_X86
+        if (level == PYBNN_OT_AVX512) { pybnn_to_bits_avx512(acc, lda, m, c, t->thr + c0, t->dir + c0, o, ldo); break; }
+        if (level == PYBNN_OT_AVX2) { pybnn_to_bits_avx2(acc, lda, m, c, t->thr + c0, t->dir + c0, o, ldo); break; }
+#endif
+        pybnn_to_bits_scalar(acc, lda, m, c, t->thr + c0, t->dir + c0, o, ldo);
+        break;
+    }
+    }
+}
+
+/* ================================================================ drivers
+ * acc/out are (m, c) row-major and contiguous (to_bits: out is (m, ceil(c/32))).  Each runs
+ * the best variant at or below `isa` that is built and supported, with rows split into up
+ * to `threads` contiguous ranges (each element's value depends only on its row and
+ * channel), and returns its ISA. */
 
 typedef struct {
-    int kind, avx2;
+    pybnn_ot t;       /* kind PYBNN_OT_FLOAT_F32: float accumulators, mult/bias/lo/hi only */
+    int avx2;
     const void *acc;
     size_t m, c;
-    const float *mult, *fbias;
-    const int32_t *ibias, *thr;
-    const int8_t *dir;
-    float lo, hi;
-    int zp, qmin, qmax;
     void *out;
 } pybnn_ot_job;
 
 static void pybnn_ot_part(void *ctx, int part, int nparts) {
     const pybnn_ot_job *j = (const pybnn_ot_job *)ctx;
-    size_t r0, r1, c = j->c;
+    const pybnn_ot *t = &j->t;
+    size_t r0, r1, c = j->c, ldo = pybnn_ot_ldo(t, c);
     pybnn_par_range(j->m, part, nparts, &r0, &r1);
     if (r0 >= r1)
         return;
-    const size_t rows = r1 - r0;
-    const int32_t *ai = (const int32_t *)j->acc + r0 * c;
-    switch (j->kind) {
-    case PYBNN_OT_FLOAT_I32: {
-        float *o = (float *)j->out + r0 * c;
-#if PYBNN_X86
-        if (j->avx2) { pybnn_to_float_i32_avx2(ai, rows, c, j->mult, j->fbias, j->lo, j->hi, o); break; }
-#endif
-        pybnn_to_float_i32_scalar(ai, rows, c, j->mult, j->fbias, j->lo, j->hi, o);
-        break;
-    }
-    case PYBNN_OT_FLOAT_F32: {
+    if (t->kind == PYBNN_OT_FLOAT_F32) {
         const float *af = (const float *)j->acc + r0 * c;
         float *o = (float *)j->out + r0 * c;
 #if PYBNN_X86
-        if (j->avx2) { pybnn_to_float_f32_avx2(af, rows, c, j->mult, j->fbias, j->lo, j->hi, o); break; }
+        if (j->avx2) { pybnn_to_float_f32_avx2(af, c, r1 - r0, c, t->mult, t->bias, t->lo, t->hi, o, c); return; }
 #endif
-        pybnn_to_float_f32_scalar(af, rows, c, j->mult, j->fbias, j->lo, j->hi, o);
-        break;
+        pybnn_to_float_f32_scalar(af, c, r1 - r0, c, t->mult, t->bias, t->lo, t->hi, o, c);
+        return;
     }
-    case PYBNN_OT_INT8: {
-        int8_t *o = (int8_t *)j->out + r0 * c;
-#if PYBNN_X86
-        if (j->avx2) { pybnn_to_int8_avx2(ai, rows, c, j->ibias, j->mult, j->zp, j->qmin, j->qmax, o); break; }
-#endif
-        pybnn_to_int8_scalar(ai, rows, c, j->ibias, j->mult, j->zp, j->qmin, j->qmax, o);
-        break;
-    }
-    default: {
-        uint32_t *o = (uint32_t *)j->out + r0 * ((c + 31) / 32);
-#if PYBNN_X86
-        if (j->avx2) { pybnn_to_bits_avx2(ai, rows, c, j->thr, j->dir, o); break; }
-#endif
-        pybnn_to_bits_scalar(ai, rows, c, j->thr, j->dir, o);
-        break;
-    }
-    }
+    /* element sizes: float and int32 4 bytes, int8 1, bits one uint32 word per 32 channels */
+    size_t esize = t->kind == PYBNN_OT_INT8 ? 1 : 4;
+    pybnn_ot_apply(t, j->avx2 ? PYBNN_OT_AVX2 : PYBNN_OT_SCALAR, (const int32_t *)j->acc + r0 * c, c, r1 - r0, 0, c,
+                   (char *)j->out + r0 * ldo * esize, ldo);
 }
 
 static inline int pybnn_ot_run(int isa, int threads, pybnn_ot_job *j) {
@@ -254,27 +360,27 @@ static inline int pybnn_ot_run(int isa, int threads, pybnn_ot_job *j) {
 
 static inline int pybnn_to_float_i32(int isa, int threads, const int32_t *acc, size_t m, size_t c,
                                      const float *mult, const float *bias, float lo, float hi, float *out) {
-    pybnn_ot_job j = {PYBNN_OT_FLOAT_I32, 0, acc, m, c, mult, bias, NULL, NULL, NULL, lo, hi, 0, 0, 0, out};
+    pybnn_ot_job j = {{PYBNN_OT_FLOAT_I32, mult, bias, NULL, lo, hi, 0, 0, 0, NULL, NULL}, 0, acc, m, c, out};
     return pybnn_ot_run(isa, threads, &j);
 }
 
 /* `out` may be `acc` (in place). */
 static inline int pybnn_to_float_f32(int isa, int threads, const float *acc, size_t m, size_t c,
                                      const float *mult, const float *bias, float lo, float hi, float *out) {
-    pybnn_ot_job j = {PYBNN_OT_FLOAT_F32, 0, acc, m, c, mult, bias, NULL, NULL, NULL, lo, hi, 0, 0, 0, out};
+    pybnn_ot_job j = {{PYBNN_OT_FLOAT_F32, mult, bias, NULL, lo, hi, 0, 0, 0, NULL, NULL}, 0, acc, m, c, out};
     return pybnn_ot_run(isa, threads, &j);
 }
 
 static inline int pybnn_to_int8(int isa, int threads, const int32_t *acc, size_t m, size_t c,
                                 const int32_t *bias, const float *mult, int zp, int qmin, int qmax,
                                 int8_t *out) {
-    pybnn_ot_job j = {PYBNN_OT_INT8, 0, acc, m, c, mult, NULL, bias, NULL, NULL, 0.0f, 0.0f, zp, qmin, qmax, out};
+    pybnn_ot_job j = {{PYBNN_OT_INT8, mult, NULL, bias, 0.0f, 0.0f, zp, qmin, qmax, NULL, NULL}, 0, acc, m, c, out};
     return pybnn_ot_run(isa, threads, &j);
 }
 
 static inline int pybnn_to_bits(int isa, int threads, const int32_t *acc, size_t m, size_t c,
                                 const int32_t *thr, const int8_t *dir, uint32_t *out) {
-    pybnn_ot_job j = {PYBNN_OT_BITS, 0, acc, m, c, NULL, NULL, NULL, thr, dir, 0.0f, 0.0f, 0, 0, 0, out};
+    pybnn_ot_job j = {{PYBNN_OT_BITS, NULL, NULL, NULL, 0.0f, 0.0f, 0, 0, 0, thr, dir}, 0, acc, m, c, out};
     return pybnn_ot_run(isa, threads, &j);
 }
 

@@ -8,7 +8,25 @@ the variant that ran.  The C side is include/pybnn/bconv.h, bgemm.h and bpool.h.
 """
 import numpy as np
 
-from libc.stdint cimport uint32_t, int32_t
+cimport numpy as cnp
+from libc.stdint cimport int8_t, int32_t, uint32_t
+
+cnp.import_array()
+
+cdef extern from "pybnn/output_transform.h" nogil:
+    ctypedef struct pybnn_ot:
+        int kind
+        const float *mult
+        const float *bias
+        const int32_t *ibias
+        float lo, hi
+        int zp, qmin, qmax
+        const int32_t *thr
+        const int8_t *dir
+    enum:
+        PYBNN_OT_FLOAT_I32
+        PYBNN_OT_INT8
+        PYBNN_OT_BITS
 
 cdef extern from "pybnn/bconv.h" nogil:
     ctypedef struct pybnn_conv_geom:
@@ -21,8 +39,11 @@ cdef extern from "pybnn/bconv.h" nogil:
     size_t pybnn_xgemm_wsize(size_t n, size_t kwords)
     void pybnn_bconv_pack_weights(const float *wf, size_t cout, size_t taps, size_t c,
                                   uint32_t *rows, uint32_t *wp)
+    long pybnn_bconv_corrections_size(const pybnn_conv_geom *g)
+    int pybnn_bconv_corrections(const pybnn_conv_geom *g, const int32_t *tapsum, int32_t *corr)
     int pybnn_bconv2d(int isa, int threads, const pybnn_conv_geom *g, const uint32_t *x,
-                      const uint32_t *wp, const int32_t *tapsum, int32_t *out)
+                      const uint32_t *wp, const int32_t *tapsum, const int32_t *corr,
+                      const pybnn_ot *ot, void *out)
 
 cdef extern from "pybnn/bpool.h" nogil:
     int pybnn_bmaxpool2d(int isa, int threads, const uint32_t *x, int n, int h, int w, int words, int kh,
@@ -35,18 +56,19 @@ include "_checks.pxi"
 
 def packed_weights_shape(int channels, int cout, int kh, int kw):
     """Shape of pack_weights' result for (cout, kh, kw, channels) float weights:
-    (ceil(cout/4), ceil(kh*kw*ceil(channels/32)/2), 8) uint32 (layout: bgemm.h)."""
+    (ceil(cout/8), ceil(kh*kw*ceil(channels/32)/2), 16) uint32 (layout: bgemm.h)."""
     if channels < 1 or cout < 1 or kh < 1 or kw < 1:
         raise ValueError(f"channels, cout, kh, kw must be >= 1; got {channels}, {cout}, {kh}, {kw}")
     cdef size_t kwords = <size_t>kh * kw * ((channels + 31) // 32)
-    return (int(pybnn_xgemm_cblocks(cout)), int(pybnn_xgemm_k64(kwords)), 8)
+    return (int(pybnn_xgemm_cblocks(cout)), int(pybnn_xgemm_k64(kwords)), 16)
 
 
 def pack_weights(const float[:, :, :, ::1] w):
     """Binarize (bit = w < 0) and pack float32 weights (Cout, KH, KW, C) into the layout
-    bconv2d streams: uint32 (ceil(Cout/4), ceil(KH*KW*words/2), 8), i.e. per block of 4
-    output channels and per 64-bit step of the tap-major (KH*KW*words) bit row, the four
-    channels' 64-bit words side by side.  Treat it as opaque."""
+    bconv2d streams: uint32 (ceil(Cout/8), ceil(KH*KW*words/2), 16), i.e. per block of 8
+    output channels and per 64-bit step of the tap-major (KH*KW*words) bit row, the eight
+    channels' 64-bit words side by side.  Every instruction-set path reads this one layout.
+    Treat it as opaque."""
     cdef Py_ssize_t cout = w.shape[0], kh = w.shape[1], kw = w.shape[2], c = w.shape[3]
     shape = packed_weights_shape(c, cout, kh, kw)
     cdef uint32_t[::1] rows = np.empty(cout * kh * kw * ((c + 31) // 32), dtype=np.uint32)
@@ -88,24 +110,36 @@ cdef int _check_axis(str axis, long long size, int k, int s, int d, int pad, int
     return 0
 
 
-def bconv2d(const uint32_t[:, :, :, ::1] x, wpacked, int channels, int cout, int kh, int kw,
-            int sh, int sw, int dh, int dw, int pad_top, int pad_left, int hout, int wout,
-            int pad_value, const int32_t[:, ::1] tapsum, int32_t[:, :, :, ::1] out,
-            int isa=0, int threads=1):
-    """Binary convolution: out (N, hout, wout, cout) int32 from x (N, H, W, words) packed
-    with `channels` real channels and wpacked from pack_weights, on up to `threads` threads
-    (the result does not depend on it).
+_TYPE_NAMES = {cnp.NPY_INT32: "int32", cnp.NPY_UINT32: "uint32", cnp.NPY_FLOAT32: "float32",
+               cnp.NPY_INT8: "int8"}
 
-    out[n,oh,ow,co] = sum_{i,j,c} xval * wval with xval the +-1 input at
-    (oh*sh - pad_top + i*dh, ow*sw - pad_left + j*dw), or pad_value (-1, 0, +1) outside.
-    tapsum (KH*KW, cout) int32 = tap_sums(w) of the float weights.
-    """
-    cdef Py_ssize_t n = x.shape[0], h = x.shape[1], wd = x.shape[2], words = x.shape[3]
-    cdef pybnn_conv_geom g
-    cdef const uint32_t[::1] wv
-    cdef int used
-    _check_isa(isa)
-    _check_threads(threads)
+
+cdef void *_data(object a, int typenum, int ndim, const cnp.npy_intp *dims, str name,
+                 bint writeable=False) except NULL:
+    """Data pointer of `a` if it is a C-contiguous NumPy array of that type and shape, else
+    ValueError.  Plain C checks: these run on every layer call."""
+    if not isinstance(a, cnp.ndarray):
+        raise ValueError(f"bconv2d: {name} must be a NumPy array, got {type(a).__name__}")
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    cdef bint ok = (cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_NDIM(arr) == ndim and
+                    cnp.PyArray_IS_C_CONTIGUOUS(arr) and (cnp.PyArray_ISWRITEABLE(arr) or not writeable))
+    cdef int i
+    if ok:
+        for i in range(ndim):
+            ok = ok and cnp.PyArray_DIMS(arr)[i] == dims[i]
+    if not ok:
+        want = []
+        for i in range(ndim):
+            want.append(int(dims[i]))
+        raise ValueError(f"bconv2d: {name} must be a C-contiguous{' writeable' if writeable else ''} "
+                         f"{_TYPE_NAMES.get(typenum, typenum)} array of shape {tuple(want)}; "
+                         f"got {a.dtype} {a.shape}")
+    return cnp.PyArray_DATA(arr)
+
+
+cdef int _geometry(pybnn_conv_geom *g, Py_ssize_t n, Py_ssize_t h, Py_ssize_t wd, Py_ssize_t words,
+                   int channels, int cout, int kh, int kw, int sh, int sw, int dh, int dw, int pad_top,
+                   int pad_left, int hout, int wout, int pad_value) except -1:
     if channels < 1 or cout < 1:
         raise ValueError(f"channels and cout must be >= 1; got {channels} and {cout}")
     if words != (channels + 31) // 32:
@@ -119,26 +153,128 @@ def bconv2d(const uint32_t[:, :, :, ::1] x, wpacked, int channels, int cout, int
     _check_axis("width", wd, kw, sw, dw, pad_left, wout)
     if <long long>kh * kw * channels > 2**31 - 1 or n > 2**31 - 1 or h > 2**31 - 1 or wd > 2**31 - 1:
         raise ValueError("convolution too large for 32-bit accumulators")
-    if (out.shape[0], out.shape[1], out.shape[2], out.shape[3]) != (n, hout, wout, cout):
-        raise ValueError(f"out has shape {(out.shape[0], out.shape[1], out.shape[2], out.shape[3])}; expected "
-                         f"{(n, hout, wout, cout)}")
-    if tapsum.shape[0] != <long long>kh * kw or tapsum.shape[1] != cout:
-        raise ValueError(f"tapsum has shape {(tapsum.shape[0], tapsum.shape[1])}; expected "
-                         f"{(kh * kw, cout)}")
-    expected = packed_weights_shape(channels, cout, kh, kw)
-    if not isinstance(wpacked, np.ndarray) or wpacked.dtype != np.uint32:
-        raise ValueError("wpacked must be the uint32 array returned by pack_weights")
-    if wpacked.shape != expected:
-        raise ValueError(f"wpacked has shape {wpacked.shape}; pack_weights gives {expected} "
-                         f"for cout={cout}, kernel {kh}x{kw}, {channels} channels")
-    if not wpacked.flags.c_contiguous:
-        raise ValueError("wpacked must be C-contiguous")
-    wv = wpacked.reshape(-1)
     g.n, g.h, g.w, g.words, g.channels = n, h, wd, words, channels
     g.cout, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw = cout, kh, kw, sh, sw, dh, dw
     g.pad_top, g.pad_left, g.hout, g.wout, g.pad_value = pad_top, pad_left, hout, wout, pad_value
+    return 0
+
+
+def pad_corrections(int h, int w, int channels, int cout, int kh, int kw, int sh, int sw, int dh,
+                    int dw, int pad_top, int pad_left, int hout, int wout, int pad_value, tapsum):
+    """The padding corrections bconv2d adds for this geometry (the input is (N, h, w, words)
+    for any N) and these tap sums: an int32 (pairs, cout) array, pairs = 0 when there is
+    nothing to correct.  They depend on the geometry and the weights only: compute them once
+    and pass them to every bconv2d call as `corr` (else each call computes them)."""
+    cdef pybnn_conv_geom g
+    cdef cnp.npy_intp dims[2]
+    _geometry(&g, 1, h, w, (channels + 31) // 32, channels, cout, kh, kw, sh, sw, dh, dw, pad_top,
+              pad_left, hout, wout, pad_value)
+    dims[0], dims[1] = <cnp.npy_intp>kh * kw, cout
+    cdef const int32_t *ts = <const int32_t *>_data(tapsum, cnp.NPY_INT32, 2, dims, "tapsum")
+    cdef long size = pybnn_bconv_corrections_size(&g)
+    if size < 0:
+        raise MemoryError("pad_corrections: out of memory")
+    corr = np.empty((size // cout, cout), np.int32)
+    if size and pybnn_bconv_corrections(&g, ts, <int32_t *>cnp.PyArray_DATA(corr)) < 0:
+        raise MemoryError("pad_corrections: out of memory")
+    return corr
+
+
+def bconv2d(x, wpacked, int channels, int cout, int kh, int kw, int sh, int sw, int dh, int dw,
+            int pad_top, int pad_left, int hout, int wout, int pad_value, tapsum, out, int isa=0,
+            int threads=1, *, corr=None, mult=None, bias=None, float lo=-np.inf, float hi=np.inf,
+            ibias=None, int zp=0, int qmin=-128, int qmax=127, thr=None, dir=None):
+    """Binary convolution of x (N, H, W, words) uint32, packed with `channels` real channels,
+    and wpacked from pack_weights, on up to `threads` threads (the result does not depend on
+    it).
+
+    The accumulator of output (n, oh, ow, co) is
+        acc = sum_{i,j,c} xval * wval
+    with xval the +-1 input at (oh*sh - pad_top + i*dh, ow*sw - pad_left + j*dw), or
+    pad_value (-1, 0, +1) outside; tapsum (KH*KW, cout) int32 = tap_sums(w) of the float
+    weights; corr: pad_corrections(...) for this geometry and weights, or None to compute
+    them in the call.  What `out` receives depends on its dtype (the output transforms of
+    transform.pyx, applied by the kernel to each block of rows while it is in cache, with
+    bit-identical results):
+      int32   (N, hout, wout, cout): acc itself (no transform arguments)
+      float32 (N, hout, wout, cout): clip(float32(acc [+ ibias]) * mult + bias, lo, hi)
+      int8    (N, hout, wout, cout): clip(rint(float32(acc + ibias) * mult) + zp, qmin, qmax)
+      uint32  (N, hout, wout, ceil(cout/32)): packed bits, -1 where dir >= 0 and acc < thr,
+              or dir < 0 and acc > thr
+    Per-channel arrays (mult, bias float32; ibias, thr int32; dir int8) have cout entries.
+    Every array must be a C-contiguous NumPy array of exactly that dtype (ValueError
+    otherwise).  Returns the ISA number of the GEMM variant that ran.
+    """
+    cdef pybnn_conv_geom g
+    cdef pybnn_ot ot
+    cdef pybnn_ot *otp = &ot
+    cdef cnp.npy_intp dims[4]
+    cdef int used, typenum
+    cdef const int32_t *cp = NULL
+    _check_isa(isa)
+    _check_threads(threads)
+    if not isinstance(x, cnp.ndarray) or cnp.PyArray_NDIM(<cnp.ndarray>x) != 4:
+        raise ValueError("bconv2d: x must be a 4-D NumPy array (N, H, W, words)")
+    dims[0], dims[1], dims[2], dims[3] = cnp.PyArray_DIMS(<cnp.ndarray>x)[0], cnp.PyArray_DIMS(<cnp.ndarray>x)[1], \
+        cnp.PyArray_DIMS(<cnp.ndarray>x)[2], cnp.PyArray_DIMS(<cnp.ndarray>x)[3]
+    cdef const uint32_t *xp = <const uint32_t *>_data(x, cnp.NPY_UINT32, 4, dims, "x")
+    _geometry(&g, dims[0], dims[1], dims[2], dims[3], channels, cout, kh, kw, sh, sw, dh, dw,
+              pad_top, pad_left, hout, wout, pad_value)
+    dims[0], dims[1] = <cnp.npy_intp>kh * kw, cout
+    cdef const int32_t *ts = <const int32_t *>_data(tapsum, cnp.NPY_INT32, 2, dims, "tapsum")
+    cdef size_t kwords = <size_t>kh * kw * ((channels + 31) // 32)
+    dims[0], dims[1], dims[2] = pybnn_xgemm_cblocks(cout), pybnn_xgemm_k64(kwords), 16
+    cdef const uint32_t *wp = <const uint32_t *>_data(wpacked, cnp.NPY_UINT32, 3, dims,
+                                                      "wpacked (from pack_weights, for this kernel)")
+    cdef long csize
+    if corr is not None:
+        csize = pybnn_bconv_corrections_size(&g)
+        if csize < 0:
+            raise MemoryError("bconv2d: out of memory")
+        dims[0], dims[1] = csize // cout, cout
+        cp = <const int32_t *>_data(corr, cnp.NPY_INT32, 2, dims, "corr (from pad_corrections, for this geometry)")
+
+    # ---- output kind, from out's dtype, and its transform parameters
+    if not isinstance(out, cnp.ndarray):
+        raise ValueError("bconv2d: out must be a NumPy array")
+    typenum = cnp.PyArray_TYPE(<cnp.ndarray>out)
+    dims[0], dims[1], dims[2], dims[3] = g.n, hout, wout, (cout + 31) // 32 if typenum == cnp.NPY_UINT32 else cout
+    cdef void *op = _data(out, typenum, 4, dims, "out", True)
+    dims[0] = cout
+    ot.mult, ot.bias, ot.ibias, ot.thr, ot.dir = NULL, NULL, NULL, NULL, NULL
+    ot.lo, ot.hi, ot.zp, ot.qmin, ot.qmax = lo, hi, zp, qmin, qmax
+    if typenum == cnp.NPY_INT32:
+        if mult is not None or bias is not None or ibias is not None or thr is not None or dir is not None:
+            raise ValueError("bconv2d: an int32 output (the accumulators) takes no transform arguments")
+        otp = NULL
+    elif typenum == cnp.NPY_FLOAT32:
+        if thr is not None or dir is not None:
+            raise ValueError("bconv2d: thr and dir do not apply to a float32 output")
+        ot.kind = PYBNN_OT_FLOAT_I32
+        ot.mult = <const float *>_data(mult, cnp.NPY_FLOAT32, 1, dims, "mult")
+        ot.bias = <const float *>_data(bias, cnp.NPY_FLOAT32, 1, dims, "bias")
+        if ibias is not None:
+            ot.ibias = <const int32_t *>_data(ibias, cnp.NPY_INT32, 1, dims, "ibias")
+    elif typenum == cnp.NPY_INT8:
+        if bias is not None or thr is not None or dir is not None:
+            raise ValueError("bconv2d: an int8 output takes mult, ibias, zp, qmin, qmax only")
+        ot.kind = PYBNN_OT_INT8
+        ot.mult = <const float *>_data(mult, cnp.NPY_FLOAT32, 1, dims, "mult")
+        ot.ibias = <const int32_t *>_data(ibias, cnp.NPY_INT32, 1, dims, "ibias")
+        if not -128 <= zp <= 127:
+            raise ValueError(f"bconv2d: zero point {zp} is outside [-128, 127]")
+        if not -128 <= qmin <= qmax <= 127:
+            raise ValueError(f"bconv2d: need -128 <= qmin <= qmax <= 127, got qmin={qmin}, qmax={qmax}")
+    elif typenum == cnp.NPY_UINT32:
+        if mult is not None or bias is not None or ibias is not None:
+            raise ValueError("bconv2d: a bits (uint32) output takes thr and dir only")
+        ot.kind = PYBNN_OT_BITS
+        ot.thr = <const int32_t *>_data(thr, cnp.NPY_INT32, 1, dims, "thr")
+        ot.dir = <const int8_t *>_data(dir, cnp.NPY_INT8, 1, dims, "dir")
+    else:
+        raise ValueError(f"bconv2d: out must be int32, float32, int8 or uint32 (bits); got {out.dtype}")
     with nogil:
-        used = pybnn_bconv2d(isa, threads, &g, &x[0, 0, 0, 0], &wv[0], &tapsum[0, 0], &out[0, 0, 0, 0])
+        used = pybnn_bconv2d(isa, threads, &g, xp, wp, ts, cp, otp, op)
     if used < 0:
         raise MemoryError("bconv2d: could not allocate scratch memory")
     return used

@@ -296,6 +296,12 @@ class BinaryConv2D(_Conv):
         signs = ref.binarize(kernel4)
         self._wpacked = kbin.pack_weights(np.ascontiguousarray(signs.transpose(3, 0, 1, 2)))
         self._tapsum = kbin.tap_sums(signs.transpose(3, 0, 1, 2))
+        # The border corrections depend on geometry and weights only: once here, not per call.
+        h, w, c, pt, pb, pl, pr, hout, wout = self._geom
+        # bconv2d's arguments from channels to pad_value
+        self._conv_geometry = (c, self.filters, *self.kernel_size, *self.strides, *self.dilation_rate,
+                               pt, pl, hout, wout, self.pad_value)
+        self._corr = kbin.pad_corrections(h, w, *self._conv_geometry, self._tapsum)
 
     def _default_output(self, named):
         out = super()._default_output(named)
@@ -306,13 +312,46 @@ class BinaryConv2D(_Conv):
     def acc_range(self):
         return -self.depth, self.depth
 
+    def _kernel_args(self):
+        """(output dtype, transform keyword arguments of bconv2d, kernel output shape without
+        the batch) for the current output transform; made again only when folding has
+        replaced it."""
+        out = self._out
+        cached = getattr(self, "_args_for", None)
+        if cached is None or cached[0] is not out:
+            hout, wout = self._geom[7:]
+            if out["kind"] == "float":
+                args = np.float32, dict(mult=out["mult"], bias=out["bias"], lo=out["lo"], hi=out["hi"],
+                                        ibias=out["ibias"])
+            elif out["kind"] == "int8":
+                args = np.int8, dict(mult=out["mult"], ibias=out["ibias"], zp=out["zp"], qmin=out["qmin"],
+                                     qmax=out["qmax"])
+            else:
+                args = np.uint32, dict(thr=out["thr"], dir=out["dir"])
+            last = words(self.filters) if args[0] is np.uint32 else self.filters
+            self._args_for = cached = (out, *args, (hout, wout, last))
+        return cached[1:]
+
+    def call(self, x):
+        """The kernel applies the output transform itself, to each block of rows while it is
+        in cache: no int32 accumulator array, no second pass (bit-identical to _transform)."""
+        if self._weights is None:
+            raise ShapeError(f"{self.name}: has no weights; call set_weights() or load a weights file")
+        dtype, params, shape = self._kernel_args()
+        n = x.shape[0]
+        y = np.empty((n,) + shape, dtype)
+        self.last_isa = self._conv(x, y, params)
+        return y.reshape(self.output_spec.array_shape(n)) if self.dense else y
+
+    def _conv(self, x, out, params):
+        return kbin.bconv2d(x, self._wpacked, *self._conv_geometry, self._tapsum, out, cpu.active(),
+                            cpu.num_threads(), corr=self._corr, **params)
+
     def _accumulate(self, x):
-        h, w, c, pt, pb, pl, pr, hout, wout = self._geom
-        kh, kw = self.kernel_size
+        """The int32 accumulators alone (benchmark breakdowns)."""
+        hout, wout = self._geom[7:]
         acc = np.empty((x.shape[0], hout, wout, self.filters), np.int32)
-        isa = kbin.bconv2d(x, self._wpacked, c, self.filters, kh, kw, *self.strides, *self.dilation_rate,
-                           pt, pl, hout, wout, self.pad_value, self._tapsum, acc, cpu.active(), cpu.num_threads())
-        return acc.reshape(-1, self.filters), isa
+        return acc.reshape(-1, self.filters), self._conv(x, acc, {})
 
     def _reference_acc(self, x):
         h, w, c = self._geom[:3]
