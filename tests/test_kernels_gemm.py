@@ -3,7 +3,10 @@ written here, on every instruction-set path this machine has.
 
 Integer results must match exactly.  fbgemm sums every output in k order, so every path must
 give the scalar path's bits, within the error bound of recursive summation of the float64
-oracle; the output transforms must match NumPy bit for bit.
+oracle; sgemm (float weights) must be within the bound of a recursive dot product, give the
+same bits for every thread count, and the same bits as the other paths that round alike (FMA:
+AVX2 = AVX-512; multiply then add: SSE4 = scalar); the output transforms must match NumPy bit
+for bit.
 """
 import itertools
 
@@ -33,6 +36,7 @@ IMPLEMENTED = {
     "igemm": {"scalar", "sse4", "avx2", "avx512", "neon"},
     "ibgemm": {"scalar", "sse4", "avx2", "avx512", "neon"},
     "fbgemm": {"scalar", "sse4", "avx2", "avx512", "neon"},
+    "sgemm": {"scalar", "sse4", "avx2", "avx512", "neon"},
     "transform": {"scalar", "avx2"},
 }
 
@@ -392,6 +396,85 @@ def test_fbgemm_special_values(name):
         assert bitwise_equal(out[[0, 1, 2, 5, 6]], run_fbgemm(a, wp, cout, "scalar")[[0, 1, 2, 5, 6]])
 
 
+# sgemm: the tiles of fbgemm, plus K cut into near-equal blocks of at most 512 (fbgemm.h).
+SG_KS = [1, 3, 31, 64, 65, 511, 512, 513, 1024, 1025, 1537]
+
+
+def run_sgemm(a, w, name, threads=1):
+    k, cout = w.shape
+    out = np.full((a.shape[0], cout), np.nan, np.float32)
+    used = gemm.sgemm(a, gemm.pack_float_weights(w), k, cout, out, isa_num(name), threads)
+    assert used == expected_isa("sgemm", name)
+    return out
+
+
+def test_pack_float_weights_layout():
+    """Header "PFS1", K, cout; then panels of 32 channels, K rows of 32 floats, zero-padded."""
+    rng = np.random.default_rng(3)
+    for k, cout in [(1, 1), (3, 31), (2, 32), (5, 33), (4, 70)]:
+        w = rng.standard_normal((k, cout)).astype(np.float32)
+        wp = gemm.pack_float_weights(w)
+        npanel = (cout + 31) // 32
+        assert wp.shape == (16 + npanel * k * 128,)
+        assert wp[:16].view(np.uint32).tolist() == [0x31534650, k, cout, 0]
+        padded = np.zeros((k, npanel * 32), np.float32)
+        padded[:, :cout] = w
+        want = padded.reshape(k, npanel, 32).transpose(1, 0, 2)
+        assert bitwise_equal(wp[16:].view(np.float32).reshape(npanel, k, 32), want)
+
+
+@pytest.mark.parametrize("name", ISAS)
+@pytest.mark.parametrize("k", SG_KS)
+def test_sgemm(name, k):
+    rng = np.random.default_rng(3000 + k)
+    for m, cout in fb_cases(k if k != 513 else 33):  # the whole tile grid at K = 513 (3 blocks)
+        a = (rng.standard_normal((m, k)) * 3).astype(np.float32)
+        w = rng.standard_normal((k, cout)).astype(np.float32)
+        out = run_sgemm(a, w, name)
+        want = a.astype(np.float64) @ w.astype(np.float64)
+        n = k
+        bound = n * 2.0 ** -24 / (1 - n * 2.0 ** -24) * (np.abs(a.astype(np.float64)) @ np.abs(w.astype(np.float64)))
+        assert np.all(np.abs(out - want) <= bound), f"M={m} cout={cout}"
+        twin = {"avx512": "avx2", "sse4": "scalar"}.get(name)
+        if twin in ISAS:
+            assert bitwise_equal(out, run_sgemm(a, w, twin)), f"{name} != {twin}: M={m} cout={cout}"
+
+
+@pytest.mark.parametrize("name", ISAS)
+def test_sgemm_exact_values_and_threads(name):
+    """Small integers sum exactly in any order: checks every weight's place bit for bit; and
+    every thread count gives the 1-thread bits (rows split, or channel panels when few rows)."""
+    rng = np.random.default_rng(9)
+    for m, k, cout in [(6, 5, 9), (6, 37, 4), (6, 700, 33), (13, 70, 129), (2, 1100, 257), (300, 600, 70)]:
+        a = rng.integers(-20, 21, (m, k)).astype(np.float32)
+        w = rng.integers(-20, 21, (k, cout)).astype(np.float32)
+        out = run_sgemm(a, w, name)
+        np.testing.assert_array_equal(out, a @ w)
+        x = (rng.standard_normal((m, k))).astype(np.float32)
+        one = run_sgemm(x, w, name)
+        for t in (2, 3, 5):
+            assert bitwise_equal(run_sgemm(x, w, name, t), one), f"{t} threads: M={m} K={k} cout={cout}"
+
+
+def test_sgemm_rejects_bad_arguments():
+    a = np.zeros((4, 10), np.float32)
+    ws = gemm.pack_float_weights(np.ones((10, 3), np.float32))
+    out = np.zeros((4, 3), np.float32)
+    gemm.sgemm(a, ws, 10, 3, out)  # the good call
+    bad = [
+        lambda: gemm.sgemm(a, ws, 11, 3, out),                                     # K mismatch
+        lambda: gemm.sgemm(a, ws, 10, 4, np.zeros((4, 4), np.float32)),            # packed for 3 channels
+        lambda: gemm.sgemm(a, ws, 10, 3, np.zeros((4, 2), np.float32)),            # output shape
+        lambda: gemm.sgemm(a, ws[:-1], 10, 3, out),                                # truncated buffer
+        lambda: gemm.sgemm(a, gemm.pack_float_binary_weights(np.ones((3, 10), np.float32)), 10, 3, out),
+        lambda: gemm.pack_float_weights(np.zeros((0, 3), np.float32)),
+        lambda: gemm.pack_float_weights(np.zeros((3, 0), np.float32)),
+    ]
+    for i, call in enumerate(bad):
+        with pytest.raises(ValueError):
+            call()
+
+
 @pytest.mark.parametrize("name", ISAS)
 def test_gemm_empty_batch(name):
     a8, af = np.zeros((0, 10), np.int8), np.zeros((0, 10), np.float32)
@@ -402,6 +485,8 @@ def test_gemm_empty_batch(name):
                        isa_num(name)) == expected_isa("ibgemm", name)
     assert gemm.fbgemm(af, gemm.pack_float_binary_weights(w), 10, 3, np.zeros((0, 3), np.float32),
                        isa_num(name)) == expected_isa("fbgemm", name)
+    assert gemm.sgemm(af, gemm.pack_float_weights(w.T.copy()), 10, 3, np.zeros((0, 3), np.float32),
+                      isa_num(name)) == expected_isa("sgemm", name)
 
 
 def test_gemm_rejects_bad_arguments():

@@ -8,7 +8,8 @@ for every thread count, floats included), and returns the ISA number (pybnn.cpu)
 ran: the best one at or below `isa` that this build has and this CPU supports.
 
 Packed weights are 1-D uint8 arrays made once by pack_int8_weights (igemm),
-pack_int8_binary_weights (ibgemm) or pack_float_binary_weights (fbgemm); they start with a
+pack_int8_binary_weights (ibgemm), pack_float_binary_weights (fbgemm) or pack_float_weights
+(sgemm); they start with a
 16-byte header (magic, K, cout) that the GEMMs check, and every ISA variant of a GEMM reads
 the same layout (documented in include/pybnn/igemm.h and fbgemm.h).
 """
@@ -44,6 +45,11 @@ cdef extern from "pybnn/fbgemm.h" nogil:
     void pybnn_fbgemm_pack(const float *w, size_t k, size_t cout, uint8_t *dst)
     int pybnn_fbgemm(int isa, int threads, const float *a, size_t lda, size_t m, const uint8_t *wp, size_t k,
                      size_t cout, float *out, size_t ldo)
+    size_t pybnn_sgemm_packed_size(size_t k, size_t cout)
+    int pybnn_sgemm_check(const uint8_t *wp, size_t size, size_t k, size_t cout)
+    void pybnn_sgemm_pack(const float *w, size_t k, size_t cout, uint8_t *dst)
+    int pybnn_sgemm(int isa, int threads, const float *a, size_t lda, size_t m, const uint8_t *wp, size_t k,
+                    size_t cout, float *out, size_t ldo)
 
 # Largest K for which every result is exact in int32 whatever the values: igemm sums K
 # products of at most 255 * 128 (a - zp, w); ibgemm K products of at most 255.
@@ -216,4 +222,33 @@ def fbgemm(const float[:, ::1] a, const uint8_t[::1] wpacked, int K, int cout,
     with nogil:
         used = pybnn_fbgemm(isa, threads, &a[0, 0] if m else NULL, K, m, &wpacked[0], K, cout,
                             &out[0, 0] if m else NULL, cout)
+    return used
+
+
+
+def pack_float_weights(const float[:, ::1] w):
+    """Pack float32 weights w (K, cout) (a HWIO kernel reshaped; note: K first) for sgemm:
+    panels of 32 channels, K rows of 32 floats each (layout in include/pybnn/fbgemm.h)."""
+    cdef Py_ssize_t k = w.shape[0], cout = w.shape[1]
+    _check_kc(k, cout, MAX_K_BINARY)
+    packed = _empty_panels_aligned(pybnn_sgemm_packed_size(k, cout))
+    cdef uint8_t[::1] dst = packed
+    with nogil:
+        pybnn_sgemm_pack(&w[0, 0], k, cout, &dst[0])
+    return packed
+
+
+def sgemm(const float[:, ::1] a, const uint8_t[::1] wpacked, int K, int cout,
+          float[:, ::1] out, int isa=0, int threads=1):
+    """out[m, n] = sum_k a[m, k] * w[k, n], float32, each sum in k order (one FMA per k where
+    the ISA has FMA: the same bits for every thread count); returns the ISA used."""
+    _check_threads(threads)
+    _check_gemm("sgemm", (a.shape[0], a.shape[1]), K, cout, MAX_K_BINARY, (out.shape[0], out.shape[1]))
+    if not pybnn_sgemm_check(&wpacked[0], wpacked.shape[0], K, cout):
+        raise ValueError(f"sgemm: wpacked was not made by pack_float_weights for K={K}, cout={cout}")
+    cdef int used
+    cdef size_t m = a.shape[0]
+    with nogil:
+        used = pybnn_sgemm(isa, threads, &a[0, 0] if m else NULL, K, m, &wpacked[0], K, cout,
+                           &out[0, 0] if m else NULL, cout)
     return used

@@ -2,7 +2,7 @@
 
 | layer                         | input   | weights                  | accumulator            |
 |-------------------------------|---------|--------------------------|------------------------|
-| Conv2D / Dense                | float32 | float32                  | float (BLAS matmul)    |
+| Conv2D / Dense                | float32 | float32                  | float (sgemm / BLAS)   |
 | BinaryConv2D / BinaryDense    | binary  | 1 bit (+ optional scale) | int: K - 2*popcount    |
 | Int8Conv2D / Int8Dense        | int8    | int8, per-channel scale  | int32, exact           |
 | FloatBinaryConv2D / ...Dense  | float32 | 1 bit + per-channel scale| float                  |
@@ -216,19 +216,29 @@ class _Conv(Layer):
 
 
 class Conv2D(_Conv):
-    """Float32 convolution: im2col + NumPy's BLAS matmul (a well-kept float GEMM)."""
+    """Float32 convolution: im2col + pybnn's register-blocked float GEMM (sgemm, fbgemm.h),
+    which beats NumPy's BLAS on convolution shapes (narrow outputs, tall patch matrices);
+    Dense (batch-sized matrix-vector products, bound by weight bandwidth) keeps BLAS."""
 
     def _threads(self):
         # BLAS threads itself; our OpenMP workers spinning around its call would steal its
-        # cores (measured: 2-thread float conv 3-4x slower), so im2col/transform stay serial.
-        return 1
+        # cores (measured: 2-thread float dense 3-4x slower), so im2col/transform stay serial.
+        return 1 if self.dense else cpu.num_threads()
 
     def _pack(self, kernel4):
-        self._wmat = np.ascontiguousarray(kernel4.reshape(self.depth, self.filters))
+        wmat = np.ascontiguousarray(kernel4.reshape(self.depth, self.filters))
+        if self.dense:
+            self._wmat = wmat
+        else:  # a copy in 32-channel panels, which the GEMM streams contiguously
+            self._wpacked = kgemm.pack_float_weights(wmat)
 
     def _accumulate(self, x):
         cols = self._columns(x, kgemm.im2col_f32)
-        return np.matmul(cols, self._wmat), "blas"
+        if self.dense:
+            return np.matmul(cols, self._wmat), "blas"
+        acc = np.empty((cols.shape[0], self.filters), np.float32)
+        isa = kgemm.sgemm(cols, self._wpacked, self.depth, self.filters, acc, cpu.active(), cpu.num_threads())
+        return acc, isa
 
     def _reference_acc(self, x):
         return self._reference_conv(self._reference_input(x), self._kernel4)
