@@ -645,3 +645,123 @@ def test_transform_rejects_bad_arguments():
         with pytest.raises(ValueError):
             call()
             pytest.fail(f"bad call {n} was accepted")
+
+
+# ------------------------------------------------------------------------------ gemm_conv
+# The fused driver (include/pybnn/gemmconv.h) must give exactly what im2col + GEMM + output
+# transform give on whole matrices: blocks of rows (several per part on the 60x60 case),
+# direct 1x1 layers, the few-rows case (1x1 output: one block, channels split by the GEMM).
+
+# (n, h, w, c, cout, kh, kw, sh, sw, dh, dw, pad_top, pad_left, hout, wout)
+GC_SHAPES = [
+    (1, 60, 60, 3, 16, 3, 3, 1, 1, 1, 1, 1, 1, 60, 60),   # K = 27: 2448-row blocks, 3600 rows
+    (2, 9, 11, 35, 70, 3, 3, 2, 2, 1, 1, 1, 1, 5, 6),     # stride 2, batch 2, odd channels
+    (1, 10, 10, 33, 33, 3, 3, 1, 1, 2, 2, 2, 2, 10, 10),  # dilation 2
+    (3, 7, 7, 40, 129, 7, 7, 1, 1, 1, 1, 0, 0, 1, 1),     # kernel = image: 3 rows
+    (2, 6, 5, 64, 65, 1, 1, 1, 1, 1, 1, 0, 0, 6, 5),      # 1x1: direct
+    (1, 8, 8, 16, 32, 3, 1, 1, 2, 1, 1, 0, 0, 6, 4),      # 3x1 kernel, stride (1, 2), valid
+]
+GC_GEMMS = {
+    "sgemm": (lambda w: gemm.pack_float_weights(np.ascontiguousarray(w.T)), np.float32),
+    "fbgemm": (gemm.pack_float_binary_weights, np.float32),
+    "igemm": (lambda w: gemm.pack_int8_weights(np.clip(np.rint(w * 40), -127, 127).astype(np.int8)), np.int8),
+    "ibgemm": (gemm.pack_int8_binary_weights, np.int8),
+}
+
+
+def unfused_conv(name, x, wp, shape, a_zp, isa, kind, params):
+    n, h, w, c, cout, kh, kw, sh, sw, dh, dw, pt, pl, hout, wout = shape
+    k = kh * kw * c
+    cols = np.empty((n * hout * wout, k), x.dtype)
+    if x.dtype == np.int8:
+        gemm.im2col_i8(x, kh, kw, sh, sw, dh, dw, pt, pl, hout, wout, a_zp, cols)
+        acc = np.empty((cols.shape[0], cout), np.int32)
+        getattr(gemm, name)(cols, wp, k, cout, a_zp, acc, isa)
+    else:
+        gemm.im2col_f32(x, kh, kw, sh, sw, dh, dw, pt, pl, hout, wout, cols)
+        acc = np.empty((cols.shape[0], cout), np.float32)
+        getattr(gemm, name)(cols, wp, k, cout, acc, isa)
+    if kind == "float":
+        y = np.empty(acc.shape, np.float32)
+        if acc.dtype == np.float32:
+            transform.to_float_f32(acc, params["mult"], params["bias"], params["lo"], params["hi"], y, isa)
+        else:
+            transform.to_float_i32(acc + params["ibias"], params["mult"], params["bias"], params["lo"],
+                                   params["hi"], y, isa)
+    elif kind == "int8":
+        y = np.empty(acc.shape, np.int8)
+        transform.to_int8(acc, params["ibias"], params["mult"], params["zp"], params["qmin"], params["qmax"], y, isa)
+    else:
+        y = np.empty((acc.shape[0], (cout + 31) // 32), np.uint32)
+        transform.to_bits(acc, params["thr"], params["dir"], y, isa)
+    return y.reshape(n, hout, wout, -1)
+
+
+@pytest.mark.parametrize("name", ISAS)
+@pytest.mark.parametrize("gname", list(GC_GEMMS))
+def test_gemm_conv_equals_unfused(name, gname):
+    pack, dtype = GC_GEMMS[gname]
+    rng = np.random.default_rng(11)
+    isa = isa_num(name)
+    for shape in GC_SHAPES:
+        n, h, w, c, cout, kh, kw, sh, sw, dh, dw, pt, pl, hout, wout = shape
+        wt = rng.standard_normal((cout, kh * kw * c)).astype(np.float32)
+        wp = pack(wt)
+        if dtype == np.int8:
+            x = rng.integers(-128, 128, (n, h, w, c)).astype(np.int8)
+            a_zp, kinds = 5, ["float", "int8", "bits"]
+        else:
+            x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+            a_zp, kinds = 0, ["float"]
+        for kind in kinds:
+            mult = rng.uniform(0.001, 0.01, cout).astype(np.float32)
+            if kind == "float":
+                params = dict(mult=mult, bias=rng.standard_normal(cout).astype(np.float32), lo=0.0, hi=np.inf)
+                if dtype == np.int8:
+                    params["ibias"] = rng.integers(-500, 500, cout).astype(np.int32)
+                out = np.empty((n, hout, wout, cout), np.float32)
+            elif kind == "int8":
+                params = dict(mult=mult, ibias=rng.integers(-500, 500, cout).astype(np.int32), zp=-3, qmin=-100, qmax=127)
+                out = np.empty((n, hout, wout, cout), np.int8)
+            else:
+                params = dict(thr=rng.integers(-300, 300, cout).astype(np.int32),
+                              dir=rng.choice(np.array([-1, 1], np.int8), cout))
+                out = np.empty((n, hout, wout, (cout + 31) // 32), np.uint32)
+            want = unfused_conv(gname, x, wp, shape, a_zp, isa, kind, params)
+            for threads in (1, 2, 3):
+                out[...] = 0
+                used = gemm.gemm_conv(gname, x, wp, cout, kh, kw, sh, sw, dh, dw, pt, pl, hout, wout, out,
+                                      isa, threads, a_zp=a_zp, **params)
+                assert used == expected_isa(gname, name)
+                assert out.tobytes() == want.tobytes(), f"{shape} {kind} threads={threads}"
+
+
+def test_gemm_conv_rejects_bad_arguments():
+    x = np.zeros((1, 5, 5, 3), np.float32)
+    wp = gemm.pack_float_weights(np.ones((27, 4), np.float32))
+    out = np.zeros((1, 5, 5, 4), np.float32)
+    p = dict(mult=np.ones(4, np.float32), bias=np.zeros(4, np.float32))
+    gemm.gemm_conv("sgemm", x, wp, 4, 3, 3, 1, 1, 1, 1, 1, 1, 5, 5, out, **p)  # the good call
+    bad = [
+        lambda: gemm.gemm_conv("xgemm", x, wp, 4, 3, 3, 1, 1, 1, 1, 1, 1, 5, 5, out, **p),
+        lambda: gemm.gemm_conv("sgemm", x.astype(np.float64), wp, 4, 3, 3, 1, 1, 1, 1, 1, 1, 5, 5, out, **p),
+        lambda: gemm.gemm_conv("igemm", x, wp, 4, 3, 3, 1, 1, 1, 1, 1, 1, 5, 5, out, **p),    # float x
+        lambda: gemm.gemm_conv("sgemm", x, wp, 4, 1, 3, 1, 1, 1, 1, 1, 1, 5, 5, out, **p),    # K mismatch
+        lambda: gemm.gemm_conv("fbgemm", x, wp, 4, 3, 3, 1, 1, 1, 1, 1, 1, 5, 5, out, **p),   # sgemm's packing
+        lambda: gemm.gemm_conv("sgemm", x, wp[:-1], 4, 3, 3, 1, 1, 1, 1, 1, 1, 5, 5, out, **p),
+        lambda: gemm.gemm_conv("sgemm", x, wp, 4, 3, 3, 1, 1, 1, 1, 1, 1, 5, 4, out, **p),    # out shape
+        lambda: gemm.gemm_conv("sgemm", x, wp, 4, 3, 3, 0, 1, 1, 1, 1, 1, 5, 5, out, **p),    # stride 0
+        lambda: gemm.gemm_conv("sgemm", x, wp, 4, 3, 3, 1, 1, 1, 1, 1, 1, 5, 5, out.astype(np.int8), **p),
+        lambda: gemm.gemm_conv("sgemm", x, wp, 4, 3, 3, 1, 1, 1, 1, 1, 1, 5, 5, out, mult=p["mult"][:3],
+                               bias=p["bias"]),
+        lambda: gemm.gemm_conv("sgemm", x, wp, 4, 3, 3, 1, 1, 1, 1, 1, 1, 5, 5, out, **p,
+                               ibias=np.zeros(4, np.int32)),                                # float acc
+        lambda: gemm.gemm_conv("igemm", x.astype(np.int8), gemm.pack_int8_weights(np.ones((4, 27), np.int8)),
+                               4, 3, 3, 1, 1, 1, 1, 1, 1, 5, 5, np.zeros((1, 5, 5, 4), np.int32)),
+        lambda: gemm.gemm_conv("igemm", x.astype(np.int8), gemm.pack_int8_weights(np.ones((4, 27), np.int8)),
+                               4, 3, 3, 1, 1, 1, 1, 1, 1, 5, 5, np.zeros((1, 5, 5, 4), np.int8), a_zp=300,
+                               mult=p["mult"], ibias=np.zeros(4, np.int32)),
+    ]
+    for i, call in enumerate(bad):
+        with pytest.raises(ValueError):
+            call()

@@ -35,21 +35,18 @@ typedef struct {
     uint8_t *out;
 } pybnn_im2col_job;
 
-/* Output rows [lo, hi) of the patch matrix (row = flattened (n, oh, ow)). */
-static void pybnn_im2col_part(void *ctx, int part, int nparts) {
-    const pybnn_im2col_job *jb = (const pybnn_im2col_job *)ctx;
+/* Rows [lo, hi) of the patch matrix (row = flattened (n, oh, ow)) into dst (row lo first). */
+static void pybnn_im2col_rows(const pybnn_im2col_job *jb, size_t lo, size_t hi, uint8_t *out) {
     const ptrdiff_t h = jb->h, w = jb->w, kh = jb->kh, kw = jb->kw, dh = jb->dh, dw = jb->dw;
     const ptrdiff_t hout = jb->hout, wout = jb->wout;
     const int fill_byte = jb->fill_byte;
     const size_t tap = (size_t)jb->c * jb->esize; /* bytes of one tap (C channels) */
     const size_t row = (size_t)(kh * kw) * tap;
-    size_t lo, hi;
-    pybnn_par_range(jb->rows, part, nparts, &lo, &hi);
     for (size_t r = lo; r < hi; r++) {
         const ptrdiff_t ow = (ptrdiff_t)(r % (size_t)wout), oh = (ptrdiff_t)((r / (size_t)wout) % (size_t)hout);
         const size_t n = r / ((size_t)wout * (size_t)hout);
         const uint8_t *img = jb->x + n * (size_t)h * w * tap;
-        uint8_t *dst = jb->out + r * row;
+        uint8_t *dst = out + (r - lo) * row;
         ptrdiff_t i0, i1, j0, j1;
         const ptrdiff_t y0 = oh * jb->sh - jb->pad_top, x0 = ow * jb->sw - jb->pad_left;
         pybnn_im2col_range(y0, dh, kh, h, &i0, &i1);
@@ -72,6 +69,19 @@ static void pybnn_im2col_part(void *ctx, int part, int nparts) {
     }
 }
 
+static void pybnn_im2col_part(void *ctx, int part, int nparts) {
+    const pybnn_im2col_job *jb = (const pybnn_im2col_job *)ctx;
+    size_t lo, hi;
+    pybnn_par_range(jb->rows, part, nparts, &lo, &hi);
+    pybnn_im2col_rows(jb, lo, hi, jb->out + lo * (size_t)(jb->kh * jb->kw * jb->c) * jb->esize);
+}
+
+/* Work (common.h units) of `rows` patch rows of `rowbytes` bytes: one per 3 bytes written,
+ * plus ~10 ns per row. */
+static inline double pybnn_im2col_work(size_t rows, size_t rowbytes) {
+    return (double)rows * ((double)rowbytes / 3.0 + 100.0);
+}
+
 /* Shared body for both element types: padding is `fill_byte` in every byte; elements are
  * `esize` bytes.  Output rows are split into up to `threads` contiguous ranges.  Geometry
  * arguments are validated by the caller (the Cython layer). */
@@ -82,8 +92,7 @@ static inline void pybnn_im2col_bytes(int threads, const uint8_t *x, ptrdiff_t n
                                       ptrdiff_t hout, ptrdiff_t wout, int fill_byte, uint8_t *out) {
     pybnn_im2col_job j = {x, h, w, c, kh, kw, sh, sw, dh, dw, pad_top, pad_left, hout, wout,
                           esize, (size_t)(n_img * hout * wout), fill_byte, out};
-    /* Work (common.h units): one per 3 bytes written, plus ~10 ns per row. */
-    double work = (double)j.rows * ((double)(kh * kw) * (double)c * (double)esize / 3.0 + 100.0);
+    double work = pybnn_im2col_work(j.rows, (size_t)(kh * kw * c) * esize);
     pybnn_par_run(pybnn_par_parts(threads, j.rows, work), pybnn_im2col_part, &j);
 }
 

@@ -245,7 +245,7 @@ PYBNN_TARGET_AVX512 static void pybnn_to_bits_avx512(const int32_t *acc, size_t 
 enum { PYBNN_OT_FLOAT_I32, PYBNN_OT_FLOAT_F32, PYBNN_OT_INT8, PYBNN_OT_BITS };
 
 typedef struct {
-    int kind;                 /* PYBNN_OT_FLOAT_I32 (float32 out), PYBNN_OT_INT8, PYBNN_OT_BITS */
+    int kind;                 /* PYBNN_OT_FLOAT_I32 / _F32 (float32 out), PYBNN_OT_INT8, PYBNN_OT_BITS */
     const float *mult, *bias; /* float: y = clip(float32(acc [+ ibias]) * mult + bias, lo, hi) */
     const int32_t *ibias;     /* float: optional (NULL); int8: the int32 bias, required */
     float lo, hi;
@@ -272,20 +272,33 @@ static inline int pybnn_ot_level(int isa) {
     return PYBNN_OT_USE_AVX2(isa) ? PYBNN_OT_AVX2 : PYBNN_OT_SCALAR;
 }
 
+/* Bytes of an output element: float 4, int8 1, bits one uint32 word per 32 channels. */
+static inline size_t pybnn_ot_esize(const pybnn_ot *t) { return t->kind == PYBNN_OT_INT8 ? 1 : 4; }
+
 /* Output row stride, in elements of the output type, of a transform to c channels. */
 static inline size_t pybnn_ot_ldo(const pybnn_ot *t, size_t c) {
     return t->kind == PYBNN_OT_BITS ? (c + 31) / 32 : c;
 }
 
 /* Transforms m rows of channels c0 .. c1-1 (acc: row stride lda, first element = channel
- * c0) into output rows at `out` (row stride ldo; channel j lands at element j, or bit j%32
- * of word j/32 for bits, whose c0 must be a multiple of 32).  level: PYBNN_OT_SCALAR,
- * PYBNN_OT_AVX2 or PYBNN_OT_AVX512 (pybnn_ot_level). */
-static void pybnn_ot_apply(const pybnn_ot *t, int level, const int32_t *acc, size_t lda, size_t m,
+ * c0; float accumulators for PYBNN_OT_FLOAT_F32, which may transform in place) into output
+ * rows at `out` (row stride ldo; channel j lands at element j, or bit j%32 of word j/32 for
+ * bits, whose c0 must be a multiple of 32).  level: PYBNN_OT_SCALAR, PYBNN_OT_AVX2 or
+ * PYBNN_OT_AVX512 (pybnn_ot_level). */
+static void pybnn_ot_apply(const pybnn_ot *t, int level, const void *accv, size_t lda, size_t m,
                            size_t c0, size_t c1, void *out, size_t ldo) {
     const size_t c = c1 - c0;
+    const int32_t *acc = (const int32_t *)accv;
     (void)level;
     switch (t->kind) {
+    case PYBNN_OT_FLOAT_F32: {
+        float *o = (float *)out + c0;
+#if PYBNN_X86
+        if (level >= PYBNN_OT_AVX2) { pybnn_to_float_f32_avx2((const float *)accv, lda, m, c, t->mult + c0, t->bias + c0, t->lo, t->hi, o, ldo); break; }
+#endif
+        pybnn_to_float_f32_scalar((const float *)accv, lda, m, c, t->mult + c0, t->bias + c0, t->lo, t->hi, o, ldo);
+        break;
+    }
     case PYBNN_OT_FLOAT_I32: {
         const int32_t *ib = t->ibias ? t->ibias + c0 : NULL;
         float *o = (float *)out + c0;
@@ -336,19 +349,8 @@ static void pybnn_ot_part(void *ctx, int part, int nparts) {
     pybnn_par_range(j->m, part, nparts, &r0, &r1);
     if (r0 >= r1)
         return;
-    if (t->kind == PYBNN_OT_FLOAT_F32) {
-        const float *af = (const float *)j->acc + r0 * c;
-        float *o = (float *)j->out + r0 * c;
-#if PYBNN_X86
-        if (j->avx2) { pybnn_to_float_f32_avx2(af, c, r1 - r0, c, t->mult, t->bias, t->lo, t->hi, o, c); return; }
-#endif
-        pybnn_to_float_f32_scalar(af, c, r1 - r0, c, t->mult, t->bias, t->lo, t->hi, o, c);
-        return;
-    }
-    /* element sizes: float and int32 4 bytes, int8 1, bits one uint32 word per 32 channels */
-    size_t esize = t->kind == PYBNN_OT_INT8 ? 1 : 4;
     pybnn_ot_apply(t, j->avx2 ? PYBNN_OT_AVX2 : PYBNN_OT_SCALAR, (const int32_t *)j->acc + r0 * c, c, r1 - r0, 0, c,
-                   (char *)j->out + r0 * ldo * esize, ldo);
+                   (char *)j->out + r0 * ldo * pybnn_ot_esize(t), ldo);
 }
 
 static inline int pybnn_ot_run(int isa, int threads, pybnn_ot_job *j) {

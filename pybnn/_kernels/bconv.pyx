@@ -13,21 +13,6 @@ from libc.stdint cimport int8_t, int32_t, uint32_t
 
 cnp.import_array()
 
-cdef extern from "pybnn/output_transform.h" nogil:
-    ctypedef struct pybnn_ot:
-        int kind
-        const float *mult
-        const float *bias
-        const int32_t *ibias
-        float lo, hi
-        int zp, qmin, qmax
-        const int32_t *thr
-        const int8_t *dir
-    enum:
-        PYBNN_OT_FLOAT_I32
-        PYBNN_OT_INT8
-        PYBNN_OT_BITS
-
 cdef extern from "pybnn/bconv.h" nogil:
     ctypedef struct pybnn_conv_geom:
         int n, h, w, words, channels
@@ -52,6 +37,7 @@ cdef extern from "pybnn/bpool.h" nogil:
 
 
 include "_checks.pxi"
+include "_arrays.pxi"
 
 
 def packed_weights_shape(int channels, int cout, int kh, int kw):
@@ -110,33 +96,6 @@ cdef int _check_axis(str axis, long long size, int k, int s, int d, int pad, int
     return 0
 
 
-_TYPE_NAMES = {cnp.NPY_INT32: "int32", cnp.NPY_UINT32: "uint32", cnp.NPY_FLOAT32: "float32",
-               cnp.NPY_INT8: "int8"}
-
-
-cdef void *_data(object a, int typenum, int ndim, const cnp.npy_intp *dims, str name,
-                 bint writeable=False) except NULL:
-    """Data pointer of `a` if it is a C-contiguous NumPy array of that type and shape, else
-    ValueError.  Plain C checks: these run on every layer call."""
-    if not isinstance(a, cnp.ndarray):
-        raise ValueError(f"bconv2d: {name} must be a NumPy array, got {type(a).__name__}")
-    cdef cnp.ndarray arr = <cnp.ndarray>a
-    cdef bint ok = (cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_NDIM(arr) == ndim and
-                    cnp.PyArray_IS_C_CONTIGUOUS(arr) and (cnp.PyArray_ISWRITEABLE(arr) or not writeable))
-    cdef int i
-    if ok:
-        for i in range(ndim):
-            ok = ok and cnp.PyArray_DIMS(arr)[i] == dims[i]
-    if not ok:
-        want = []
-        for i in range(ndim):
-            want.append(int(dims[i]))
-        raise ValueError(f"bconv2d: {name} must be a C-contiguous{' writeable' if writeable else ''} "
-                         f"{_TYPE_NAMES.get(typenum, typenum)} array of shape {tuple(want)}; "
-                         f"got {a.dtype} {a.shape}")
-    return cnp.PyArray_DATA(arr)
-
-
 cdef int _geometry(pybnn_conv_geom *g, Py_ssize_t n, Py_ssize_t h, Py_ssize_t wd, Py_ssize_t words,
                    int channels, int cout, int kh, int kw, int sh, int sw, int dh, int dw, int pad_top,
                    int pad_left, int hout, int wout, int pad_value) except -1:
@@ -170,7 +129,7 @@ def pad_corrections(int h, int w, int channels, int cout, int kh, int kw, int sh
     _geometry(&g, 1, h, w, (channels + 31) // 32, channels, cout, kh, kw, sh, sw, dh, dw, pad_top,
               pad_left, hout, wout, pad_value)
     dims[0], dims[1] = <cnp.npy_intp>kh * kw, cout
-    cdef const int32_t *ts = <const int32_t *>_data(tapsum, cnp.NPY_INT32, 2, dims, "tapsum")
+    cdef const int32_t *ts = <const int32_t *>_data(tapsum, cnp.NPY_INT32, 2, dims, "pad_corrections: tapsum")
     cdef long size = pybnn_bconv_corrections_size(&g)
     if size < 0:
         raise MemoryError("pad_corrections: out of memory")
@@ -217,62 +176,32 @@ def bconv2d(x, wpacked, int channels, int cout, int kh, int kw, int sh, int sw, 
         raise ValueError("bconv2d: x must be a 4-D NumPy array (N, H, W, words)")
     dims[0], dims[1], dims[2], dims[3] = cnp.PyArray_DIMS(<cnp.ndarray>x)[0], cnp.PyArray_DIMS(<cnp.ndarray>x)[1], \
         cnp.PyArray_DIMS(<cnp.ndarray>x)[2], cnp.PyArray_DIMS(<cnp.ndarray>x)[3]
-    cdef const uint32_t *xp = <const uint32_t *>_data(x, cnp.NPY_UINT32, 4, dims, "x")
+    cdef const uint32_t *xp = <const uint32_t *>_data(x, cnp.NPY_UINT32, 4, dims, "bconv2d: x")
     _geometry(&g, dims[0], dims[1], dims[2], dims[3], channels, cout, kh, kw, sh, sw, dh, dw,
               pad_top, pad_left, hout, wout, pad_value)
     dims[0], dims[1] = <cnp.npy_intp>kh * kw, cout
-    cdef const int32_t *ts = <const int32_t *>_data(tapsum, cnp.NPY_INT32, 2, dims, "tapsum")
+    cdef const int32_t *ts = <const int32_t *>_data(tapsum, cnp.NPY_INT32, 2, dims, "bconv2d: tapsum")
     cdef size_t kwords = <size_t>kh * kw * ((channels + 31) // 32)
     dims[0], dims[1], dims[2] = pybnn_xgemm_cblocks(cout), pybnn_xgemm_k64(kwords), 16
     cdef const uint32_t *wp = <const uint32_t *>_data(wpacked, cnp.NPY_UINT32, 3, dims,
-                                                      "wpacked (from pack_weights, for this kernel)")
+                                                      "bconv2d: wpacked (from pack_weights, for this kernel)")
     cdef long csize
     if corr is not None:
         csize = pybnn_bconv_corrections_size(&g)
         if csize < 0:
             raise MemoryError("bconv2d: out of memory")
         dims[0], dims[1] = csize // cout, cout
-        cp = <const int32_t *>_data(corr, cnp.NPY_INT32, 2, dims, "corr (from pad_corrections, for this geometry)")
+        cp = <const int32_t *>_data(corr, cnp.NPY_INT32, 2, dims, "bconv2d: corr (from pad_corrections, for this geometry)")
 
     # ---- output kind, from out's dtype, and its transform parameters
     if not isinstance(out, cnp.ndarray):
         raise ValueError("bconv2d: out must be a NumPy array")
     typenum = cnp.PyArray_TYPE(<cnp.ndarray>out)
     dims[0], dims[1], dims[2], dims[3] = g.n, hout, wout, (cout + 31) // 32 if typenum == cnp.NPY_UINT32 else cout
-    cdef void *op = _data(out, typenum, 4, dims, "out", True)
-    dims[0] = cout
-    ot.mult, ot.bias, ot.ibias, ot.thr, ot.dir = NULL, NULL, NULL, NULL, NULL
-    ot.lo, ot.hi, ot.zp, ot.qmin, ot.qmax = lo, hi, zp, qmin, qmax
-    if typenum == cnp.NPY_INT32:
-        if mult is not None or bias is not None or ibias is not None or thr is not None or dir is not None:
-            raise ValueError("bconv2d: an int32 output (the accumulators) takes no transform arguments")
+    cdef void *op = _data(out, typenum, 4, dims, "bconv2d: out", True)
+    if not _output_transform(&ot, "bconv2d", typenum, cout, True, mult, bias, lo, hi, ibias, zp, qmin, qmax,
+                             thr, dir):
         otp = NULL
-    elif typenum == cnp.NPY_FLOAT32:
-        if thr is not None or dir is not None:
-            raise ValueError("bconv2d: thr and dir do not apply to a float32 output")
-        ot.kind = PYBNN_OT_FLOAT_I32
-        ot.mult = <const float *>_data(mult, cnp.NPY_FLOAT32, 1, dims, "mult")
-        ot.bias = <const float *>_data(bias, cnp.NPY_FLOAT32, 1, dims, "bias")
-        if ibias is not None:
-            ot.ibias = <const int32_t *>_data(ibias, cnp.NPY_INT32, 1, dims, "ibias")
-    elif typenum == cnp.NPY_INT8:
-        if bias is not None or thr is not None or dir is not None:
-            raise ValueError("bconv2d: an int8 output takes mult, ibias, zp, qmin, qmax only")
-        ot.kind = PYBNN_OT_INT8
-        ot.mult = <const float *>_data(mult, cnp.NPY_FLOAT32, 1, dims, "mult")
-        ot.ibias = <const int32_t *>_data(ibias, cnp.NPY_INT32, 1, dims, "ibias")
-        if not -128 <= zp <= 127:
-            raise ValueError(f"bconv2d: zero point {zp} is outside [-128, 127]")
-        if not -128 <= qmin <= qmax <= 127:
-            raise ValueError(f"bconv2d: need -128 <= qmin <= qmax <= 127, got qmin={qmin}, qmax={qmax}")
-    elif typenum == cnp.NPY_UINT32:
-        if mult is not None or bias is not None or ibias is not None:
-            raise ValueError("bconv2d: a bits (uint32) output takes thr and dir only")
-        ot.kind = PYBNN_OT_BITS
-        ot.thr = <const int32_t *>_data(thr, cnp.NPY_INT32, 1, dims, "thr")
-        ot.dir = <const int8_t *>_data(dir, cnp.NPY_INT8, 1, dims, "dir")
-    else:
-        raise ValueError(f"bconv2d: out must be int32, float32, int8 or uint32 (bits); got {out.dtype}")
     with nogil:
         used = pybnn_bconv2d(isa, threads, &g, xp, wp, ts, cp, otp, op)
     if used < 0:

@@ -17,6 +17,10 @@ from libc.stdint cimport int8_t, int32_t, uint8_t, uint32_t
 
 import numpy as np
 
+cimport numpy as cnp
+
+cnp.import_array()
+
 cdef extern from "pybnn/im2col.h" nogil:
     int pybnn_im2col_f32(int threads, const float *x, Py_ssize_t n, Py_ssize_t h, Py_ssize_t w, Py_ssize_t c,
                          Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
@@ -51,6 +55,18 @@ cdef extern from "pybnn/fbgemm.h" nogil:
     int pybnn_sgemm(int isa, int threads, const float *a, size_t lda, size_t m, const uint8_t *wp, size_t k,
                     size_t cout, float *out, size_t ldo)
 
+cdef extern from "pybnn/gemmconv.h" nogil:
+    enum:
+        PYBNN_GC_SGEMM
+        PYBNN_GC_FBGEMM
+        PYBNN_GC_IGEMM
+        PYBNN_GC_IBGEMM
+    int pybnn_gemm_conv(int gemm, int isa, int threads, const void *x, Py_ssize_t n, Py_ssize_t h,
+                        Py_ssize_t w, Py_ssize_t c, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                        Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t pad_top, Py_ssize_t pad_left, Py_ssize_t hout,
+                        Py_ssize_t wout, const uint8_t *wp, size_t wbytes, size_t cout, int a_zp,
+                        const pybnn_ot *ot, void *out)
+
 # Largest K for which every result is exact in int32 whatever the values: igemm sums K
 # products of at most 255 * 128 (a - zp, w); ibgemm K products of at most 255.
 MAX_K_INT8 = 1 << 16
@@ -59,6 +75,7 @@ MAX_COUT = 1 << 24
 
 
 include "_checks.pxi"
+include "_arrays.pxi"
 
 
 cdef int _check_im2col(tuple xshape, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
@@ -251,4 +268,73 @@ def sgemm(const float[:, ::1] a, const uint8_t[::1] wpacked, int K, int cout,
     with nogil:
         used = pybnn_sgemm(isa, threads, &a[0, 0] if m else NULL, K, m, &wpacked[0], K, cout,
                            &out[0, 0] if m else NULL, cout)
+    return used
+
+
+_GEMM_CONV = {"sgemm": PYBNN_GC_SGEMM, "fbgemm": PYBNN_GC_FBGEMM, "igemm": PYBNN_GC_IGEMM, "ibgemm": PYBNN_GC_IBGEMM}
+
+
+def gemm_conv(str gemm, x, wpacked, int cout, int kh, int kw, int sh, int sw, int dh, int dw,
+              int pad_top, int pad_left, int hout, int wout, out, int isa=0, int threads=1, *,
+              int a_zp=0, mult=None, bias=None, float lo=-np.inf, float hi=np.inf, ibias=None,
+              int zp=0, int qmin=-128, int qmax=127, thr=None, dir=None):
+    """Convolution of NHWC x (N, H, W, C) by the GEMM `gemm` ("sgemm", "fbgemm": float32 x;
+    "igemm", "ibgemm": int8 x, zero point a_zp, which also pads) with weights `wpacked` from
+    its packer (K = kh*kw*C), followed by an output transform, fused per block of output rows
+    (include/pybnn/gemmconv.h).  The result equals im2col_f32/_i8, then the GEMM, then the
+    transform.py function of the output kind on whole matrices, bit for bit:
+      float32 (N, hout, wout, cout): clip(float32(acc [+ ibias]) * mult + bias, lo, hi)
+      int8    (N, hout, wout, cout): clip(rint(float32(acc + ibias) * mult) + zp, qmin, qmax)
+      uint32  (N, hout, wout, ceil(cout/32)): packed bits, -1 where dir >= 0 and acc < thr,
+              or dir < 0 and acc > thr
+    (int8 and bits outputs only for the int8 GEMMs, whose accumulators are int32.)  Returns
+    the ISA number of the GEMM variant that ran."""
+    if gemm not in _GEMM_CONV:
+        raise ValueError(f"gemm_conv: gemm must be one of {sorted(_GEMM_CONV)}, got {gemm!r}")
+    cdef int g = _GEMM_CONV[gemm]
+    cdef bint int8 = g == PYBNN_GC_IGEMM or g == PYBNN_GC_IBGEMM
+    cdef str who = f"gemm_conv ({gemm})"
+    _check_isa(isa)
+    _check_threads(threads)
+    cdef cnp.npy_intp dims[4]
+    dims[0] = dims[1] = dims[2] = dims[3] = -1
+    cdef const void *xp = _data(x, cnp.NPY_INT8 if int8 else cnp.NPY_FLOAT32, 4, dims, f"{who}: x")
+    cdef Py_ssize_t n = x.shape[0], h = x.shape[1], w = x.shape[2], c = x.shape[3]
+    cdef Py_ssize_t k = <Py_ssize_t>kh * kw * c
+    _check_im2col((n, h, w, c), kh, kw, sh, sw, dh, dw, hout, wout, (n * hout * wout, k))
+    if c < 1 or h < 1 or w < 1:
+        raise ValueError(f"{who}: x must have H, W, C >= 1; got shape {(n, h, w, c)}")
+    _check_kc(k, cout, MAX_K_INT8 if g == PYBNN_GC_IGEMM else MAX_K_BINARY)
+    if int8:
+        _check_zp(a_zp)
+    dims[0] = -1
+    cdef const uint8_t *wp = <const uint8_t *>_data(wpacked, cnp.NPY_UINT8, 1, dims, f"{who}: wpacked")
+    cdef size_t wsize = wpacked.shape[0]
+    cdef bint ok
+    if g == PYBNN_GC_SGEMM:
+        ok = pybnn_sgemm_check(wp, wsize, k, cout)
+    elif g == PYBNN_GC_FBGEMM:
+        ok = pybnn_fbgemm_check(wp, wsize, k, cout)
+    elif g == PYBNN_GC_IGEMM:
+        ok = pybnn_igemm_check(wp, wsize, k, cout)
+    else:
+        ok = pybnn_ibgemm_check(wp, wsize, k, cout)
+    if not ok:
+        raise ValueError(f"{who}: wpacked was not packed for {gemm} with K={k}, cout={cout}")
+    if not isinstance(out, cnp.ndarray):
+        raise ValueError(f"{who}: out must be a NumPy array")
+    cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray>out)
+    dims[0], dims[1], dims[2], dims[3] = n, hout, wout, (cout + 31) // 32 if typenum == cnp.NPY_UINT32 else cout
+    cdef void *op = _data(out, typenum, 4, dims, f"{who}: out", True)
+    cdef pybnn_ot ot
+    if typenum == cnp.NPY_INT32:
+        raise ValueError(f"{who}: out must be float32, int8 or uint32 (bits); the accumulators "
+                         f"(int32) come from im2col + {gemm}")
+    _output_transform(&ot, who, typenum, cout, int8, mult, bias, lo, hi, ibias, zp, qmin, qmax, thr, dir)
+    cdef int used
+    with nogil:
+        used = pybnn_gemm_conv(g, isa, threads, xp, n, h, w, c, kh, kw, sh, sw, dh, dw, pad_top, pad_left,
+                               hout, wout, wp, wsize, cout, a_zp, &ot, op)
+    if used < 0:
+        raise MemoryError(f"{who}: could not allocate scratch memory")
     return used

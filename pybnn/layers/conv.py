@@ -29,6 +29,7 @@ class _Conv(Layer):
     acc = "float"          # what the accumulator holds: "float" or "int"
     kernel_kind = "float"  # how the kernel is stored: "float", "int8" or "bits"
     dense = False
+    gemm = None            # the GEMM of the fused im2col + GEMM + transform driver (gemm_conv)
 
     def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1,
                  use_bias=True, activation=None, name=None):
@@ -146,9 +147,32 @@ class _Conv(Layer):
     def call(self, x):
         if self._weights is None:
             raise ShapeError(f"{self.name}: has no weights; call set_weights() or load a weights file")
+        if self.gemm and not self.dense:
+            y, self.last_isa = self._gemm_conv(x)
+            return y
         acc, isa = self._accumulate(x)
         self.last_isa = isa
         return self._transform(acc, x.shape[0])
+
+    def _gemm_conv(self, x):
+        """im2col, GEMM and output transform fused per block of output rows, in C."""
+        h, w, c, pt, _, pl, _, hout, wout = self._geom
+        n, out = x.shape[0], self._out
+        if out["kind"] == "float":
+            y = np.empty((n, hout, wout, self.filters), np.float32)
+            params = dict(mult=out["mult"], bias=out["bias"], lo=out["lo"], hi=out["hi"],
+                          ibias=out["ibias"] if self.acc == "int" else None)
+        elif out["kind"] == "int8":
+            y = np.empty((n, hout, wout, self.filters), np.int8)
+            params = dict(mult=out["mult"], ibias=out["ibias"], zp=out["zp"], qmin=out["qmin"], qmax=out["qmax"])
+        else:
+            y = np.empty((n, hout, wout, words(self.filters)), np.uint32)
+            params = dict(thr=out["thr"], dir=out["dir"])
+        zp = self.input_spec.zero_point if self.acc == "int" else 0
+        isa = kgemm.gemm_conv(self.gemm, x.reshape(n, h, w, c), self._wpacked, self.filters, *self.kernel_size,
+                              *self.strides, *self.dilation_rate, pt, pl, hout, wout, y, cpu.active(),
+                              cpu.num_threads(), a_zp=zp, **params)
+        return y.reshape(self.output_spec.array_shape(n)), isa
 
     def reference(self, x):
         if self._weights is None:
@@ -220,6 +244,8 @@ class Conv2D(_Conv):
     which beats NumPy's BLAS on convolution shapes (narrow outputs, tall patch matrices);
     Dense (batch-sized matrix-vector products, bound by weight bandwidth) keeps BLAS."""
 
+    gemm = "sgemm"
+
     def _threads(self):
         # BLAS threads itself; our OpenMP workers spinning around its call would steal its
         # cores (measured: 2-thread float dense 3-4x slower), so im2col/transform stay serial.
@@ -234,11 +260,7 @@ class Conv2D(_Conv):
 
     def _accumulate(self, x):
         cols = self._columns(x, kgemm.im2col_f32)
-        if self.dense:
-            return np.matmul(cols, self._wmat), "blas"
-        acc = np.empty((cols.shape[0], self.filters), np.float32)
-        isa = kgemm.sgemm(cols, self._wpacked, self.depth, self.filters, acc, cpu.active(), cpu.num_threads())
-        return acc, isa
+        return np.matmul(cols, self._wmat), "blas"  # dense only: convolutions run _gemm_conv
 
     def _reference_acc(self, x):
         return self._reference_conv(self._reference_input(x), self._kernel4)
@@ -250,6 +272,7 @@ class FloatBinaryConv2D(_Conv):
 
     input_kinds = ("float32",)
     kernel_kind = "bits"
+    gemm = "fbgemm"
 
     def _extra_weights(self):
         return [("scale", (self.filters,), "float")] + super()._extra_weights()
@@ -380,7 +403,7 @@ class Int8Conv2D(_Conv):
     kernel_kind = "int8"
     acc = "int"
     scale_name = "kernel_scale"
-    _gemm = staticmethod(kgemm.igemm)
+    gemm = "igemm"
 
     def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1,
                  use_bias=True, activation=None, output="float", output_scale=None,
@@ -438,7 +461,8 @@ class Int8Conv2D(_Conv):
         zp = self.input_spec.zero_point
         cols = self._columns(x, kgemm.im2col_i8, pad=zp)
         acc = np.empty((cols.shape[0], self.filters), np.int32)
-        isa = self._gemm(cols, self._wpacked, self.depth, self.filters, zp, acc, cpu.active(), cpu.num_threads())
+        isa = getattr(kgemm, self.gemm)(cols, self._wpacked, self.depth, self.filters, zp, acc, cpu.active(),
+                                        cpu.num_threads())
         return acc, isa
 
     def _reference_acc(self, x):
@@ -452,7 +476,7 @@ class Int8BinaryConv2D(Int8Conv2D):
 
     kernel_kind = "bits"
     scale_name = "scale"
-    _gemm = staticmethod(kgemm.ibgemm)
+    gemm = "ibgemm"
 
     def _pack(self, kernel4):
         flat = ref.binarize(kernel4).transpose(3, 0, 1, 2).reshape(self.filters, self.depth)

@@ -1,0 +1,91 @@
+# NumPy array checks and output-transform parameters shared by the convolution modules
+# (textually included after `cimport numpy as cnp`: `include "_arrays.pxi"`).
+
+cdef extern from "pybnn/output_transform.h" nogil:
+    ctypedef struct pybnn_ot:
+        int kind
+        const float *mult
+        const float *bias
+        const int32_t *ibias
+        float lo, hi
+        int zp, qmin, qmax
+        const int32_t *thr
+        const int8_t *dir
+    enum:
+        PYBNN_OT_FLOAT_I32
+        PYBNN_OT_FLOAT_F32
+        PYBNN_OT_INT8
+        PYBNN_OT_BITS
+
+
+_TYPE_NAMES = {cnp.NPY_INT32: "int32", cnp.NPY_UINT32: "uint32", cnp.NPY_FLOAT32: "float32",
+               cnp.NPY_INT8: "int8", cnp.NPY_UINT8: "uint8"}
+
+
+cdef void *_data(object a, int typenum, int ndim, const cnp.npy_intp *dims, str name,
+                 bint writeable=False) except NULL:
+    """Data pointer of `a` if it is a C-contiguous NumPy array of that type and shape (dims[i]
+    < 0: any size), else ValueError naming it.  Plain C checks: these run on every layer call."""
+    if not isinstance(a, cnp.ndarray):
+        raise ValueError(f"{name} must be a NumPy array, got {type(a).__name__}")
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    cdef bint ok = (cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_NDIM(arr) == ndim and
+                    cnp.PyArray_IS_C_CONTIGUOUS(arr) and (cnp.PyArray_ISWRITEABLE(arr) or not writeable))
+    cdef int i
+    if ok:
+        for i in range(ndim):
+            ok = ok and (dims[i] < 0 or cnp.PyArray_DIMS(arr)[i] == dims[i])
+    if not ok:
+        want = []
+        for i in range(ndim):
+            want.append(int(dims[i]) if dims[i] >= 0 else "any")
+        raise ValueError(f"{name} must be a C-contiguous{' writeable' if writeable else ''} "
+                         f"{_TYPE_NAMES.get(typenum, typenum)} array of shape {tuple(want)}; "
+                         f"got {a.dtype} {a.shape}")
+    return cnp.PyArray_DATA(arr)
+
+
+cdef bint _output_transform(pybnn_ot *ot, str who, int typenum, int cout, bint int_acc, mult, bias,
+                            float lo, float hi, ibias, int zp, int qmin, int qmax, thr, dir) except -1:
+    """Fill *ot for an output of dtype `typenum` with `cout` channels from the per-channel
+    arrays (mult, bias float32; ibias, thr int32; dir int8: cout entries each).  int_acc:
+    the accumulators are int32 (else float32: float output only).  Returns False for an
+    int32 output, which is the accumulators themselves (int_acc only)."""
+    cdef cnp.npy_intp dims[1]
+    dims[0] = cout
+    ot.mult, ot.bias, ot.ibias, ot.thr, ot.dir = NULL, NULL, NULL, NULL, NULL
+    ot.lo, ot.hi, ot.zp, ot.qmin, ot.qmax = lo, hi, zp, qmin, qmax
+    if typenum == cnp.NPY_INT32 and int_acc:
+        if mult is not None or bias is not None or ibias is not None or thr is not None or dir is not None:
+            raise ValueError(f"{who}: an int32 output (the accumulators) takes no transform arguments")
+        return False
+    if typenum == cnp.NPY_FLOAT32:
+        if thr is not None or dir is not None:
+            raise ValueError(f"{who}: thr and dir do not apply to a float32 output")
+        ot.kind = PYBNN_OT_FLOAT_I32 if int_acc else PYBNN_OT_FLOAT_F32
+        ot.mult = <const float *>_data(mult, cnp.NPY_FLOAT32, 1, dims, f"{who}: mult")
+        ot.bias = <const float *>_data(bias, cnp.NPY_FLOAT32, 1, dims, f"{who}: bias")
+        if ibias is not None:
+            if not int_acc:
+                raise ValueError(f"{who}: ibias applies to int32 accumulators only")
+            ot.ibias = <const int32_t *>_data(ibias, cnp.NPY_INT32, 1, dims, f"{who}: ibias")
+    elif typenum == cnp.NPY_INT8 and int_acc:
+        if bias is not None or thr is not None or dir is not None:
+            raise ValueError(f"{who}: an int8 output takes mult, ibias, zp, qmin, qmax only")
+        ot.kind = PYBNN_OT_INT8
+        ot.mult = <const float *>_data(mult, cnp.NPY_FLOAT32, 1, dims, f"{who}: mult")
+        ot.ibias = <const int32_t *>_data(ibias, cnp.NPY_INT32, 1, dims, f"{who}: ibias")
+        if not -128 <= zp <= 127:
+            raise ValueError(f"{who}: zero point {zp} is outside [-128, 127]")
+        if not -128 <= qmin <= qmax <= 127:
+            raise ValueError(f"{who}: need -128 <= qmin <= qmax <= 127, got qmin={qmin}, qmax={qmax}")
+    elif typenum == cnp.NPY_UINT32 and int_acc:
+        if mult is not None or bias is not None or ibias is not None:
+            raise ValueError(f"{who}: a bits (uint32) output takes thr and dir only")
+        ot.kind = PYBNN_OT_BITS
+        ot.thr = <const int32_t *>_data(thr, cnp.NPY_INT32, 1, dims, f"{who}: thr")
+        ot.dir = <const int8_t *>_data(dir, cnp.NPY_INT8, 1, dims, f"{who}: dir")
+    else:
+        allowed = "int32, float32, int8 or uint32 (bits)" if int_acc else "float32"
+        raise ValueError(f"{who}: out must be {allowed}; got {_TYPE_NAMES.get(typenum, typenum)}")
+    return True
