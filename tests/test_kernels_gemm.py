@@ -427,13 +427,14 @@ def test_pack_float_weights_layout():
 @pytest.mark.parametrize("k", SG_KS)
 def test_sgemm(name, k):
     rng = np.random.default_rng(3000 + k)
-    for m, cout in fb_cases(k if k != 513 else 33):  # the whole tile grid at K = 513 (3 blocks)
+    # the whole tile grid at K = 513 (two K blocks), a cycle through it at the other K
+    grid = itertools.product(FB_MS, FB_COUTS) if k == 513 else fb_cases(k)
+    for m, cout in grid:
         a = (rng.standard_normal((m, k)) * 3).astype(np.float32)
         w = rng.standard_normal((k, cout)).astype(np.float32)
         out = run_sgemm(a, w, name)
         want = a.astype(np.float64) @ w.astype(np.float64)
-        n = k
-        bound = n * 2.0 ** -24 / (1 - n * 2.0 ** -24) * (np.abs(a.astype(np.float64)) @ np.abs(w.astype(np.float64)))
+        bound = k * 2.0 ** -24 / (1 - k * 2.0 ** -24) * (np.abs(a.astype(np.float64)) @ np.abs(w.astype(np.float64)))
         assert np.all(np.abs(out - want) <= bound), f"M={m} cout={cout}"
         twin = {"avx512": "avx2", "sse4": "scalar"}.get(name)
         if twin in ISAS:

@@ -51,17 +51,28 @@ static inline uint32_t pybnn_fbgemm_u32(const uint8_t *p) {
     return v;
 }
 
+/* The 16-byte header of both packings (fbgemm, sgemm): magic, K, cout, 0. */
+static inline void pybnn_fb_header(uint8_t *dst, uint32_t magic, size_t k, size_t cout) {
+    const uint32_t header[4] = {magic, (uint32_t)k, (uint32_t)cout, 0};
+    memcpy(dst, header, sizeof header);
+}
+
+/* 1 if `wp` (of `size` bytes) has `want` bytes and the header of `magic`, K and cout. */
+static inline int pybnn_fb_header_ok(const uint8_t *wp, size_t size, size_t want, uint32_t magic, size_t k,
+                                     size_t cout) {
+    return size == want && pybnn_fbgemm_u32(wp) == magic && pybnn_fbgemm_u32(wp + 4) == k &&
+           pybnn_fbgemm_u32(wp + 8) == cout;
+}
+
 /* 1 if `wp` (of `size` bytes) was packed by pybnn_fbgemm_pack for this K and cout. */
 static inline int pybnn_fbgemm_check(const uint8_t *wp, size_t size, size_t k, size_t cout) {
-    return size == pybnn_fbgemm_packed_size(k, cout) && pybnn_fbgemm_u32(wp) == PYBNN_FBGEMM_MAGIC &&
-           pybnn_fbgemm_u32(wp + 4) == k && pybnn_fbgemm_u32(wp + 8) == cout;
+    return pybnn_fb_header_ok(wp, size, pybnn_fbgemm_packed_size(k, cout), PYBNN_FBGEMM_MAGIC, k, cout);
 }
 
 /* w: (cout, k) float32 row-major; bit = 1 (weight -1) unless w >= 0 (so 0.0 and -0.0 give
  * +1; NaN gives -1).  dst: pybnn_fbgemm_packed_size(k, cout) bytes. */
 static inline void pybnn_fbgemm_pack(const float *w, size_t k, size_t cout, uint8_t *dst) {
-    const uint32_t header[4] = {PYBNN_FBGEMM_MAGIC, (uint32_t)k, (uint32_t)cout, 0};
-    memcpy(dst, header, sizeof header);
+    pybnn_fb_header(dst, PYBNN_FBGEMM_MAGIC, k, cout);
     for (size_t p = 0; p < pybnn_fbgemm_panels(cout); p++)
         for (size_t kk = 0; kk < k; kk++) {
             uint32_t word = 0;
@@ -81,29 +92,29 @@ static inline void pybnn_fbgemm_pack(const float *w, size_t k, size_t cout, uint
  * each other (measured: 1.5x slower on 3x3_512).  K is cut into near-equal blocks of at most
  * PYBNN_SGEMM_KC (a block of every panel stays in L2 while every row tile passes it, as in
  * BLIS); each output is still summed in k order (the sums go through `out` between blocks,
- * exactly),
- * with one FMA per k where the ISA has FMA (AVX2, AVX-512, aarch64) and a multiply then an
+ * exactly), with one FMA per k where the ISA has FMA (AVX2, AVX-512, aarch64) and a multiply then an
  * add otherwise (SSE4, scalar, armv7).  A variant therefore gives the same bits for every
  * thread count and tile shape, and AVX2 and AVX-512 the same bits as each other; the error
  * is that of a recursive dot product, at most gamma_K sum_k |a[m,k] w[k,n]|. */
 #define PYBNN_SGEMM_MAGIC 0x31534650u /* "PFS1" */
-#ifndef PYBNN_SGEMM_KC
 #define PYBNN_SGEMM_KC 512 /* measured 128 / 256 / 512: 512 best or equal on every conv shape */
-#endif
 
 static inline size_t pybnn_sgemm_packed_size(size_t k, size_t cout) {
     return PYBNN_FBGEMM_HEADER + pybnn_fbgemm_panels(cout) * k * 32 * 4;
 }
 
 static inline int pybnn_sgemm_check(const uint8_t *wp, size_t size, size_t k, size_t cout) {
-    return size == pybnn_sgemm_packed_size(k, cout) && pybnn_fbgemm_u32(wp) == PYBNN_SGEMM_MAGIC &&
-           pybnn_fbgemm_u32(wp + 4) == k && pybnn_fbgemm_u32(wp + 8) == cout;
+    return pybnn_fb_header_ok(wp, size, pybnn_sgemm_packed_size(k, cout), PYBNN_SGEMM_MAGIC, k, cout);
+}
+
+/* pybnn_fbgemm_check (fw = 0) or pybnn_sgemm_check (fw = 1). */
+static inline int pybnn_fgemm_check(int fw, const uint8_t *wp, size_t size, size_t k, size_t cout) {
+    return fw ? pybnn_sgemm_check(wp, size, k, cout) : pybnn_fbgemm_check(wp, size, k, cout);
 }
 
 /* w: (k, cout) float32 row-major (as a HWIO kernel is); dst: pybnn_sgemm_packed_size bytes. */
 static inline void pybnn_sgemm_pack(const float *w, size_t k, size_t cout, uint8_t *dst) {
-    const uint32_t header[4] = {PYBNN_SGEMM_MAGIC, (uint32_t)k, (uint32_t)cout, 0};
-    memcpy(dst, header, sizeof header);
+    pybnn_fb_header(dst, PYBNN_SGEMM_MAGIC, k, cout);
     for (size_t p = 0; p < pybnn_fbgemm_panels(cout); p++)
         for (size_t kk = 0; kk < k; kk++) {
             float row[32] = {0.0f};
@@ -595,16 +606,6 @@ static inline int pybnn_fgemm(int fw, int isa, int threads, const float *a, size
     nparts = (int)PYBNN_MIN((size_t)nparts, j.by_rows ? m : panels);
     pybnn_par_run(nparts, pybnn_fbgemm_part, &j);
     return used;
-}
-
-static inline int pybnn_fbgemm(int isa, int threads, const float *a, size_t lda, size_t m,
-                               const uint8_t *wp, size_t k, size_t cout, float *out, size_t ldo) {
-    return pybnn_fgemm(0, isa, threads, a, lda, m, wp, k, cout, out, ldo);
-}
-
-static inline int pybnn_sgemm(int isa, int threads, const float *a, size_t lda, size_t m,
-                              const uint8_t *wp, size_t k, size_t cout, float *out, size_t ldo) {
-    return pybnn_fgemm(1, isa, threads, a, lda, m, wp, k, cout, out, ldo);
 }
 
 #endif

@@ -47,13 +47,11 @@ cdef extern from "pybnn/fbgemm.h" nogil:
     size_t pybnn_fbgemm_packed_size(size_t k, size_t cout)
     int pybnn_fbgemm_check(const uint8_t *wp, size_t size, size_t k, size_t cout)
     void pybnn_fbgemm_pack(const float *w, size_t k, size_t cout, uint8_t *dst)
-    int pybnn_fbgemm(int isa, int threads, const float *a, size_t lda, size_t m, const uint8_t *wp, size_t k,
-                     size_t cout, float *out, size_t ldo)
     size_t pybnn_sgemm_packed_size(size_t k, size_t cout)
-    int pybnn_sgemm_check(const uint8_t *wp, size_t size, size_t k, size_t cout)
     void pybnn_sgemm_pack(const float *w, size_t k, size_t cout, uint8_t *dst)
-    int pybnn_sgemm(int isa, int threads, const float *a, size_t lda, size_t m, const uint8_t *wp, size_t k,
-                    size_t cout, float *out, size_t ldo)
+    int pybnn_fgemm_check(int fw, const uint8_t *wp, size_t size, size_t k, size_t cout)
+    int pybnn_fgemm(int fw, int isa, int threads, const float *a, size_t lda, size_t m, const uint8_t *wp,
+                    size_t k, size_t cout, float *out, size_t ldo)
 
 cdef extern from "pybnn/gemmconv.h" nogil:
     enum:
@@ -226,21 +224,26 @@ def pack_float_binary_weights(const float[:, ::1] w):
     return packed
 
 
+cdef int _fgemm(bint fw, str name, str packer, const float[:, ::1] a, const uint8_t[::1] wpacked, int K,
+                int cout, float[:, ::1] out, int isa, int threads) except -1:
+    """fbgemm (fw = 0) or sgemm (fw = 1): checks, then the C driver without the GIL."""
+    _check_threads(threads)
+    _check_gemm(name, (a.shape[0], a.shape[1]), K, cout, MAX_K_BINARY, (out.shape[0], out.shape[1]))
+    if not pybnn_fgemm_check(fw, &wpacked[0], wpacked.shape[0], K, cout):
+        raise ValueError(f"{name}: wpacked was not made by {packer} for K={K}, cout={cout}")
+    cdef int used
+    cdef size_t m = a.shape[0]
+    with nogil:
+        used = pybnn_fgemm(fw, isa, threads, &a[0, 0] if m else NULL, K, m, &wpacked[0], K, cout,
+                           &out[0, 0] if m else NULL, cout)
+    return used
+
+
 def fbgemm(const float[:, ::1] a, const uint8_t[::1] wpacked, int K, int cout,
            float[:, ::1] out, int isa=0, int threads=1):
     """out[m, n] = sum_k a[m, k] * s[n, k] (s = +-1), float32, each sum in k order (so the
     same bits on every ISA and thread count); returns the ISA used."""
-    _check_threads(threads)
-    _check_gemm("fbgemm", (a.shape[0], a.shape[1]), K, cout, MAX_K_BINARY, (out.shape[0], out.shape[1]))
-    if not pybnn_fbgemm_check(&wpacked[0], wpacked.shape[0], K, cout):
-        raise ValueError(f"fbgemm: wpacked was not made by pack_float_binary_weights for K={K}, cout={cout}")
-    cdef int used
-    cdef size_t m = a.shape[0]
-    with nogil:
-        used = pybnn_fbgemm(isa, threads, &a[0, 0] if m else NULL, K, m, &wpacked[0], K, cout,
-                            &out[0, 0] if m else NULL, cout)
-    return used
-
+    return _fgemm(False, "fbgemm", "pack_float_binary_weights", a, wpacked, K, cout, out, isa, threads)
 
 
 def pack_float_weights(const float[:, ::1] w):
@@ -259,16 +262,7 @@ def sgemm(const float[:, ::1] a, const uint8_t[::1] wpacked, int K, int cout,
           float[:, ::1] out, int isa=0, int threads=1):
     """out[m, n] = sum_k a[m, k] * w[k, n], float32, each sum in k order (one FMA per k where
     the ISA has FMA: the same bits for every thread count); returns the ISA used."""
-    _check_threads(threads)
-    _check_gemm("sgemm", (a.shape[0], a.shape[1]), K, cout, MAX_K_BINARY, (out.shape[0], out.shape[1]))
-    if not pybnn_sgemm_check(&wpacked[0], wpacked.shape[0], K, cout):
-        raise ValueError(f"sgemm: wpacked was not made by pack_float_weights for K={K}, cout={cout}")
-    cdef int used
-    cdef size_t m = a.shape[0]
-    with nogil:
-        used = pybnn_sgemm(isa, threads, &a[0, 0] if m else NULL, K, m, &wpacked[0], K, cout,
-                           &out[0, 0] if m else NULL, cout)
-    return used
+    return _fgemm(True, "sgemm", "pack_float_weights", a, wpacked, K, cout, out, isa, threads)
 
 
 _GEMM_CONV = {"sgemm": PYBNN_GC_SGEMM, "fbgemm": PYBNN_GC_FBGEMM, "igemm": PYBNN_GC_IGEMM, "ibgemm": PYBNN_GC_IBGEMM}
@@ -311,14 +305,12 @@ def gemm_conv(str gemm, x, wpacked, int cout, int kh, int kw, int sh, int sw, in
     cdef const uint8_t *wp = <const uint8_t *>_data(wpacked, cnp.NPY_UINT8, 1, dims, f"{who}: wpacked")
     cdef size_t wsize = wpacked.shape[0]
     cdef bint ok
-    if g == PYBNN_GC_SGEMM:
-        ok = pybnn_sgemm_check(wp, wsize, k, cout)
-    elif g == PYBNN_GC_FBGEMM:
-        ok = pybnn_fbgemm_check(wp, wsize, k, cout)
-    elif g == PYBNN_GC_IGEMM:
+    if g == PYBNN_GC_IGEMM:
         ok = pybnn_igemm_check(wp, wsize, k, cout)
-    else:
+    elif g == PYBNN_GC_IBGEMM:
         ok = pybnn_ibgemm_check(wp, wsize, k, cout)
+    else:
+        ok = pybnn_fgemm_check(g == PYBNN_GC_SGEMM, wp, wsize, k, cout)
     if not ok:
         raise ValueError(f"{who}: wpacked was not packed for {gemm} with K={k}, cout={cout}")
     if not isinstance(out, cnp.ndarray):

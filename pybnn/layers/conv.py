@@ -247,9 +247,10 @@ class Conv2D(_Conv):
     gemm = "sgemm"
 
     def _threads(self):
-        # BLAS threads itself; our OpenMP workers spinning around its call would steal its
-        # cores (measured: 2-thread float dense 3-4x slower), so im2col/transform stay serial.
-        return 1 if self.dense else cpu.num_threads()
+        # Only Dense gets here (convolutions run _gemm_conv): BLAS threads itself, and our
+        # OpenMP workers spinning around its call would steal its cores (measured: 2-thread
+        # float dense 3-4x slower), so the column copy and transform stay serial.
+        return 1
 
     def _pack(self, kernel4):
         wmat = np.ascontiguousarray(kernel4.reshape(self.depth, self.filters))
