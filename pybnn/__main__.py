@@ -1,10 +1,18 @@
-"""Command line: `pybnn info FILE [--verify]` (or `python -m pybnn info FILE`), `pybnn cpu`."""
+"""Command line (or `python -m pybnn ...`):
+
+    pybnn info FILE [--verify]       layers, shapes, bytes, compression, checksums
+    pybnn bench FILE [--batch N] [--threads N] [--repeats R] [--json OUT]
+                                     per-layer time, share, Gops and kernel path
+    pybnn cpu                        instruction-set paths detected and used, threads
+"""
 import argparse
 import json
 import sys
 
+import numpy as np
+
 from . import cpu
-from .errors import PyBNNError
+from .errors import ConfigError, PyBNNError
 from .io import load_model, read_file
 
 
@@ -14,11 +22,23 @@ def main(argv=None):
     info = sub.add_parser("info", help="describe a model file: layers, shapes, parameters, bytes")
     info.add_argument("file")
     info.add_argument("--verify", action="store_true", help="check every tensor's checksum (reads all weights)")
+    bench = sub.add_parser("bench", help="time every layer of a model file on random input")
+    bench.add_argument("file")
+    bench.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
+    bench.add_argument("--threads", type=int, default=None, help="kernel threads (default: pybnn's)")
+    bench.add_argument("--repeats", type=int, default=20, help="timed runs; medians are shown (default 20)")
+    bench.add_argument("--json", help="also write the rows to this JSON file")
     sub.add_parser("cpu", help="instruction-set paths detected and used, thread count")
     args = parser.parse_args(argv)
     if args.command == "cpu":
         print(json.dumps(cpu.info(), indent=2))
         return 0
+    if args.command == "bench":
+        try:
+            return _bench(args)
+        except PyBNNError as e:
+            print(f"pybnn: {e}", file=sys.stderr)
+            return 1
     try:
         mf = read_file(args.file, verify=args.verify)
         model = load_model(args.file)
@@ -33,6 +53,46 @@ def main(argv=None):
     except PyBNNError as e:
         print(f"pybnn: {e}", file=sys.stderr)
         return 1
+    return 0
+
+
+def random_input(layer, batch, rng):
+    """A batch of random data of an Input layer's shape and dtype."""
+    shape = (batch,) + layer.shape
+    if layer.dtype == "float32":
+        return rng.standard_normal(shape).astype(np.float32)
+    info = np.iinfo(layer.dtype)
+    return rng.integers(info.min, info.max + 1, shape).astype(layer.dtype)
+
+
+def _bench(args):
+    if args.batch < 1 or args.repeats < 1 or (args.threads is not None and args.threads < 1):
+        raise ConfigError("--batch, --repeats and --threads must be positive")
+    model = load_model(args.file)
+    model.num_threads = args.threads
+    rng = np.random.default_rng(0)
+    xs = [random_input(layer, args.batch, rng) for layer in model.inputs]
+    x = xs if len(xs) > 1 else xs[0]
+    rows = model.profile(x, repeats=args.repeats)
+    total = sum(r["ms"] for r in rows)
+    threads = args.threads or cpu.num_threads()
+    print(f"{args.file}: batch {args.batch}, {threads} thread(s), {cpu.get_isa()} kernels, "
+          f"median of {args.repeats} runs")
+    head = f"{'layer':<34}{'kind':<24}{'ms':>9}{'share':>8}{'Gops':>9}  path"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        gops = f"{r['gops']:9.1f}" if r["gops"] else f"{'':9}"
+        print(f"{r['name'][:33]:<34}{r['kind'][:23]:<24}{r['ms']:9.3f}{100 * r['share']:7.1f}%{gops}  "
+              f"{r['isa'] or ''}")
+    print("-" * len(head))
+    mops = sum(r["mops"] for r in rows)
+    print(f"{'total':<58}{total:9.3f}{'':8}{mops / 1e3 / (total / 1e3) if total else 0:9.1f}"
+          f"  ({total / args.batch:.3f} ms per image)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"file": args.file, "batch": args.batch, "threads": threads, "isa": cpu.get_isa(),
+                       "total_ms": total, "layers": rows}, f, indent=1)
     return 0
 
 

@@ -68,8 +68,7 @@ def save_model(model, path):
             tensors.append({"layer": layer.name, "name": name, "dtype": _STORED[kind], "shape": list(shape),
                             "offset": 0, "nbytes": len(data), "crc32": zlib.crc32(data)})
             blobs.append(data)
-    arch = {"class": "Sequential", "name": model.name,
-            "layers": [{"class": type(l).__name__, "config": l.get_config()} for l in model.layers]}
+    arch = architecture(model)
     # Offsets live in the header, whose length depends on their digits: iterate to a fixed point.
     data_start = -1
     while True:
@@ -212,27 +211,61 @@ def read_file(path, verify=False):
     return model_file.verify() if verify else model_file
 
 
-def load_weights(model, source, verify=False):
-    """Load a model's weights from a path or a ModelFile (read_file) after checking that the
-    file's architecture is the model's; returns the ModelFile."""
-    mf = source if isinstance(source, ModelFile) else read_file(source, verify)
-    path = mf.path
+def architecture(model):
+    """The header's "model" object: Sequential chains list their layers in order; graphs
+    (pybnn.Model) also give each layer's inputs and the model's inputs and outputs."""
+    from .model import Sequential
+    chain = isinstance(model, Sequential)
+    layers = []
+    for layer in model.layers:
+        entry = {"class": type(layer).__name__, "config": layer.get_config()}
+        if not chain:
+            entry["inbound"] = model.inbound_names(layer)
+        layers.append(entry)
+    arch = {"class": "Sequential" if chain else "Model", "name": model.name, "layers": layers}
+    if not chain:
+        arch["inputs"] = [l.name for l in model.inputs]
+        arch["outputs"] = [model.layers[i].name for i in model._outputs]
+    return arch
+
+
+def _check_architecture(model, mf):
+    """Raise FormatError saying where the file's architecture differs from the model's."""
+    path, mine = mf.path, architecture(model)
+    if mf.arch.get("class") != mine["class"]:
+        raise FormatError(f"{path}: the file holds a {mf.arch.get('class')!r} model, '{model.name}' is a "
+                          f"{mine['class']}")
     layers = mf.arch.get("layers") if isinstance(mf.arch.get("layers"), list) else None
     if layers is None:
         raise FormatError(f"{path}: header has no layer list")
     if len(layers) != len(model.layers):
         raise FormatError(f"{path}: file has {len(layers)} layers, model '{model.name}' has {len(model.layers)}")
-    for i, (entry, layer) in enumerate(zip(layers, model.layers)):
-        cls = entry.get("class") if isinstance(entry, dict) else None
-        config = entry.get("config") if isinstance(entry, dict) else None
-        if cls != type(layer).__name__:
-            raise FormatError(f"{path}: layer {i} is {cls} in the file but {type(layer).__name__} "
+    for i, (entry, want, layer) in enumerate(zip(layers, mine["layers"], model.layers)):
+        entry = entry if isinstance(entry, dict) else {}
+        if entry.get("class") != want["class"]:
+            raise FormatError(f"{path}: layer {i} is {entry.get('class')} in the file but {want['class']} "
                               f"('{layer.name}') in the model")
-        mine = json.loads(json.dumps(layer.get_config()))
-        if not isinstance(config, dict) or config != mine:
-            diff = sorted(k for k in set(mine) | set(config or {}) if (config or {}).get(k) != mine.get(k))
+        config, config_mine = entry.get("config"), json.loads(json.dumps(want["config"]))
+        if not isinstance(config, dict) or config != config_mine:
+            diff = sorted(k for k in set(config_mine) | set(config or {})
+                          if (config or {}).get(k) != config_mine.get(k))
             raise FormatError(f"{path}: layer {i} ('{layer.name}') differs from the file in {diff}: "
-                              f"file {[(k, (config or {}).get(k)) for k in diff]}, model {[(k, mine.get(k)) for k in diff]}")
+                              f"file {[(k, (config or {}).get(k)) for k in diff]}, "
+                              f"model {[(k, config_mine.get(k)) for k in diff]}")
+        if entry.get("inbound") != want.get("inbound"):
+            raise FormatError(f"{path}: layer {i} ('{layer.name}') takes {entry.get('inbound')} in the file "
+                              f"but {want.get('inbound')} in the model")
+    for key in ("inputs", "outputs"):
+        if mf.arch.get(key) != mine.get(key):
+            raise FormatError(f"{path}: the file's model {key} are {mf.arch.get(key)}, the model's {mine.get(key)}")
+
+
+def load_weights(model, source, verify=False):
+    """Load a model's weights from a path or a ModelFile (read_file) after checking that the
+    file's architecture is the model's; returns the ModelFile."""
+    mf = source if isinstance(source, ModelFile) else read_file(source, verify)
+    path = mf.path
+    _check_architecture(model, mf)
     used = set()
     for layer in model.layers:
         specs = layer.weight_specs()
@@ -261,10 +294,10 @@ def load_weights(model, source, verify=False):
 def load_model(path, verify=False):
     """Rebuild a model from the architecture stored in the file and load its weights."""
     from . import layers as L
-    from .model import Sequential
+    from .model import Model, Sequential
     mf = read_file(path, verify)
     arch = mf.arch
-    if arch.get("class") != "Sequential" or not isinstance(arch.get("layers"), list):
+    if arch.get("class") not in ("Sequential", "Model") or not isinstance(arch.get("layers"), list):
         raise FormatError(f"{path}: unsupported model class {arch.get('class')!r}")
     built = []
     for i, entry in enumerate(arch["layers"]):
@@ -280,8 +313,42 @@ def load_model(path, verify=False):
         except (PyBNNError, TypeError, ValueError) as e:
             raise FormatError(f"{path}: layer {i} ({entry.get('class')}) has an invalid config: {e}") from None
     try:
-        model = Sequential(built, name=str(arch.get("name", "sequential")))
+        if arch["class"] == "Sequential":
+            model = Sequential(built, name=str(arch.get("name", "sequential")))
+        else:
+            model = _connect(path, arch, built, Model)
     except PyBNNError as e:
+        if isinstance(e, FormatError):
+            raise
         raise FormatError(f"{path}: the stored architecture does not build: {e}") from None
     load_weights(model, mf)
     return model
+
+
+def _connect(path, arch, built, model_class):
+    """A graph from its layers in file order, each calling on its "inbound" layers (which a
+    file must list before it: that also rules out cycles)."""
+    from .layers import Input
+    nodes = {}
+    for i, (entry, layer) in enumerate(zip(arch["layers"], built)):
+        if layer.name in nodes:
+            raise FormatError(f"{path}: layer {i}: two layers are named {layer.name!r}")
+        inbound = entry.get("inbound", [])
+        if isinstance(layer, Input):
+            if inbound:
+                raise FormatError(f"{path}: layer {i} ('{layer.name}') is an Input but lists inbound layers")
+            nodes[layer.name] = layer
+            continue
+        if (not isinstance(inbound, list) or not inbound
+                or not all(isinstance(n, str) and n in nodes for n in inbound)):
+            raise FormatError(f"{path}: layer {i} ('{layer.name}'): inbound must list earlier layers by name, "
+                              f"got {inbound!r}")
+        sources = [nodes[n] for n in inbound]
+        nodes[layer.name] = layer(sources if layer.n_inputs != 1 or len(sources) > 1 else sources[0])
+    ends = {}
+    for key in ("inputs", "outputs"):
+        names = arch.get(key)
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n in nodes for n in names):
+            raise FormatError(f"{path}: model {key} must list layers of the file by name, got {names!r}")
+        ends[key] = [nodes[n] for n in names]
+    return model_class(ends["inputs"], ends["outputs"], name=str(arch.get("name", "model")))

@@ -117,6 +117,24 @@ def dequantize(q, scale, zero_point):
 # ---------------------------------------------------------------------------- other layers
 
 
+def add(xs):
+    """Sum of float32 tensors, left to right in float32."""
+    total = np.asarray(xs[0], np.float32)
+    for x in xs[1:]:
+        total = (total + np.asarray(x, np.float32)).astype(np.float32)
+    return total
+
+
+def add_int8(qs, zero_points, mults, out_zero_point):
+    """int8 = clamp(rint(sum_i float32(q_i - z_i) * m_i) + z_out, -128, 127), the sum left
+    to right in float32 (m_i = float32(s_i / s_out)), rint half to even."""
+    total = None
+    for q, z, m in zip(qs, zero_points, mults):
+        term = (np.asarray(q, np.int32) - z).astype(np.float32) * np.float32(m)
+        total = term if total is None else (total + term).astype(np.float32)
+    return np.clip(np.rint(total).astype(np.int64) + int(out_zero_point), -128, 127).astype(np.int8)
+
+
 def batch_norm(x, gamma, beta, mean, var, epsilon):
     """(x - mean) * (gamma / sqrt(var + eps)) + beta, in float32, the factor computed first."""
     inv = (np.asarray(gamma, np.float32) /

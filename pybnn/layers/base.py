@@ -3,6 +3,7 @@
 A layer is config + weights + build(input spec) -> output spec + call (compiled kernels) +
 reference (NumPy, the semantics).  Python validates and allocates; kernels fill outputs.
 """
+import itertools
 import re
 
 import numpy as np
@@ -55,6 +56,23 @@ class TensorSpec:
         return f"{self.kind}{list(self.shape)}"
 
 
+_order = itertools.count()  # creation / call order: a valid topological order of functional graphs
+
+
+class Node:
+    """A symbolic tensor of the functional API: the output of `layer`.  Calling a layer on
+    nodes (or on Input layers) connects it; pybnn.Model(inputs, outputs) collects the graph."""
+
+    __slots__ = ("layer",)
+
+    def __init__(self, layer):
+        self.layer = layer
+
+    def __repr__(self):
+        spec = self.layer.output_spec
+        return f"Node({self.layer.name or type(self.layer).__name__}{'' if spec is None else ': ' + spec.describe()})"
+
+
 def _snake(name):
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z][a-z])", "_", name).lower()
 
@@ -64,6 +82,7 @@ class Layer:
     _build(spec) -> output spec, weight_specs(), call(x) and reference(x)."""
 
     input_kinds = ("float32",)
+    n_inputs = 1  # tensors the layer takes; None: two or more (Add, Concatenate)
 
     def __init__(self, name=None):
         if name is not None and (not isinstance(name, str) or not name):
@@ -73,6 +92,47 @@ class Layer:
         self._weights = None
         self.version = 0  # bumped by set_weights so models know to re-fold
         self.last_isa = None  # instruction-set path the last call ran (for profiling)
+        self.inbound = None  # functional API: the layers whose outputs this one takes
+        self._order = next(_order)
+
+    # ------------------------------------------------------------ functional API
+    def __call__(self, inputs):
+        """Connect this layer to earlier outputs (a Node, an Input layer, or a list of them
+        for layers taking several tensors); returns this layer's output Node."""
+        who = self.name or type(self).__name__
+        many = isinstance(inputs, (list, tuple))
+        nodes = list(inputs) if many else [inputs]
+        for node in nodes:
+            if not (isinstance(node, Node) or isinstance(node, Input)):
+                raise ConfigError(f"{who}: layers are called on the outputs of other layers (or on an "
+                                  f"Input layer), got {node!r}")
+        if self.n_inputs is None and (not many or len(nodes) < 2):
+            raise ConfigError(f"{who}: takes a list of two or more tensors, got {inputs!r}")
+        if self.n_inputs == 1 and (many or isinstance(self, Input)):
+            raise ConfigError(f"{who}: takes one tensor, got {inputs!r}" if not isinstance(self, Input)
+                              else "Input layers are not called: call other layers on them")
+        if self.inbound is not None:
+            raise ConfigError(f"{who}: this layer is already connected; a layer instance is used once "
+                              f"(make another layer for another place in the graph)")
+        self.inbound = [node.layer if isinstance(node, Node) else node for node in nodes]
+        self._order = next(_order)
+        return Node(self)
+
+    def input_kinds_for(self, specs):
+        """The kind each input must have (the model inserts the documented conversions).
+        Layers taking several tensors override this."""
+        spec = specs[0]
+        if spec.kind in self.input_kinds:
+            return [spec.kind]
+        if "float32" in self.input_kinds:
+            return ["float32"]
+        if "binary" in self.input_kinds and spec.kind in ("float32", "int8"):
+            return ["binary"]
+        return [None]  # no documented conversion: the model says what to insert
+
+    def aliases_input(self):
+        """True when call() returns a view of its input (no output buffer needed)."""
+        return False
 
     # ------------------------------------------------------------ config
     def get_config(self):
@@ -91,6 +151,7 @@ class Layer:
 
     # ------------------------------------------------------------ building
     def build(self, spec):
+        """spec: the input's TensorSpec (a list of them for layers taking several tensors)."""
         if spec.kind not in self.input_kinds:
             raise ShapeError(f"{self.name}: takes {' or '.join(self.input_kinds)} input, got {spec.describe()}")
         self.input_spec = spec
@@ -150,11 +211,18 @@ class Layer:
         return self
 
     # ------------------------------------------------------------ running
-    def call(self, x):
+    def call(self, x, out=None):
+        """Compute the output for a batch.  out: an array of the output's array shape and dtype
+        to write into (the model's activation arena), or None to allocate one."""
         return x
 
     def reference(self, x):
         return self.call(x)
+
+    def _output(self, out, n):
+        """`out`, or a new array for a batch of n (output_spec.array_shape)."""
+        spec = self.output_spec
+        return np.empty(spec.array_shape(n), spec.dtype) if out is None else out
 
 
 def _check_weight(layer, spec, w, check_values=True):

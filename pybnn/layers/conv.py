@@ -144,35 +144,33 @@ class _Conv(Layer):
         """Bounds of the integer accumulator (int kinds), used to fold thresholds."""
         raise NotImplementedError
 
-    def call(self, x):
+    def call(self, x, out=None):
         if self._weights is None:
             raise ShapeError(f"{self.name}: has no weights; call set_weights() or load a weights file")
+        y = self._output(out, x.shape[0])
         if self.gemm and not self.dense:
-            y, self.last_isa = self._gemm_conv(x)
+            self.last_isa = self._gemm_conv(x, y)
             return y
-        acc, isa = self._accumulate(x)
+        acc, isa = self._accumulate(x, y)
         self.last_isa = isa
-        return self._transform(acc, x.shape[0])
+        return self._transform(acc, y)
 
-    def _gemm_conv(self, x):
+    def _gemm_conv(self, x, y):
         """im2col, GEMM and output transform fused per block of output rows, in C."""
         h, w, c, pt, _, pl, _, hout, wout = self._geom
         n, out = x.shape[0], self._out
         if out["kind"] == "float":
-            y = np.empty((n, hout, wout, self.filters), np.float32)
             params = dict(mult=out["mult"], bias=out["bias"], lo=out["lo"], hi=out["hi"],
                           ibias=out["ibias"] if self.acc == "int" else None)
         elif out["kind"] == "int8":
-            y = np.empty((n, hout, wout, self.filters), np.int8)
             params = dict(mult=out["mult"], ibias=out["ibias"], zp=out["zp"], qmin=out["qmin"], qmax=out["qmax"])
         else:
-            y = np.empty((n, hout, wout, words(self.filters)), np.uint32)
             params = dict(thr=out["thr"], dir=out["dir"])
         zp = self.input_spec.zero_point if self.acc == "int" else 0
-        isa = kgemm.gemm_conv(self.gemm, x.reshape(n, h, w, c), self._wpacked, self.filters, *self.kernel_size,
-                              *self.strides, *self.dilation_rate, pt, pl, hout, wout, y, cpu.active(),
-                              cpu.num_threads(), a_zp=zp, **params)
-        return y.reshape(self.output_spec.array_shape(n)), isa
+        return kgemm.gemm_conv(self.gemm, x.reshape(n, h, w, c), self._wpacked, self.filters, *self.kernel_size,
+                               *self.strides, *self.dilation_rate, pt, pl, hout, wout,
+                               y.reshape(n, hout, wout, y.shape[-1]), cpu.active(), cpu.num_threads(),
+                               a_zp=zp, **params)
 
     def reference(self, x):
         if self._weights is None:
@@ -193,24 +191,23 @@ class _Conv(Layer):
             y = ref.pack_bits(ref.threshold_negative(acc, out["thr"], out["dir"]))
         return y.reshape(self.output_spec.array_shape(n))
 
-    def _transform(self, acc, n):
+    def _transform(self, acc, y):
+        """The output transform of the accumulators (rows, filters) into y (dense layers;
+        convolutions fuse it into their kernel)."""
         out, isa, threads = self._out, cpu.active(), self._threads()
+        rows = y.reshape(acc.shape[0], -1)
         if out["kind"] == "float":
-            if self.acc == "float":
-                ktr.to_float_f32(acc, out["mult"], out["bias"], out["lo"], out["hi"], acc, isa, threads)
-                y = acc
+            if self.acc == "float":  # acc is y itself (see _accumulate)
+                ktr.to_float_f32(acc, out["mult"], out["bias"], out["lo"], out["hi"], rows, isa, threads)
             else:
                 if out["ibias"] is not None:
                     np.add(acc, out["ibias"], out=acc)
-                y = np.empty(acc.shape, np.float32)
-                ktr.to_float_i32(acc, out["mult"], out["bias"], out["lo"], out["hi"], y, isa, threads)
+                ktr.to_float_i32(acc, out["mult"], out["bias"], out["lo"], out["hi"], rows, isa, threads)
         elif out["kind"] == "int8":
-            y = np.empty(acc.shape, np.int8)
-            ktr.to_int8(acc, out["ibias"], out["mult"], out["zp"], out["qmin"], out["qmax"], y, isa, threads)
+            ktr.to_int8(acc, out["ibias"], out["mult"], out["zp"], out["qmin"], out["qmax"], rows, isa, threads)
         else:
-            y = np.empty((acc.shape[0], words(self.filters)), np.uint32)
-            ktr.to_bits(acc, out["thr"], out["dir"], y, isa, threads)
-        return y.reshape(self.output_spec.array_shape(n))
+            ktr.to_bits(acc, out["thr"], out["dir"], rows, isa, threads)
+        return y
 
     def _columns(self, x, im2col, pad=None):
         """im2col of an NHWC batch; a 1x1/stride-1/unpadded kernel needs none."""
@@ -259,9 +256,9 @@ class Conv2D(_Conv):
         else:  # a copy in 32-channel panels, which the GEMM streams contiguously
             self._wpacked = kgemm.pack_float_weights(wmat)
 
-    def _accumulate(self, x):
-        cols = self._columns(x, kgemm.im2col_f32)
-        return np.matmul(cols, self._wmat), "blas"  # dense only: convolutions run _gemm_conv
+    def _accumulate(self, x, y=None):
+        cols = self._columns(x, kgemm.im2col_f32)  # dense only: convolutions run _gemm_conv
+        return np.matmul(cols, self._wmat, out=_float_acc(y, cols.shape[0], self.filters)), "blas"
 
     def _reference_acc(self, x):
         return self._reference_conv(self._reference_input(x), self._kernel4)
@@ -287,9 +284,9 @@ class FloatBinaryConv2D(_Conv):
         out["mult"] = named["scale"]
         return out
 
-    def _accumulate(self, x):
+    def _accumulate(self, x, y=None):
         cols = self._columns(x, kgemm.im2col_f32)
-        acc = np.empty((cols.shape[0], self.filters), np.float32)
+        acc = _float_acc(y, cols.shape[0], self.filters)
         isa = kgemm.fbgemm(cols, self._wpacked, self.depth, self.filters, acc, cpu.active(), cpu.num_threads())
         return acc, isa
 
@@ -366,22 +363,22 @@ class BinaryConv2D(_Conv):
             self._args_for = cached = (out, *args, (hout, wout, last))
         return cached[1:]
 
-    def call(self, x):
+    def call(self, x, out=None):
         """The kernel applies the output transform itself, to each block of rows while it is
         in cache: no int32 accumulator array, no second pass (bit-identical to _transform)."""
         if self._weights is None:
             raise ShapeError(f"{self.name}: has no weights; call set_weights() or load a weights file")
         dtype, params, shape = self._kernel_args()
         n = x.shape[0]
-        y = np.empty((n,) + shape, dtype)
-        self.last_isa = self._conv(x, y, params)
-        return y.reshape(self.output_spec.array_shape(n)) if self.dense else y
+        y = self._output(out, n)
+        self.last_isa = self._conv(x, y.reshape((n,) + shape), params)
+        return y
 
     def _conv(self, x, out, params):
         return kbin.bconv2d(x, self._wpacked, *self._conv_geometry, self._tapsum, out, cpu.active(),
                             cpu.num_threads(), corr=self._corr, **params)
 
-    def _accumulate(self, x):
+    def _accumulate(self, x, y=None):
         """The int32 accumulators alone (benchmark breakdowns)."""
         hout, wout = self._geom[7:]
         acc = np.empty((x.shape[0], hout, wout, self.filters), np.int32)
@@ -458,7 +455,7 @@ class Int8Conv2D(_Conv):
     def acc_range(self):
         return -self.depth * 255 * 127, self.depth * 255 * 127
 
-    def _accumulate(self, x):
+    def _accumulate(self, x, y=None):
         zp = self.input_spec.zero_point
         cols = self._columns(x, kgemm.im2col_i8, pad=zp)
         acc = np.empty((cols.shape[0], self.filters), np.int32)
@@ -490,6 +487,12 @@ class Int8BinaryConv2D(Int8Conv2D):
         return ref.int8_conv2d(self._reference_input(x), self.input_spec.zero_point,
                                ref.binarize(self._kernel4).astype(np.int64), self.strides,
                                self.dilation_rate, self._pads())
+
+
+def _float_acc(y, rows, filters):
+    """Float accumulators (rows, filters): the output array itself when there is one (the
+    output transform then rewrites it in place), else a new array."""
+    return np.empty((rows, filters), np.float32) if y is None else y.reshape(rows, filters)
 
 
 def _dense(conv_cls, doc):
