@@ -42,11 +42,17 @@ def threshold_negative(x, thr, direction):
 # ---------------------------------------------------------------------------- convolution
 
 
-def conv2d(x, w, strides, dilation, pads, pad_value=0):
+def conv2d(x, w, strides, dilation, pads, pad_value=0, groups=1):
     """Direct convolution in exact arithmetic (int64 for integer inputs, float64 otherwise).
 
-    x (N, H, W, C), w (KH, KW, C, COUT), pads ((top, bottom), (left, right)); input pixels
-    outside the image take `pad_value`.  Returns (N, HOUT, WOUT, COUT)."""
+    x (N, H, W, C), w (KH, KW, C / groups, COUT), pads ((top, bottom), (left, right)); input
+    pixels outside the image take `pad_value`.  With groups > 1, output channels
+    [g*COUT/groups, (g+1)*COUT/groups) see input channels [g*C/groups, (g+1)*C/groups) only.
+    Returns (N, HOUT, WOUT, COUT)."""
+    if groups > 1:
+        cg, fg = x.shape[3] // groups, w.shape[3] // groups
+        return np.concatenate([conv2d(x[..., g * cg:(g + 1) * cg], w[..., g * fg:(g + 1) * fg], strides,
+                                      dilation, pads, pad_value) for g in range(groups)], axis=-1)
     acc_type = np.int64 if np.issubdtype(np.asarray(x).dtype, np.integer) else np.float64
     x = np.asarray(x).astype(acc_type)
     w = np.asarray(w).astype(acc_type)
@@ -66,15 +72,16 @@ def conv2d(x, w, strides, dilation, pads, pad_value=0):
     return out
 
 
-def binary_conv2d(x_pm, w, strides, dilation, pads, pad_value):
+def binary_conv2d(x_pm, w, strides, dilation, pads, pad_value, groups=1):
     """±1 input and sign(w) weights: the integer dot count per output (int64)."""
     return conv2d(x_pm.astype(np.int64), binarize(w).astype(np.int64), strides, dilation, pads,
-                  pad_value)
+                  pad_value, groups)
 
 
-def int8_conv2d(q, zero_point, w_int8, strides, dilation, pads):
+def int8_conv2d(q, zero_point, w_int8, strides, dilation, pads, groups=1):
     """sum (q - zp) * w, padding with the zero point (real 0); exact int64."""
-    return conv2d(q.astype(np.int64) - zero_point, w_int8.astype(np.int64), strides, dilation, pads, 0)
+    return conv2d(q.astype(np.int64) - zero_point, w_int8.astype(np.int64), strides, dilation, pads, 0,
+                  groups)
 
 
 # ---------------------------------------------------------------------------- output transforms

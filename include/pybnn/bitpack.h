@@ -502,4 +502,34 @@ static int pybnn_unpack(int isa, int threads, const uint32_t *bits, size_t m, si
     return pybnn_bp_run(threads, &j);
 }
 
+/* ---------------------------------------------------------------- channel ranges
+ *
+ * pybnn_copy_bits: for each of m rows, channels [c0, c0 + n) of src (src_words words per row)
+ * go to channels [d0, d0 + n) of dst (dst_words per row); dst's other bits are kept.  This
+ * slices and joins packed tensors along channels at any bit offset (grouped binary
+ * convolutions, concatenation).  The caller checks c0 + n <= 32 * src_words and
+ * d0 + n <= 32 * dst_words. */
+static inline uint32_t pybnn_bits_at(const uint32_t *row, size_t words, size_t bit) {
+    size_t w = bit / 32, s = bit % 32;
+    uint32_t v = row[w] >> s;
+    if (s && w + 1 < words)
+        v |= row[w + 1] << (32 - s);
+    return v;
+}
+
+static void pybnn_copy_bits(const uint32_t *src, size_t m, size_t src_words, size_t c0, uint32_t *dst,
+                            size_t dst_words, size_t d0, size_t n) {
+    for (size_t r = 0; r < m; r++) {
+        const uint32_t *s = src + r * src_words;
+        uint32_t *d = dst + r * dst_words;
+        for (size_t t = 0; t < n;) {
+            size_t pos = d0 + t, shift = pos % 32, len = PYBNN_MIN(n - t, 32 - shift);
+            uint32_t mask = len == 32 ? 0xFFFFFFFFu : ((1u << len) - 1u);
+            uint32_t v = pybnn_bits_at(s, src_words, c0 + t) & mask;
+            d[pos / 32] = (d[pos / 32] & ~(mask << shift)) | (v << shift);
+            t += len;
+        }
+    }
+}
+
 #endif /* PYBNN_BITPACK_H */

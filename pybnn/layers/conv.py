@@ -13,11 +13,13 @@ reference.py): float  y = float32(acc [+ int bias]) * mult + bias, clamped by th
 int8 (int-accumulator kinds) the requantize rule; bits (after folding a Sign) a per-channel
 threshold.  Dense layers are convolutions whose kernel covers the whole input grid.
 """
+import copy
+
 import numpy as np
 
 from .. import cpu
 from .. import reference as ref
-from .._kernels import bconv as kbin, gemm as kgemm, transform as ktr
+from .._kernels import bconv as kbin, bitpack as kpack, dwconv as kdw, gemm as kgemm, transform as ktr
 from ..errors import ConfigError, ShapeError, WeightsError
 from ..shapes import as_pair, as_padding, conv_output, words
 from .base import Layer, TensorSpec
@@ -32,9 +34,17 @@ class _Conv(Layer):
     gemm = None            # the GEMM of the fused im2col + GEMM + transform driver (gemm_conv)
 
     def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1,
-                 use_bias=True, activation=None, name=None):
+                 use_bias=True, activation=None, name=None, groups=1):
         super().__init__(name)
         who = name or type(self).__name__
+        if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
+            raise ConfigError(f"{who}: groups must be a positive int, got {groups!r}")
+        if self.dense and groups != 1:
+            raise ConfigError(f"{who}: dense layers have no groups")
+        if filters is not None and not isinstance(filters, bool) and isinstance(filters, (int, np.integer)) \
+                and filters % groups:
+            raise ConfigError(f"{who}: filters ({filters}) must be a multiple of groups ({groups})")
+        self.groups = int(groups)
         if isinstance(filters, bool) or not isinstance(filters, (int, np.integer)) or filters < 1:
             raise ConfigError(f"{who}: {'units' if self.dense else 'filters'} must be a positive int, got {filters!r}")
         self.filters = int(filters)
@@ -58,6 +68,8 @@ class _Conv(Layer):
             config["units"] = config.pop("filters")
             for key in ("kernel_size", "strides", "padding", "dilation_rate"):
                 del config[key]
+        elif self.groups != 1:  # absent when 1: files written before groups existed stay equal
+            config["groups"] = self.groups
         return config
 
     # ------------------------------------------------------------ geometry
@@ -78,6 +90,8 @@ class _Conv(Layer):
             kh, kw = self.kernel_size
             pt, pb, hout = conv_output(h, kh, self.strides[0], self.dilation_rate[0], self.padding, 0, self.name)
             pl, pr, wout = conv_output(w, kw, self.strides[1], self.dilation_rate[1], self.padding, 1, self.name)
+            if c % self.groups:
+                raise ShapeError(f"{self.name}: input channels ({c}) must be a multiple of groups ({self.groups})")
             self._geom = (h, w, c, pt, pb, pl, pr, hout, wout)
             out_shape = (hout, wout, self.filters)
         self._check_input(spec)
@@ -96,7 +110,7 @@ class _Conv(Layer):
     @property
     def depth(self):
         """K: inputs summed per output."""
-        return self.kernel_size[0] * self.kernel_size[1] * self.in_channels
+        return self.kernel_size[0] * self.kernel_size[1] * self.in_channels // self.groups
 
     def _pads(self):
         _, _, _, pt, pb, pl, pr, _, _ = self._geom
@@ -107,7 +121,7 @@ class _Conv(Layer):
         kh, kw = self.kernel_size
         if self.dense:
             return (kh * kw * self.in_channels, self.filters)
-        return (kh, kw, self.in_channels, self.filters)
+        return (kh, kw, self.in_channels // self.groups, self.filters)
 
     def _extra_weights(self):
         return [("bias", (self.filters,), "float")] if self.use_bias else []
@@ -122,9 +136,85 @@ class _Conv(Layer):
     def _prepare(self):
         named = self._named()
         kh, kw = self.kernel_size
-        self._kernel4 = named["kernel"].reshape(kh, kw, self.in_channels, self.filters)
-        self._pack(self._kernel4)
+        self._kernel4 = named["kernel"].reshape(kh, kw, self.in_channels // self.groups, self.filters)
+        if self.groups == 1:
+            self._pack(self._kernel4)
+        else:
+            self._prepare_groups()
         self._out = self._default_output(named)
+
+    # ------------------------------------------------------------ groups
+    def _prepare_groups(self):
+        """Depthwise (one input channel per group) float and int8 kinds run the depthwise
+        kernel on the whole tensor; any other grouping runs one ungrouped layer per group
+        (`_parts`, sharing nothing but the geometry), each on its slice of the channels."""
+        h, w, c = self._geom[:3]
+        kh, kw = self.kernel_size
+        self._dw = self._parts = None
+        if c == self.groups and self.input_kinds != ("binary",):
+            kernel = self._kernel4 if self.kernel_kind != "bits" else ref.binarize(self._kernel4)
+            self._dw = np.ascontiguousarray(kernel.reshape(kh * kw, self.filters),
+                                            np.int32 if self.acc == "int" else np.float32)
+            return
+        cg, fg = c // self.groups, self.filters // self.groups
+        spec = self.input_spec
+        part_spec = TensorSpec(spec.kind, (h, w, cg), spec.scale, spec.zero_point)
+        self._parts = []
+        for g in range(self.groups):
+            config = dict(self.get_config(), name=f"{self.name}/group{g}", filters=fg)
+            config.pop("groups")
+            part = type(self).from_config(config)
+            part.build(part_spec)
+            sl = slice(g * fg, (g + 1) * fg)
+            part.set_weights([w[..., sl] for w in self._weights], check_values=False)
+            self._parts.append(part)
+
+    def _bound_parts(self):
+        """The per-group layers with their slices of the current output transform (which
+        folding may have replaced); made again only when it changes."""
+        cached = self.__dict__.get("_parts_for")
+        if cached is None or cached[0] is not self._out:
+            fg = self.filters // self.groups
+            hout, wout = self._geom[7:]
+            kind = {"float": "float32", "int8": "int8", "bits": "binary"}[self._out["kind"]]
+            spec = self.output_spec
+            parts = []
+            for g, part in enumerate(self._parts):
+                bound = copy.copy(part)
+                bound._out = {k: v[g * fg:(g + 1) * fg] if isinstance(v, np.ndarray) and v.ndim == 1 else v
+                              for k, v in self._out.items()}
+                bound.output_spec = TensorSpec(kind, (hout, wout, fg), spec.scale, spec.zero_point)
+                parts.append(bound)
+            self._parts_for = cached = (self._out, parts)
+        return cached[1]
+
+    def _call_groups(self, x, y):
+        h, w, c, pt, _, pl, _, hout, wout = self._geom
+        n = x.shape[0]
+        if self._dw is not None:
+            acc = np.empty((n * hout * wout, self.filters), np.int32 if self.acc == "int" else np.float32)
+            zp = self.input_spec.zero_point if self.acc == "int" else 0
+            isa = kdw.depthwise(x.reshape(n, h, w, c), self._dw, *self.kernel_size, *self.strides,
+                                *self.dilation_rate, pt, pl, hout, wout, zp, acc, cpu.active(), cpu.num_threads())
+            self._transform(acc, y)
+            return isa
+        cg, fg = c // self.groups, self.filters // self.groups
+        bits_in, bits_out = self.input_spec.kind == "binary", self._out["kind"] == "bits"
+        if bits_out:
+            y[...] = 0  # padding bits of the last word stay 0
+        rows_out = y.reshape(n * hout * wout, -1)
+        for g, part in enumerate(self._bound_parts()):
+            if bits_in:
+                xg = np.zeros((n, h, w, words(cg)), np.uint32)
+                kpack.copy_bits(x.reshape(n * h * w, -1), g * cg, xg.reshape(n * h * w, -1), 0, cg)
+            else:
+                xg = np.ascontiguousarray(x.reshape(n, h, w, c)[..., g * cg:(g + 1) * cg])
+            yg = part.call(xg).reshape(n * hout * wout, -1)
+            if bits_out:
+                kpack.copy_bits(yg, 0, rows_out, g * fg, fg)
+            else:
+                rows_out[:, g * fg:(g + 1) * fg] = yg
+        return part.last_isa
 
     def _pack(self, kernel4):
         raise NotImplementedError
@@ -148,6 +238,9 @@ class _Conv(Layer):
         if self._weights is None:
             raise ShapeError(f"{self.name}: has no weights; call set_weights() or load a weights file")
         y = self._output(out, x.shape[0])
+        if self.groups > 1:
+            self.last_isa = self._call_groups(x, y)
+            return y
         if self.gemm and not self.dense:
             self.last_isa = self._gemm_conv(x, y)
             return y
@@ -233,7 +326,7 @@ class _Conv(Layer):
         return x.reshape(x.shape[0], h, w, c)
 
     def _reference_conv(self, x, kernel4, pad_value=0):
-        return ref.conv2d(x, kernel4, self.strides, self.dilation_rate, self._pads(), pad_value)
+        return ref.conv2d(x, kernel4, self.strides, self.dilation_rate, self._pads(), pad_value, self.groups)
 
 
 class Conv2D(_Conv):
@@ -306,8 +399,8 @@ class BinaryConv2D(_Conv):
     acc = "int"
 
     def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1,
-                 pad_value=0, use_bias=False, use_scale=False, activation=None, name=None):
-        super().__init__(filters, kernel_size, strides, padding, dilation_rate, use_bias, activation, name)
+                 pad_value=0, use_bias=False, use_scale=False, activation=None, name=None, groups=1):
+        super().__init__(filters, kernel_size, strides, padding, dilation_rate, use_bias, activation, name, groups)
         if pad_value not in (-1, 0, 1) or isinstance(pad_value, bool):
             raise ConfigError(f"{name or type(self).__name__}: pad_value must be -1, 0 or 1, got {pad_value!r}")
         self.pad_value, self.use_scale = int(pad_value), bool(use_scale)
@@ -368,9 +461,12 @@ class BinaryConv2D(_Conv):
         in cache: no int32 accumulator array, no second pass (bit-identical to _transform)."""
         if self._weights is None:
             raise ShapeError(f"{self.name}: has no weights; call set_weights() or load a weights file")
-        dtype, params, shape = self._kernel_args()
         n = x.shape[0]
         y = self._output(out, n)
+        if self.groups > 1:
+            self.last_isa = self._call_groups(x, y)
+            return y
+        dtype, params, shape = self._kernel_args()
         self.last_isa = self._conv(x, y.reshape((n,) + shape), params)
         return y
 
@@ -388,7 +484,7 @@ class BinaryConv2D(_Conv):
         h, w, c = self._geom[:3]
         values = ref.unpack_bits(x, c)
         return ref.binary_conv2d(values, self._kernel4, self.strides, self.dilation_rate, self._pads(),
-                                 self.pad_value)
+                                 self.pad_value, self.groups)
 
 
 class Int8Conv2D(_Conv):
@@ -405,8 +501,8 @@ class Int8Conv2D(_Conv):
 
     def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1,
                  use_bias=True, activation=None, output="float", output_scale=None,
-                 output_zero_point=0, name=None):
-        super().__init__(filters, kernel_size, strides, padding, dilation_rate, use_bias, activation, name)
+                 output_zero_point=0, name=None, groups=1):
+        super().__init__(filters, kernel_size, strides, padding, dilation_rate, use_bias, activation, name, groups)
         who = name or type(self).__name__
         if output not in ("float", "int8"):
             raise ConfigError(f"{who}: output must be 'float' or 'int8', got {output!r}")
@@ -465,7 +561,7 @@ class Int8Conv2D(_Conv):
 
     def _reference_acc(self, x):
         return ref.int8_conv2d(self._reference_input(x), self.input_spec.zero_point, self._kernel4,
-                               self.strides, self.dilation_rate, self._pads())
+                               self.strides, self.dilation_rate, self._pads(), self.groups)
 
 
 class Int8BinaryConv2D(Int8Conv2D):
@@ -486,7 +582,7 @@ class Int8BinaryConv2D(Int8Conv2D):
     def _reference_acc(self, x):
         return ref.int8_conv2d(self._reference_input(x), self.input_spec.zero_point,
                                ref.binarize(self._kernel4).astype(np.int64), self.strides,
-                               self.dilation_rate, self._pads())
+                               self.dilation_rate, self._pads(), self.groups)
 
 
 def _float_acc(y, rows, filters):
