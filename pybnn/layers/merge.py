@@ -7,6 +7,7 @@ binary -> Dequantize -> float32), exactly as single-input layers do.
 import numpy as np
 
 from .. import reference as ref
+from .._kernels import bitpack as kpack
 from ..errors import ConfigError, ShapeError
 from .base import KINDS, Layer, TensorSpec
 
@@ -92,7 +93,7 @@ class Concatenate(_Merge):
     Float32 and binary inputs stay what they are; int8 inputs too when they all have the
     same scale and zero point.  Any other mix is converted to float32 (Dequantize) first.
     Binary tensors whose channel counts (all but the last) are multiples of 32 are joined
-    word by word; other counts shift the bits into place."""
+    word by word; other counts have their bits shifted into place (bitpack.copy_bits)."""
 
     input_kinds = KINDS
 
@@ -129,8 +130,13 @@ class Concatenate(_Merge):
         y = self._output(out, xs[0].shape[0])
         if self.output_spec.kind != "binary" or self._wordwise:
             np.concatenate(xs, axis=-1, out=y)
-        else:
-            np.copyto(y, self.reference(xs))
+            return y
+        y[...] = 0  # padding bits stay 0
+        rows = y.reshape(-1, y.shape[-1])
+        offset = 0
+        for x, c in zip(xs, self._channels):
+            kpack.copy_bits(x.reshape(rows.shape[0], -1), 0, rows, offset, c)
+            offset += c
         return y
 
     def reference(self, xs):
