@@ -12,10 +12,13 @@ Every kind computes an accumulator per output, then one output transform (see
 reference.py): float  y = float32(acc [+ int bias]) * mult + bias, clamped by the activation;
 int8 (int-accumulator kinds) the requantize rule; bits (after folding a Sign) a per-channel
 threshold.  Dense layers are convolutions whose kernel covers the whole input grid.
+
+Each kind keeps its kernel in the layout its GEMM reads (pybnn.layouts): packed once from
+set_weights, or used in place from a model file's map; Dense keeps a float32 matrix (BLAS).
 """
 import numpy as np
 
-from .. import cpu
+from .. import cpu, layouts
 from .. import reference as ref
 from .._kernels import bconv as kbin, gemm as kgemm, transform as ktr
 from ..errors import ConfigError, ShapeError, WeightsError
@@ -27,7 +30,8 @@ ACTIVATIONS = {None: (-np.inf, np.inf), "linear": (-np.inf, np.inf), "relu": (0.
 
 class _Conv(Layer):
     acc = "float"          # what the accumulator holds: "float" or "int"
-    kernel_kind = "float"  # how the kernel is stored: "float", "int8" or "bits"
+    kernel_kind = "float"  # what set_weights takes for the kernel: "float", "int8" or "bits"
+    layout = None          # how the layer keeps it (pybnn.layouts); None: a float32 (K, cout) matrix
     dense = False
     gemm = None            # the GEMM of the fused im2col + GEMM + transform driver (gemm_conv)
 
@@ -116,18 +120,50 @@ class _Conv(Layer):
         self._require_built("weight_specs")
         return [("kernel", self._kernel_shape(), self.kernel_kind)] + self._extra_weights()
 
+    def _kernel4_shape(self):
+        """The kernel as the convolution sees it: (KH, KW, Cin, Cout); dense layers (1, 1, K,
+        units), or (H, W, C, units) over a binary grid."""
+        return (*self.kernel_size, self.in_channels, self.filters)
+
+    def stored_specs(self):
+        specs = super().stored_specs()
+        if self.layout:
+            specs[0] = ("kernel", self._kernel4_shape(), self.layout)
+        return specs
+
+    def _check_weight(self, spec, w, check_values):
+        """A kernel may also come packed (a model file's tensor, in this layer's layout)."""
+        if spec[0] != "kernel" or not isinstance(w, layouts.Packed):
+            return super()._check_weight(spec, w, check_values)
+        shape = self._kernel4_shape()
+        if (w.layout, w.shape) != (self.layout, shape):
+            raise WeightsError(f"{self.name}: kernel is {w.layout}{list(w.shape)}, expected {self.layout}{list(shape)}")
+        if not w.header_ok():
+            raise WeightsError(f"{self.name}: the {self.layout} kernel's header or size is not that of K = "
+                               f"{self.depth}, cout = {self.filters}")
+        if check_values and not w.values_ok():
+            raise WeightsError(f"{self.name}: kernel holds values outside the layer's range (int8 -128, NaN or inf)")
+        return w
+
     def _named(self):
         return {spec[0]: w for spec, w in zip(self.weight_specs(), self._weights)}
 
     def _prepare(self):
         named = self._named()
-        kh, kw = self.kernel_size
-        self._kernel4 = named["kernel"].reshape(kh, kw, self.in_channels, self.filters)
-        self._pack(self._kernel4)
+        kernel = named["kernel"]
+        if not self.layout:
+            self._wmat = kernel.reshape(self.depth, self.filters)  # in place: BLAS reads it as it is
+        else:
+            if not isinstance(kernel, layouts.Packed):  # kept packed only: get_weights unpacks it
+                kernel = self._weights[0] = layouts.pack(self.layout, kernel.reshape(self._kernel4_shape()))
+            self._wpacked = kernel.array
         self._out = self._default_output(named)
 
-    def _pack(self, kernel4):
-        raise NotImplementedError
+    @property
+    def _kernel4(self):
+        """The logical kernel (KH, KW, Cin, Cout) for the NumPy reference (unpacked: a new array)."""
+        kernel = self._weights[0]
+        return kernel.unpack() if isinstance(kernel, layouts.Packed) else kernel.reshape(self._kernel4_shape())
 
     def _default_output(self, named):
         lo, hi = ACTIVATIONS[self.activation]
@@ -245,19 +281,13 @@ class Conv2D(_Conv):
     Dense (batch-sized matrix-vector products, bound by weight bandwidth) keeps BLAS."""
 
     gemm = "sgemm"
+    layout = "float32_sgemm"
 
     def _threads(self):
         # Only Dense gets here (convolutions run _gemm_conv): BLAS threads itself, and our
         # OpenMP workers spinning around its call would steal its cores (measured: 2-thread
         # float dense 3-4x slower), so the column copy and transform stay serial.
         return 1
-
-    def _pack(self, kernel4):
-        wmat = np.ascontiguousarray(kernel4.reshape(self.depth, self.filters))
-        if self.dense:
-            self._wmat = wmat
-        else:  # a copy in 32-channel panels, which the GEMM streams contiguously
-            self._wpacked = kgemm.pack_float_weights(wmat)
 
     def _accumulate(self, x):
         cols = self._columns(x, kgemm.im2col_f32)
@@ -273,14 +303,11 @@ class FloatBinaryConv2D(_Conv):
 
     input_kinds = ("float32",)
     kernel_kind = "bits"
+    layout = "bits_fbgemm"
     gemm = "fbgemm"
 
     def _extra_weights(self):
         return [("scale", (self.filters,), "float")] + super()._extra_weights()
-
-    def _pack(self, kernel4):
-        flat = ref.binarize(kernel4).transpose(3, 0, 1, 2).reshape(self.filters, self.depth)
-        self._wpacked = kgemm.pack_float_binary_weights(np.ascontiguousarray(flat))
 
     def _default_output(self, named):
         out = super()._default_output(named)
@@ -306,6 +333,7 @@ class BinaryConv2D(_Conv):
 
     input_kinds = ("binary",)
     kernel_kind = "bits"
+    layout = "bits_xgemm"
     acc = "int"
 
     def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1,
@@ -326,16 +354,24 @@ class BinaryConv2D(_Conv):
         scale = [("scale", (self.filters,), "float")] if self.use_scale else []
         return scale + super()._extra_weights()
 
-    def _pack(self, kernel4):
-        signs = ref.binarize(kernel4)
-        self._wpacked = kbin.pack_weights(np.ascontiguousarray(signs.transpose(3, 0, 1, 2)))
-        self._tapsum = kbin.tap_sums(signs.transpose(3, 0, 1, 2))
-        # The border corrections depend on geometry and weights only: once here, not per call.
+    def _prepare(self):
+        super()._prepare()
         h, w, c, pt, pb, pl, pr, hout, wout = self._geom
         # bconv2d's arguments from channels to pad_value
         self._conv_geometry = (c, self.filters, *self.kernel_size, *self.strides, *self.dilation_rate,
                                pt, pl, hout, wout, self.pad_value)
-        self._corr = kbin.pad_corrections(h, w, *self._conv_geometry, self._tapsum)
+        self._pad_cache = {}  # shared with the folded copies of this layer (copy.copy)
+
+    def _pad_terms(self):
+        """(tapsum, corr) for bconv2d.  The border corrections depend on the geometry and the
+        weights only, so they are made once, at the first call: not at load, since the tap
+        sums read every weight bit and a mapped load reads none."""
+        terms = self._pad_cache.get("terms")
+        if terms is None:
+            h, w, c = self._geom[:3]
+            tapsum = kbin.tap_sums_packed(self._wpacked, c, self.filters, *self.kernel_size)
+            terms = self._pad_cache["terms"] = (tapsum, kbin.pad_corrections(h, w, *self._conv_geometry, tapsum))
+        return terms
 
     def _default_output(self, named):
         out = super()._default_output(named)
@@ -378,8 +414,9 @@ class BinaryConv2D(_Conv):
         return y.reshape(self.output_spec.array_shape(n)) if self.dense else y
 
     def _conv(self, x, out, params):
-        return kbin.bconv2d(x, self._wpacked, *self._conv_geometry, self._tapsum, out, cpu.active(),
-                            cpu.num_threads(), corr=self._corr, **params)
+        tapsum, corr = self._pad_terms()
+        return kbin.bconv2d(x, self._wpacked, *self._conv_geometry, tapsum, out, cpu.active(),
+                            cpu.num_threads(), corr=corr, **params)
 
     def _accumulate(self, x):
         """The int32 accumulators alone (benchmark breakdowns)."""
@@ -402,6 +439,7 @@ class Int8Conv2D(_Conv):
 
     input_kinds = ("int8",)
     kernel_kind = "int8"
+    layout = "int8_igemm"
     acc = "int"
     scale_name = "kernel_scale"
     gemm = "igemm"
@@ -434,10 +472,6 @@ class Int8Conv2D(_Conv):
     def _extra_weights(self):
         bias = [("bias", (self.filters,), "int32")] if self.use_bias else []
         return [(self.scale_name, (self.filters,), "float")] + bias
-
-    def _pack(self, kernel4):
-        flat = kernel4.transpose(3, 0, 1, 2).reshape(self.filters, self.depth)
-        self._wpacked = kgemm.pack_int8_weights(np.ascontiguousarray(flat))
 
     def _default_output(self, named):
         scale = named[self.scale_name]
@@ -476,12 +510,9 @@ class Int8BinaryConv2D(Int8Conv2D):
     weights are ±1 and whose kernel scale is the binary scale (alpha)."""
 
     kernel_kind = "bits"
+    layout = "bits_ibgemm"
     scale_name = "scale"
     gemm = "ibgemm"
-
-    def _pack(self, kernel4):
-        flat = ref.binarize(kernel4).transpose(3, 0, 1, 2).reshape(self.filters, self.depth)
-        self._wpacked = kgemm.pack_int8_binary_weights(np.ascontiguousarray(flat))
 
     def acc_range(self):
         return -self.depth * 255, self.depth * 255
@@ -499,7 +530,10 @@ def _dense(conv_cls, doc):
         conv_cls.__init__(self, units, 1, use_bias=use_bias, activation=activation, name=name, **kwargs)
 
     name = conv_cls.__name__.replace("Conv2D", "Dense")
-    return type(name, (conv_cls,), {"__doc__": doc, "dense": True, "__init__": __init__})
+    attrs = {"__doc__": doc, "dense": True, "__init__": __init__}
+    if conv_cls is Conv2D:  # a float32 (K, units) matrix, which BLAS reads in place
+        attrs["layout"] = None
+    return type(name, (conv_cls,), attrs)
 
 
 Dense = _dense(Conv2D, "Float32 fully connected layer (BLAS matmul).")
