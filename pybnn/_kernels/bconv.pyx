@@ -26,6 +26,7 @@ cdef extern from "pybnn/bconv.h" nogil:
                                uint32_t *wp)
     void pybnn_bconv_tap_sums(const uint32_t *wp, size_t cout, size_t taps, size_t c, int32_t *tapsum)
     long pybnn_bconv_corrections_size(const pybnn_conv_geom *g)
+    int pybnn_bconv_needs_fix(const pybnn_conv_geom *g)
     int pybnn_bconv_corrections(const pybnn_conv_geom *g, const int32_t *tapsum, int32_t *corr)
     int pybnn_bconv2d(int isa, int threads, const pybnn_conv_geom *g, const uint32_t *x,
                       const uint32_t *wp, const int32_t *tapsum, const int32_t *corr,
@@ -142,6 +143,16 @@ cdef int _geometry(pybnn_conv_geom *g, Py_ssize_t n, Py_ssize_t h, Py_ssize_t wd
     g.cout, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw = cout, kh, kw, sh, sw, dh, dw
     g.pad_top, g.pad_left, g.hout, g.wout, g.pad_value = pad_top, pad_left, hout, wout, pad_value
     return 0
+
+
+def needs_pad_corrections(int h, int w, int channels, int cout, int kh, int kw, int sh, int sw, int dh,
+                          int dw, int pad_top, int pad_left, int hout, int wout, int pad_value):
+    """True if bconv2d corrects the border for this geometry (some tap falls outside the input
+    and pad_value != +1): only then does it read the tap sums."""
+    cdef pybnn_conv_geom g
+    _geometry(&g, 1, h, w, (channels + 31) // 32, channels, cout, kh, kw, sh, sw, dh, dw, pad_top,
+              pad_left, hout, wout, pad_value)
+    return bool(pybnn_bconv_needs_fix(&g))
 
 
 def pad_corrections(int h, int w, int channels, int cout, int kh, int kw, int sh, int sw, int dh,

@@ -365,11 +365,15 @@ class BinaryConv2D(_Conv):
     def _pad_terms(self):
         """(tapsum, corr) for bconv2d.  The border corrections depend on the geometry and the
         weights only, so they are made once, at the first call: not at load, since the tap
-        sums read every weight bit and a mapped load reads none."""
+        sums read every weight bit and a mapped load reads none.  Without a border to correct
+        (dense layers, valid padding, pad_value +1) the tap sums are never read."""
         terms = self._pad_cache.get("terms")
         if terms is None:
             h, w, c = self._geom[:3]
-            tapsum = kbin.tap_sums_packed(self._wpacked, c, self.filters, *self.kernel_size)
+            if kbin.needs_pad_corrections(h, w, *self._conv_geometry):
+                tapsum = kbin.tap_sums_packed(self._wpacked, c, self.filters, *self.kernel_size)
+            else:
+                tapsum = np.zeros((self.kernel_size[0] * self.kernel_size[1], self.filters), np.int32)
             terms = self._pad_cache["terms"] = (tapsum, kbin.pad_corrections(h, w, *self._conv_geometry, tapsum))
         return terms
 
