@@ -232,9 +232,9 @@ def read_file(path, verify=False):
             raise FormatError(f"{where}: appears twice")
         end = offset + nbytes
         tensors[key] = tensor = Tensor(key[0], key[1], dtype, shape, offset, nbytes, crc, buf[offset:end])
-        if dtype in layouts.LAYOUTS and not tensor.array().header_ok():
-            raise FormatError(f"{where}: the {dtype} header at byte {offset} is not that of K = "
-                              f"{shape[0] * shape[1] * shape[2]}, cout = {shape[3]} (magic, K, cout, zero bytes)")
+        problem = tensor.array().problem() if dtype in layouts.LAYOUTS else None
+        if problem:
+            raise FormatError(f"{where}: data at byte {offset}: {problem}")
     model_file = ModelFile(path, major, minor, size, arch, tensors, mapping)
     return model_file.verify() if verify else model_file
 
@@ -242,7 +242,6 @@ def read_file(path, verify=False):
 def load_weights(model, source, verify=False):
     """Load a model's weights from a path or a ModelFile (read_file) after checking that the
     file's architecture is the model's; returns the ModelFile."""
-    from .layers import Layer
     mf = source if isinstance(source, ModelFile) else read_file(source, verify)
     path = mf.path
     layers = mf.arch.get("layers") if isinstance(mf.arch.get("layers"), list) else None
@@ -266,7 +265,8 @@ def load_weights(model, source, verify=False):
         if not layer.weight_specs():
             continue
         entries = []
-        for (name, shape, dtype), (_, plain_shape, plain) in zip(layer.stored_specs(), Layer.stored_specs(layer)):
+        stored, before_1_2 = layer.stored_specs(), layer.stored_specs(packed=False)
+        for (name, shape, dtype), (_, plain_shape, plain) in zip(stored, before_1_2):
             t = mf.tensors.get((layer.name, name))
             if t is None:
                 raise FormatError(f"{path}: no tensor {layer.name}/{name} in the file")
@@ -279,8 +279,9 @@ def load_weights(model, source, verify=False):
             entries.append((t, dtype, shape, old_plain))
         plan.append((layer, entries))
     if repack > MAX_REPACK_FACTOR * mf.size + MAX_REPACK_EXTRA:
-        raise FormatError(f"{path}: packing this format {mf.major}.{mf.minor} file's kernels for its layers would "
-                          f"take {repack:,} bytes, more than {MAX_REPACK_FACTOR}x its size + {MAX_REPACK_EXTRA:,}: refused")
+        raise FormatError(f"{path}: packing this format {mf.major}.{mf.minor} file's kernels for its layers "
+                          f"would take {repack:,} bytes, more than {MAX_REPACK_FACTOR}x its size + "
+                          f"{MAX_REPACK_EXTRA:,}: refused")
     for layer, entries in plan:
         arrays = []
         for t, dtype, shape, old_plain in entries:

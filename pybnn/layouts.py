@@ -60,13 +60,24 @@ class Packed:
         else:
             self.array = data
 
-    def header_ok(self):
-        """The GEMM's own check (size, magic, K, cout, zero reserved bytes; bits_xgemm has no
-        header, its size is all there is to check)."""
-        if self.layout == "bits_xgemm":
-            return self.data.size == nbytes(self.layout, self.shape)
+    def problem(self):
+        """None if the GEMM will accept this kernel: its sizes within the GEMM's limits, and
+        the GEMM's own check (size, magic, K, cout, zero reserved bytes; bits_xgemm has no
+        header, its size is all there is to check).  Otherwise what is wrong."""
         kh, kw, c, cout = self.shape
-        return kgemm.packed_ok(_GEMM[self.layout], self.data, kh * kw * c, cout)
+        if self.data.size != nbytes(self.layout, self.shape):
+            return f"{self.data.size} bytes, a {self.layout} kernel of shape {list(self.shape)} has " \
+                   f"{nbytes(self.layout, self.shape)}"
+        if self.layout == "bits_xgemm":
+            return None
+        gemm, k = _GEMM[self.layout], kh * kw * c
+        try:
+            kgemm.packed_size(gemm, k, cout)
+        except (ValueError, OverflowError) as e:
+            return f"{gemm} cannot run it: {e}"
+        if not kgemm.packed_ok(gemm, self.data, k, cout):
+            return f"its {self.layout} header is not that of K = {k}, cout = {cout} (magic, K, cout, zero bytes)"
+        return None
 
     def _panels(self, dtype, per_panel):
         """The panel bytes (after the header, before any weight sums) as (panels, ...) of dtype."""

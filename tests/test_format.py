@@ -61,7 +61,8 @@ def save_format_1_1(model, path):
         offset = io._align(24 + len(header) + 4)
         for t in tensors:
             t["offset"], offset = offset, io._align(offset + t["nbytes"])
-    out = bytearray(struct.pack("<8sHHIQ", io.MAGIC, 1, 1, 0, len(header)) + header + struct.pack("<I", zlib.crc32(header)))
+    out = bytearray(struct.pack("<8sHHIQ", io.MAGIC, 1, 1, 0, len(header)) + header)
+    out += struct.pack("<I", zlib.crc32(header))
     for t, data in zip(tensors, blobs):
         out += b"\0" * (t["offset"] - len(out)) + data
     Path(path).write_bytes(bytes(out))
@@ -383,7 +384,7 @@ def _kernel(h, layout):
     (lambda h: _kernel(h, "bits_xgemm").update(shape=[3, 3, 0, 40]), r"shape \[KH, KW, Cin, Cout\]"),
     (lambda h: _kernel(h, "int8_igemm").update(shape=[1, 1, 2**31, 2**31]), r"shape \[KH, KW, Cin, Cout\]"),
     (lambda h: _kernel(h, "bits_ibgemm").update(shape=[1, 3, 6, 2**20]), "bytes declared"),
-    (lambda h: _kernel(h, "bits_fbgemm").update(dtype="bits_ibgemm"), "bytes declared|header"),
+    (lambda h: _kernel(h, "bits_fbgemm").update(dtype="bits_ibgemm"), "bytes declared|header is not"),
     (lambda h: _kernel(h, "float32_sgemm").update(dtype="float32", shape=[1, 1, 40, 8], nbytes=1280),
      r"is float32\[1, 1, 40, 8\], expected float32_sgemm"),
     (lambda h: h["model"]["layers"][1].update({"class": "Conv9D"}), "unknown kind 'Conv9D'"),
@@ -414,7 +415,8 @@ def test_forged_packed_kernels_cannot_make_a_kernel_read_out_of_bounds(tmp_path,
     if layout != "bits_xgemm":  # header fields: magic, K, cout, a reserved byte
         for pos in (0, 4, 8, 40):
             path.write_bytes(patch_tensor(raw, layer, name, lambda d: d.__setitem__(pos, d[pos] ^ 1)))
-            with pytest.raises(pybnn.FormatError, match=f"tensor {layer}/{name}: the {layout} header at byte"):
+            with pytest.raises(pybnn.FormatError, match=f"tensor {layer}/{name}: data at byte \\d+: its {layout} "
+                                                        f"header is not that of K = "):
                 pybnn.load_model(path)
     rng = np.random.default_rng(0)
     body = 0 if layout == "bits_xgemm" else layouts.HEADER
@@ -431,8 +433,18 @@ def test_forged_packed_kernels_cannot_make_a_kernel_read_out_of_bounds(tmp_path,
     t["shape"][2] += 1
     t["nbytes"] = layouts.nbytes(layout, t["shape"])
     path.write_bytes(rewrite(raw, header))
-    with pytest.raises(pybnn.FormatError, match="header at byte|overlaps|past the end|expected"):
+    with pytest.raises(pybnn.FormatError, match="header is not|overlaps|past the end|expected"):
         pybnn.load_model(path)
+
+
+def test_packed_kernels_beyond_the_gemms_limits_are_refused():
+    """Sizes a GEMM cannot run exactly (int8: K <= 65536) are refused like a bad header."""
+    shape = (1, 1, 65537, 1)
+    data = np.zeros(layouts.nbytes("int8_igemm", shape), np.uint8)
+    assert "igemm cannot run it: K = 65537 must be in [1, 65536]" in layouts.Packed("int8_igemm", shape, data).problem()
+    assert "bytes, a bits_fbgemm kernel" in layouts.Packed("bits_fbgemm", (1, 1, 3, 3), data[:10]).problem()
+    good = layouts.pack("int8_igemm", np.ones((1, 1, 5, 3), np.int8))
+    assert good.problem() is None and layouts.Packed("int8_igemm", (1, 1, 5, 4), good.data).problem()
 
 
 def test_int8_kernels_out_of_range_are_refused_when_verifying(tmp_path):

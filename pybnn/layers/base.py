@@ -107,9 +107,10 @@ class Layer:
         'int32' or 'bits' (a binary kernel, given as floats)."""
         return []
 
-    def stored_specs(self):
+    def stored_specs(self, packed=True):
         """[(name, shape, dtype)] of the weights as a model file stores them (docs/format.md):
-        dtype float32, int8, int32, or a kernel layout (pybnn.layouts) with its own shape."""
+        dtype float32, int8, int32, or a kernel layout (pybnn.layouts) with its own shape;
+        packed=False: as formats 1.0/1.1 did, every kernel plain (binary ones as bits)."""
         plain = {"float": "float32", "int8": "int8", "int32": "int32", "bits": "bits"}
         return [(name, tuple(shape), plain[kind]) for name, shape, kind in self.weight_specs()]
 

@@ -125,9 +125,9 @@ class _Conv(Layer):
         units), or (H, W, C, units) over a binary grid."""
         return (*self.kernel_size, self.in_channels, self.filters)
 
-    def stored_specs(self):
+    def stored_specs(self, packed=True):
         specs = super().stored_specs()
-        if self.layout:
+        if self.layout and packed:
             specs[0] = ("kernel", self._kernel4_shape(), self.layout)
         return specs
 
@@ -138,9 +138,9 @@ class _Conv(Layer):
         shape = self._kernel4_shape()
         if (w.layout, w.shape) != (self.layout, shape):
             raise WeightsError(f"{self.name}: kernel is {w.layout}{list(w.shape)}, expected {self.layout}{list(shape)}")
-        if not w.header_ok():
-            raise WeightsError(f"{self.name}: the {self.layout} kernel's header or size is not that of K = "
-                               f"{self.depth}, cout = {self.filters}")
+        problem = w.problem()
+        if problem:
+            raise WeightsError(f"{self.name}: kernel: {problem}")
         if check_values and not w.values_ok():
             raise WeightsError(f"{self.name}: kernel holds values outside the layer's range (int8 -128, NaN or inf)")
         return w
