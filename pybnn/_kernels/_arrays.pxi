@@ -33,7 +33,7 @@ def _check_bits(const uint8_t[::1] bits, Py_ssize_t n, Py_ssize_t k, Py_ssize_t 
     if sn < 0 or sk < 0:
         raise ValueError(f"{who}: bit strides must be >= 0, got {sn}, {sk}")
     cdef object last = (n - 1) * sn + (k - 1) * sk  # a Python int: no overflow
-    if n < 1 or k < 1 or last >= 8 * bits.shape[0]:
+    if n < 1 or k < 1 or last >= 8 * bits.shape[0] or last > <size_t>-1:  # (C indexes bits in size_t)
         raise ValueError(f"{who}: {bits.shape[0]} bytes of bits do not hold a {n} x {k} matrix "
                          f"with strides {sn}, {sk}")
     return 0
