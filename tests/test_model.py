@@ -83,7 +83,9 @@ def test_summary_lists_layers_params_bytes_and_mops(capsys):
     assert "Folded: bn2 + sign2" in text
     bconv2 = model.get_layer("bconv2")
     assert bconv2.count_params() == 3 * 3 * 16 * 40
-    assert bconv2.weight_bytes() == 3 * 3 * 16 * 40 // 8
+    # in its kernel's layout: each tap's 16 channels in a 32-bit word, the 9 words of a channel
+    # in 5 64-bit steps, 40 channels in 5 blocks of 8 (docs/format.md, bits_xgemm)
+    assert bconv2.weight_bytes() == 5 * 5 * 64
     assert bconv2.mops() == pytest.approx(2 * 9 * 9 * 40 * 3 * 3 * 16 / 1e6)
     assert capsys.readouterr().out.startswith('Model: "sequential"')
 
@@ -184,11 +186,15 @@ def test_save_load_round_trip(tmp_path):
     np.testing.assert_array_equal(again.predict(x), model.predict(x))
     rebuilt = pybnn.load_model(path)
     np.testing.assert_array_equal(rebuilt.predict(x), model.predict(x))
-    # binary kernels are stored at one bit per weight
+    # binary kernels are stored in their kernel's layout, one bit per weight (+ padding)
     raw = path.read_bytes()
     header = json.loads(raw[24:24 + int.from_bytes(raw[16:24], "little")])
     entry = next(t for t in header["tensors"] if t["layer"] == "bconv2" and t["name"] == "kernel")
-    assert entry["dtype"] == "bits" and entry["nbytes"] == 3 * 3 * 16 * 40 // 8 and entry["offset"] % 64 == 0
+    assert entry["dtype"] == "bits_xgemm" and entry["shape"] == [3, 3, 16, 40]
+    assert entry["nbytes"] == 5 * 5 * 64 and entry["offset"] % 64 == 0
+    for a, b in zip(rebuilt.layers, model.layers):
+        for wa, wb in zip(a.get_weights(), b.get_weights()):
+            np.testing.assert_array_equal(wa, wb)
 
 
 def test_load_into_a_different_architecture_says_where(tmp_path):

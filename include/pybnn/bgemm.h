@@ -10,7 +10,7 @@
  * padding) bits in a row.  Padding bits are 0 in both A and W, so they never count and
  * the result is the exact +-1 dot product.  Nothing else is read or written.
  *
- * Packed weight layout (what pybnn_bconv_pack_weights produces and every ISA reads):
+ * Packed weight layout (what pybnn_xgemm_pack_bits produces and every ISA reads):
  * output channels are grouped in blocks of PYBNN_XGEMM_NR = 8; a row of kwords uint32 is
  * viewed as k64 = ceil(kwords/2) little-endian uint64 (the last one's high half is 0 when
  * kwords is odd).  Block b stores, for each k < k64, the 8 channels' 64-bit words side by
@@ -45,17 +45,28 @@ static inline size_t pybnn_xgemm_wsize(size_t n, size_t kwords) {
     return pybnn_xgemm_cblocks(n) * pybnn_xgemm_k64(kwords) * 2 * PYBNN_XGEMM_NR;
 }
 
-/* Packs n rows of kwords uint32 (row j = channel j's bits, row stride kwords) into the
- * layout above.  wp must hold pybnn_xgemm_wsize(n, kwords) words. */
-static void pybnn_xgemm_pack_weights(const uint32_t *rows, size_t n, size_t kwords, uint32_t *wp) {
-    size_t k64 = pybnn_xgemm_k64(kwords);
-    memset(wp, 0, pybnn_xgemm_wsize(n, kwords) * sizeof(uint32_t));
-    for (size_t j = 0; j < n; j++) {
-        uint32_t *blk = wp + (j / PYBNN_XGEMM_NR) * k64 * 2 * PYBNN_XGEMM_NR;
-        size_t r = j % PYBNN_XGEMM_NR;
-        for (size_t q = 0; q < kwords; q++)
-            blk[(q / 2) * 2 * PYBNN_XGEMM_NR + 2 * r + (q % 2)] = rows[j * kwords + q];
-    }
+/* Index of word q of channel j's row in the packed weights (k64 steps per block). */
+static inline size_t pybnn_xgemm_at(size_t k64, size_t j, size_t q) {
+    return ((j / PYBNN_XGEMM_NR) * k64 + q / 2) * 2 * PYBNN_XGEMM_NR + 2 * (j % PYBNN_XGEMM_NR) + q % 2;
+}
+
+/* Packs the signs of n channels over `taps` taps of c input channels each into the layout
+ * above: channel j's row is, for each tap t, ceil(c/32) words holding input channel ch as bit
+ * ch % 32 of word ch / 32 (padding bits 0).  Its sign at (t, ch) is bit j * sn + (t*c + ch) * sk
+ * of `bits` (common.h, pybnn_sbit: sn = 1, sk = n for an HWIO kernel).  wp must hold
+ * pybnn_xgemm_wsize(n, taps * ceil(c/32)) words.  Blocks of 8 channels outside, so an HWIO
+ * kernel's bits are read a byte at a time and each 64-byte line of wp is written whole. */
+static void pybnn_xgemm_pack_bits(const uint8_t *bits, size_t sn, size_t sk, size_t n, size_t taps, size_t c,
+                                  uint32_t *wp) {
+    const size_t words = (c + 31) / 32, k64 = pybnn_xgemm_k64(taps * words);
+    memset(wp, 0, pybnn_xgemm_wsize(n, taps * words) * sizeof(uint32_t));
+    for (size_t j0 = 0; j0 < n; j0 += PYBNN_XGEMM_NR)
+        for (size_t t = 0; t < taps; t++)
+            for (size_t ch = 0; ch < c; ch++) {
+                uint32_t *w = wp + pybnn_xgemm_at(k64, j0, t * words + ch / 32);
+                for (size_t r = 0; r < PYBNN_XGEMM_NR && j0 + r < n; r++)
+                    w[2 * r] |= (uint32_t)pybnn_sbit(bits, sn, sk, j0 + r, t * c + ch) << (ch % 32);
+            }
 }
 
 /* Unaligned little-endian 64-bit load (compiles to one mov). */

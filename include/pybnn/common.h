@@ -53,6 +53,39 @@ enum {
 static inline int pybnn_popcount32(uint32_t x) { return __builtin_popcount(x); }
 static inline int pybnn_popcount64(uint64_t x) { return __builtin_popcountll(x); }
 
+/* Sign (1 = -1, 0 = +1) of element (n, k) of a matrix of signs stored as a little-endian bit
+ * stream (bit e is bit e % 8 of byte e / 8) with element strides sn, sk.  The weight packers
+ * read their input this way: the plain `bits` tensors of model files are HWIO kernels, a
+ * (K, cout) matrix (sn = 1, sk = cout), and rows of (cout, K) bits have sn = K, sk = 1. */
+static inline unsigned pybnn_sbit(const uint8_t *bits, size_t sn, size_t sk, size_t n, size_t k) {
+    const size_t e = n * sn + k * sk;
+    return (unsigned)(bits[e >> 3] >> (e & 7)) & 1u;
+}
+
+/* The 64-byte header of the GEMMs' packed weights (fbgemm.h, igemm.h): little-endian uint32
+ * magic, K, cout, then 52 zero bytes.  A packed buffer that starts on a multiple of 64 bytes
+ * (as pybnn allocates them and model files place them) has its panels on cache lines. */
+#define PYBNN_PACK_HEADER 64
+
+static inline void pybnn_pack_header(uint8_t *dst, uint32_t magic, size_t k, size_t cout) {
+    const uint32_t header[PYBNN_PACK_HEADER / 4] = {magic, (uint32_t)k, (uint32_t)cout};
+    memcpy(dst, header, sizeof header);
+}
+
+/* 1 if `wp` (of `size` bytes) has `want` bytes and the header pybnn_pack_header writes for this
+ * magic, K and cout (its reserved bytes zero). */
+static inline int pybnn_pack_header_ok(const uint8_t *wp, size_t size, size_t want, uint32_t magic, size_t k,
+                                       size_t cout) {
+    uint32_t header[PYBNN_PACK_HEADER / 4];
+    if (size != want || size < sizeof header)
+        return 0;
+    memcpy(header, wp, sizeof header); /* the buffer need not be aligned */
+    int ok = header[0] == magic && header[1] == k && header[2] == cout;
+    for (size_t i = 3; i < PYBNN_PACK_HEADER / 4; i++)
+        ok = ok && header[i] == 0;
+    return ok;
+}
+
 /* Is this instruction set usable on the running CPU (and compiled into this build)? */
 static inline int pybnn_isa_supported(int isa) {
     switch (isa) {

@@ -14,16 +14,18 @@
  * unsigned bytes with 4 signed bytes).
  *
  * igemm (pybnn_igemm_pack):
- *     bytes [0, 16)   header: uint32 magic "PBQ8", K, cout, 0 (little endian)
+ *     bytes [0, 64)   header: uint32 magic "PBQ8", K, cout, then 52 zero bytes (little endian;
+ *                     common.h, pybnn_pack_header)
  *     then            ceil(cout/16) panels of KQ = ceil(K/4) blocks of 64 bytes; byte 4c + j of
  *                     block q of panel p is w[16p + c, 4q + j] (int8), 0 where the channel or
  *                     k does not exist
  *     then            ceil(cout/16)*16 int32 wsum[n] = sum_k w[n, k] (0 past cout)
  *     The AVX-512 kernel loads whole 64-byte blocks: with the panels 64-byte aligned (the
- *     buffer at 48 mod 64, as pack_int8_weights allocates it) it runs 5-10% faster.
+ *     buffer on a multiple of 64, as pybnn allocates it and model files place it) it runs
+ *     5-10% faster.
  *
- * ibgemm (pybnn_ibgemm_pack):
- *     bytes [0, 16)   header: uint32 magic "PBQ1", K, cout, 0
+ * ibgemm (pybnn_ibgemm_pack_bits):
+ *     bytes [0, 64)   header: uint32 magic "PBQ1", K, cout, then 52 zero bytes
  *     then            ceil(cout/16) panels of KQ little-endian uint64 words; bit
  *                     32*(c%2) + 8*j + c/2 of word q of panel p is 1 iff s[16p + c, 4q + j] = -1
  *                     (0 where the channel or k does not exist)
@@ -60,7 +62,7 @@
 
 #define PYBNN_IGEMM_MAGIC 0x38514250u /* "PBQ8" */
 #define PYBNN_IBGEMM_MAGIC 0x31514250u  /* "PBQ1" */
-#define PYBNN_IGEMM_HEADER 16
+#define PYBNN_IGEMM_HEADER PYBNN_PACK_HEADER
 #define PYBNN_IGEMM_NP 16 /* output channels per panel */
 
 static inline size_t pybnn_igemm_kq(size_t k) { return (k + 3) / 4; }
@@ -90,11 +92,12 @@ static inline uint64_t pybnn_igemm_load_u64(const void *p) {
 static inline int32_t pybnn_igemm_load_i32(const void *p) { return (int32_t)pybnn_igemm_load_u32(p); }
 
 /* 1 if `wp` (of `size` bytes) was packed by pybnn_igemm_pack (binary = 0) or
- * pybnn_ibgemm_pack (binary = 1) for this K and cout. */
+ * pybnn_ibgemm_pack_bits (binary = 1) for this K and cout.  Only the header and size are
+ * checked: whatever the panels and wsums hold, the kernels read inside the buffer (wsums only
+ * enter wrapping int32 arithmetic), so a corrupt buffer gives wrong numbers, never a fault. */
 static inline int pybnn_igemm_check_any(const uint8_t *wp, size_t size, size_t k, size_t cout, int binary) {
-    return size == pybnn_igemm_packed_size_any(k, cout, binary) &&
-           pybnn_igemm_load_u32(wp) == (binary ? PYBNN_IBGEMM_MAGIC : PYBNN_IGEMM_MAGIC) &&
-           pybnn_igemm_load_u32(wp + 4) == k && pybnn_igemm_load_u32(wp + 8) == cout;
+    return pybnn_pack_header_ok(wp, size, pybnn_igemm_packed_size_any(k, cout, binary),
+                                binary ? PYBNN_IBGEMM_MAGIC : PYBNN_IGEMM_MAGIC, k, cout);
 }
 static inline int pybnn_igemm_check(const uint8_t *wp, size_t size, size_t k, size_t cout) {
     return pybnn_igemm_check_any(wp, size, k, cout, 0);
@@ -108,23 +111,21 @@ static inline const uint8_t *pybnn_igemm_wsums(const uint8_t *wp, size_t k, size
     return wp + PYBNN_IGEMM_HEADER + pybnn_igemm_npanels(cout) * pybnn_igemm_panel_bytes(k, binary);
 }
 
-static inline void pybnn_igemm_header(uint8_t *dst, uint32_t magic, size_t k, size_t cout) {
-    const uint32_t header[4] = {magic, (uint32_t)k, (uint32_t)cout, 0};
-    memcpy(dst, header, sizeof header);
-}
-
-/* w: (cout, k) int8 row-major; dst: pybnn_igemm_packed_size(k, cout) bytes. */
-static inline void pybnn_igemm_pack(const int8_t *w, size_t k, size_t cout, uint8_t *dst) {
+/* w[n, kk] = w[n * sn + kk * sk] (n < cout, kk < k): sn = k, sk = 1 for a (cout, k) row-major
+ * matrix; sn = 1, sk = cout for an HWIO kernel.  dst: pybnn_igemm_packed_size(k, cout) bytes. */
+static inline void pybnn_igemm_pack(const int8_t *w, ptrdiff_t sn, ptrdiff_t sk, size_t k, size_t cout,
+                                    uint8_t *dst) {
     const size_t pb = pybnn_igemm_panel_bytes(k, 0);
     memset(dst, 0, pybnn_igemm_packed_size(k, cout));
-    pybnn_igemm_header(dst, PYBNN_IGEMM_MAGIC, k, cout);
+    pybnn_pack_header(dst, PYBNN_IGEMM_MAGIC, k, cout);
     uint8_t *panels = dst + PYBNN_IGEMM_HEADER, *sums = (uint8_t *)pybnn_igemm_wsums(dst, k, cout, 0);
     for (size_t n = 0; n < cout; n++) {
         uint8_t *col = panels + (n / PYBNN_IGEMM_NP) * pb + (n % PYBNN_IGEMM_NP) * 4;
         int32_t sum = 0;
         for (size_t kk = 0; kk < k; kk++) {
-            col[(kk / 4) * 64 + kk % 4] = (uint8_t)w[n * k + kk];
-            sum += w[n * k + kk];
+            const int8_t v = w[(ptrdiff_t)n * sn + (ptrdiff_t)kk * sk];
+            col[(kk / 4) * 64 + kk % 4] = (uint8_t)v;
+            sum += v;
         }
         memcpy(sums + n * 4, &sum, 4);
     }
@@ -133,19 +134,20 @@ static inline void pybnn_igemm_pack(const int8_t *w, size_t k, size_t cout, uint
 /* Bit of channel c (within its panel) and k offset j (within its quad) in a panel word. */
 static inline unsigned pybnn_ibgemm_bit(size_t c, size_t j) { return (unsigned)(32 * (c % 2) + 8 * j + c / 2); }
 
-/* w: (cout, k) float32 row-major; s = -1 unless w >= 0 (so 0.0 and -0.0 give +1, NaN -1), the
- * rule of pybnn_bgemm_pack.  dst: pybnn_ibgemm_packed_size(k, cout) bytes. */
-static inline void pybnn_ibgemm_pack(const float *w, size_t k, size_t cout, uint8_t *dst) {
+/* Signs s[n, kk] = bit n * sn + kk * sk of `bits` (common.h, pybnn_sbit; 1 = -1) for n < cout,
+ * kk < k; dst: pybnn_ibgemm_packed_size(k, cout) bytes. */
+static inline void pybnn_ibgemm_pack_bits(const uint8_t *bits, size_t sn, size_t sk, size_t k, size_t cout,
+                                          uint8_t *dst) {
     const size_t pb = pybnn_igemm_panel_bytes(k, 1);
     memset(dst, 0, pybnn_ibgemm_packed_size(k, cout));
-    pybnn_igemm_header(dst, PYBNN_IBGEMM_MAGIC, k, cout);
+    pybnn_pack_header(dst, PYBNN_IBGEMM_MAGIC, k, cout);
     uint8_t *panels = dst + PYBNN_IGEMM_HEADER, *sums = (uint8_t *)pybnn_igemm_wsums(dst, k, cout, 1);
     for (size_t n = 0; n < cout; n++) {
         uint8_t *panel = panels + (n / PYBNN_IGEMM_NP) * pb;
         const size_t c = n % PYBNN_IGEMM_NP;
         int32_t sum = 0;
         for (size_t kk = 0; kk < k; kk++) {
-            const int neg = !(w[n * k + kk] >= 0.0f);
+            const unsigned neg = pybnn_sbit(bits, sn, sk, n, kk);
             const unsigned bit = pybnn_ibgemm_bit(c, kk % 4);
             panel[(kk / 4) * 8 + bit / 8] |= (uint8_t)(neg << (bit % 8));
             sum += neg ? -1 : 1;

@@ -10,6 +10,7 @@ import numpy as np
 
 from .. import reference as ref
 from ..errors import ConfigError, ShapeError, WeightsError
+from ..layouts import Packed
 from ..shapes import words
 
 KINDS = ("float32", "int8", "binary")
@@ -163,27 +164,43 @@ class Layer:
 
     # ------------------------------------------------------------ weights
     def weight_specs(self):
-        """[(name, shape, dtype kind)] that set_weights expects; dtype kind is 'float', 'int8' or 'int32'."""
+        """[(name, shape, dtype kind)] that set_weights expects; dtype kind is 'float', 'int8',
+        'int32' or 'bits' (a binary kernel, given as floats)."""
         return []
+
+    def stored_specs(self, packed=True):
+        """[(name, shape, dtype)] of the weights as a model file stores them (docs/format.md):
+        dtype float32, int8, int32, or a kernel layout (pybnn.layouts) with its own shape;
+        packed=False: as formats 1.0/1.1 did, every kernel plain (binary ones as bits)."""
+        plain = {"float": "float32", "int8": "int8", "int32": "int32", "bits": "bits"}
+        return [(name, tuple(shape), plain[kind]) for name, shape, kind in self.weight_specs()]
 
     def set_weights(self, weights, check_values=True):
         """Set the weights (arrays in weight_specs order; binary kernels as any float array,
-        binarized).  check_values=False skips the value checks (finite floats, int8 in
-        [-127, 127]), which read every weight: the model-file loader uses it so that a
-        memory-mapped load does not touch the weight bytes (a bad value cannot make a
-        kernel misbehave, only give a wrong result; load(verify=True) checks them)."""
+        binarized: -1 where w < 0).  check_values=False skips the value checks (finite
+        floats, int8 in [-127, 127]), which read every weight: the model-file loader uses it
+        so that a memory-mapped load does not touch the weight bytes (a bad value cannot
+        make a kernel misbehave, only give a wrong result; load(verify=True) checks them)."""
         specs = self._require_built("set_weights").weight_specs()
         if not isinstance(weights, (list, tuple)):
             raise WeightsError(f"{self.name}: set_weights takes a list of arrays, got {type(weights).__name__}")
         if len(weights) != len(specs):
             names = ", ".join(f"{n}{tuple(s)}" for n, s, _ in specs) or "none"
             raise WeightsError(f"{self.name}: expected {len(specs)} weight arrays ({names}), got {len(weights)}")
-        self._weights = [_check_weight(self.name, spec, w, check_values) for spec, w in zip(specs, weights)]
+        self._weights = [self._check_weight(spec, w, check_values) for spec, w in zip(specs, weights)]
         self.version += 1
         self._prepare()
 
+    def _check_weight(self, spec, w, check_values):
+        return _check_weight(self.name, spec, w, check_values)
+
     def get_weights(self):
-        return [w.copy() for w in self._weights] if self._weights is not None else []
+        """The weights as set_weights takes them (new arrays; a kernel kept in a layout is
+        unpacked, binary kernels as float32 +-1)."""
+        if self._weights is None:
+            return []
+        return [w.unpack().reshape(shape) if isinstance(w, Packed) else w.copy()
+                for (_, shape, _), w in zip(self.weight_specs(), self._weights)]
 
     def _prepare(self):
         """Lay weights out for the kernels, once (called by set_weights)."""
@@ -196,9 +213,10 @@ class Layer:
         return sum(int(np.prod(shape)) for _, shape, _ in self.weight_specs())
 
     def weight_bytes(self):
-        """Bytes the weights take in a model file (binary kernels at 1 bit per weight)."""
-        sizes = {"float": 4, "int8": 1, "int32": 4, "bits": 1 / 8}
-        return int(sum(np.ceil(np.prod(shape) * sizes[kind]) for _, shape, kind in self.weight_specs()))
+        """Bytes the weights take in a model file (binary kernels at 1 bit per weight, plus
+        the padding of their layout; docs/format.md)."""
+        from ..io import tensor_nbytes
+        return sum(tensor_nbytes(dtype, shape) for _, shape, dtype in self.stored_specs())
 
     def mops(self):
         """Millions of operations per sample (2 per multiply-add)."""
@@ -236,8 +254,8 @@ def _check_weight(layer, spec, w, check_values=True):
         w = w.astype(np.float32, copy=False)  # a float32 file tensor is used in place
         if check_values and not np.all(np.isfinite(w)):
             raise WeightsError(f"{layer}: weight '{name}' contains NaN or infinity")
-        # A binary kernel keeps only signs (what the file stores): get_weights returns ±1.
-        return np.ascontiguousarray(ref.binarize(w) if kind == "bits" else w)
+        # A binary kernel keeps only its signs, packed by the layer: get_weights returns ±1.
+        return np.ascontiguousarray(w)
     if check_values:
         lo, hi = (-127, 127) if kind == "int8" else (-2**31, 2**31 - 1)
         if w.dtype.kind == "f" and not np.all(np.isfinite(w) & (w == np.round(w))):

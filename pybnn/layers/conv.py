@@ -12,12 +12,15 @@ Every kind computes an accumulator per output, then one output transform (see
 reference.py): float  y = float32(acc [+ int bias]) * mult + bias, clamped by the activation;
 int8 (int-accumulator kinds) the requantize rule; bits (after folding a Sign) a per-channel
 threshold.  Dense layers are convolutions whose kernel covers the whole input grid.
+
+Each kind keeps its kernel in the layout its GEMM reads (pybnn.layouts): packed once from
+set_weights, or used in place from a model file's map; Dense keeps a float32 matrix (BLAS).
 """
 import copy
 
 import numpy as np
 
-from .. import cpu
+from .. import cpu, layouts
 from .. import reference as ref
 from .._kernels import bconv as kbin, bitpack as kpack, dwconv as kdw, gemm as kgemm, transform as ktr
 from ..errors import ConfigError, ShapeError, WeightsError
@@ -29,7 +32,8 @@ ACTIVATIONS = {None: (-np.inf, np.inf), "linear": (-np.inf, np.inf), "relu": (0.
 
 class _Conv(Layer):
     acc = "float"          # what the accumulator holds: "float" or "int"
-    kernel_kind = "float"  # how the kernel is stored: "float", "int8" or "bits"
+    kernel_kind = "float"  # what set_weights takes for the kernel: "float", "int8" or "bits"
+    layout = None          # how the layer keeps it (pybnn.layouts); None: a float32 (K, cout) matrix
     dense = False
     gemm = None            # the GEMM of the fused im2col + GEMM + transform driver (gemm_conv)
 
@@ -130,32 +134,85 @@ class _Conv(Layer):
         self._require_built("weight_specs")
         return [("kernel", self._kernel_shape(), self.kernel_kind)] + self._extra_weights()
 
+    def _kernel4_shape(self):
+        """The kernel as the convolution sees it: (KH, KW, Cin / groups, Cout); dense layers
+        (1, 1, K, units), or (H, W, C, units) over a binary grid."""
+        return (*self.kernel_size, self.in_channels // self.groups, self.filters)
+
+    def _depthwise(self):
+        """Grouped with one input channel per group, on float or int8 input: the depthwise
+        kernel runs it, from a plain (KH*KW, Cout) copy of the kernel."""
+        return self.groups > 1 and self.in_channels == self.groups and self.input_kinds != ("binary",)
+
+    def _packed_shape(self):
+        """Shape of the kernel in this layer's layout: (KH, KW, Cin, Cout), or one kernel per
+        group (G, KH, KW, Cin/G, Cout/G); None when the layer keeps it plain."""
+        if not self.layout or self._depthwise():
+            return None
+        kh, kw, cg, cout = self._kernel4_shape()
+        return (kh, kw, cg, cout) if self.groups == 1 else (self.groups, kh, kw, cg, cout // self.groups)
+
+    def stored_specs(self, packed=True):
+        specs = super().stored_specs()
+        shape = self._packed_shape()
+        if shape and packed:
+            specs[0] = ("kernel", shape, self.layout)
+        return specs
+
+    def _check_weight(self, spec, w, check_values):
+        """A kernel may also come packed (a model file's tensor, in this layer's layout)."""
+        if spec[0] != "kernel" or not isinstance(w, layouts.Packed):
+            return super()._check_weight(spec, w, check_values)
+        shape = self._packed_shape()
+        if (w.layout, w.shape) != (self.layout, shape):
+            raise WeightsError(f"{self.name}: kernel is {w.layout}{list(w.shape)}, expected {self.layout}{list(shape)}")
+        problem = w.problem()
+        if problem:
+            raise WeightsError(f"{self.name}: kernel: {problem}")
+        if check_values and not w.values_ok():
+            raise WeightsError(f"{self.name}: kernel holds values outside the layer's range (int8 -128, NaN or inf)")
+        return w
+
     def _named(self):
         return {spec[0]: w for spec, w in zip(self.weight_specs(), self._weights)}
 
     def _prepare(self):
         named = self._named()
-        kh, kw = self.kernel_size
-        self._kernel4 = named["kernel"].reshape(kh, kw, self.in_channels // self.groups, self.filters)
-        if self.groups == 1:
-            self._pack(self._kernel4)
+        kernel = named["kernel"]
+        if self.groups > 1:
+            self._prepare_groups(kernel)
+        elif not self.layout:
+            self._wmat = kernel.reshape(self.depth, self.filters)  # in place: BLAS reads it as it is
         else:
-            self._prepare_groups()
+            if not isinstance(kernel, layouts.Packed):  # kept packed only: get_weights unpacks it
+                kernel = self._weights[0] = layouts.pack(self.layout, kernel.reshape(self._kernel4_shape()))
+            self._wpacked = kernel.array
         self._out = self._default_output(named)
 
+    @property
+    def _kernel4(self):
+        """The logical kernel (KH, KW, Cin / groups, Cout) for the NumPy reference (unpacked:
+        a new array)."""
+        kernel = self._weights[0]
+        return kernel.unpack() if isinstance(kernel, layouts.Packed) else kernel.reshape(self._kernel4_shape())
+
     # ------------------------------------------------------------ groups
-    def _prepare_groups(self):
-        """Depthwise (one input channel per group) float and int8 kinds run the depthwise
-        kernel on the whole tensor; any other grouping runs one ungrouped layer per group
-        (`_parts`, sharing nothing but the geometry), each on its slice of the channels."""
+    def _prepare_groups(self, kernel):
+        """Depthwise layers (see _depthwise) run the depthwise kernel on the whole tensor; any
+        other grouping runs one ungrouped layer per group (`_parts`), each on its slice of the
+        channels with its group's kernel (a view of the grouped layout)."""
         h, w, c = self._geom[:3]
         kh, kw = self.kernel_size
         self._dw = self._parts = None
-        if c == self.groups and self.input_kinds != ("binary",):
-            kernel = self._kernel4 if self.kernel_kind != "bits" else ref.binarize(self._kernel4)
+        if self._depthwise():
+            if self.kernel_kind == "bits":  # a binary kernel keeps its signs only (get_weights: +-1)
+                kernel = self._weights[0] = ref.binarize(kernel)
             self._dw = np.ascontiguousarray(kernel.reshape(kh * kw, self.filters),
                                             np.int32 if self.acc == "int" else np.float32)
             return
+        if not isinstance(kernel, layouts.Packed):
+            kernel = self._weights[0] = layouts.pack_groups(self.layout, kernel.reshape(self._kernel4_shape()),
+                                                            self.groups)
         cg, fg = c // self.groups, self.filters // self.groups
         spec = self.input_spec
         part_spec = TensorSpec(spec.kind, (h, w, cg), spec.scale, spec.zero_point)
@@ -166,7 +223,7 @@ class _Conv(Layer):
             part = type(self).from_config(config)
             part.build(part_spec)
             sl = slice(g * fg, (g + 1) * fg)
-            part.set_weights([w[..., sl] for w in self._weights], check_values=False)
+            part.set_weights([kernel.group(g)] + [v[sl] for v in self._weights[1:]], check_values=False)
             self._parts.append(part)
 
     def _bound_parts(self):
@@ -216,8 +273,6 @@ class _Conv(Layer):
                 rows_out[:, g * fg:(g + 1) * fg] = yg
         return part.last_isa
 
-    def _pack(self, kernel4):
-        raise NotImplementedError
 
     def _default_output(self, named):
         lo, hi = ACTIVATIONS[self.activation]
@@ -335,19 +390,13 @@ class Conv2D(_Conv):
     Dense (batch-sized matrix-vector products, bound by weight bandwidth) keeps BLAS."""
 
     gemm = "sgemm"
+    layout = "float32_sgemm"
 
     def _threads(self):
         # Only Dense gets here (convolutions run _gemm_conv): BLAS threads itself, and our
         # OpenMP workers spinning around its call would steal its cores (measured: 2-thread
         # float dense 3-4x slower), so the column copy and transform stay serial.
         return 1
-
-    def _pack(self, kernel4):
-        wmat = np.ascontiguousarray(kernel4.reshape(self.depth, self.filters))
-        if self.dense:
-            self._wmat = wmat
-        else:  # a copy in 32-channel panels, which the GEMM streams contiguously
-            self._wpacked = kgemm.pack_float_weights(wmat)
 
     def _accumulate(self, x, y=None):
         cols = self._columns(x, kgemm.im2col_f32)  # dense only: convolutions run _gemm_conv
@@ -363,14 +412,11 @@ class FloatBinaryConv2D(_Conv):
 
     input_kinds = ("float32",)
     kernel_kind = "bits"
+    layout = "bits_fbgemm"
     gemm = "fbgemm"
 
     def _extra_weights(self):
         return [("scale", (self.filters,), "float")] + super()._extra_weights()
-
-    def _pack(self, kernel4):
-        flat = ref.binarize(kernel4).transpose(3, 0, 1, 2).reshape(self.filters, self.depth)
-        self._wpacked = kgemm.pack_float_binary_weights(np.ascontiguousarray(flat))
 
     def _default_output(self, named):
         out = super()._default_output(named)
@@ -396,6 +442,7 @@ class BinaryConv2D(_Conv):
 
     input_kinds = ("binary",)
     kernel_kind = "bits"
+    layout = "bits_xgemm"
     acc = "int"
 
     def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1,
@@ -416,16 +463,28 @@ class BinaryConv2D(_Conv):
         scale = [("scale", (self.filters,), "float")] if self.use_scale else []
         return scale + super()._extra_weights()
 
-    def _pack(self, kernel4):
-        signs = ref.binarize(kernel4)
-        self._wpacked = kbin.pack_weights(np.ascontiguousarray(signs.transpose(3, 0, 1, 2)))
-        self._tapsum = kbin.tap_sums(signs.transpose(3, 0, 1, 2))
-        # The border corrections depend on geometry and weights only: once here, not per call.
+    def _prepare(self):
+        super()._prepare()
         h, w, c, pt, pb, pl, pr, hout, wout = self._geom
         # bconv2d's arguments from channels to pad_value
         self._conv_geometry = (c, self.filters, *self.kernel_size, *self.strides, *self.dilation_rate,
                                pt, pl, hout, wout, self.pad_value)
-        self._corr = kbin.pad_corrections(h, w, *self._conv_geometry, self._tapsum)
+        self._pad_cache = {}  # shared with the folded copies of this layer (copy.copy)
+
+    def _pad_terms(self):
+        """(tapsum, corr) for bconv2d.  The border corrections depend on the geometry and the
+        weights only, so they are made once, at the first call: not at load, since the tap
+        sums read every weight bit and a mapped load reads none.  Without a border to correct
+        (dense layers, valid padding, pad_value +1) the tap sums are never read."""
+        terms = self._pad_cache.get("terms")
+        if terms is None:
+            h, w, c = self._geom[:3]
+            if kbin.needs_pad_corrections(h, w, *self._conv_geometry):
+                tapsum = kbin.tap_sums_packed(self._wpacked, c, self.filters, *self.kernel_size)
+            else:
+                tapsum = np.zeros((self.kernel_size[0] * self.kernel_size[1], self.filters), np.int32)
+            terms = self._pad_cache["terms"] = (tapsum, kbin.pad_corrections(h, w, *self._conv_geometry, tapsum))
+        return terms
 
     def _default_output(self, named):
         out = super()._default_output(named)
@@ -471,8 +530,9 @@ class BinaryConv2D(_Conv):
         return y
 
     def _conv(self, x, out, params):
-        return kbin.bconv2d(x, self._wpacked, *self._conv_geometry, self._tapsum, out, cpu.active(),
-                            cpu.num_threads(), corr=self._corr, **params)
+        tapsum, corr = self._pad_terms()
+        return kbin.bconv2d(x, self._wpacked, *self._conv_geometry, tapsum, out, cpu.active(),
+                            cpu.num_threads(), corr=corr, **params)
 
     def _accumulate(self, x, y=None):
         """The int32 accumulators alone (benchmark breakdowns)."""
@@ -495,6 +555,7 @@ class Int8Conv2D(_Conv):
 
     input_kinds = ("int8",)
     kernel_kind = "int8"
+    layout = "int8_igemm"
     acc = "int"
     scale_name = "kernel_scale"
     gemm = "igemm"
@@ -527,10 +588,6 @@ class Int8Conv2D(_Conv):
     def _extra_weights(self):
         bias = [("bias", (self.filters,), "int32")] if self.use_bias else []
         return [(self.scale_name, (self.filters,), "float")] + bias
-
-    def _pack(self, kernel4):
-        flat = kernel4.transpose(3, 0, 1, 2).reshape(self.filters, self.depth)
-        self._wpacked = kgemm.pack_int8_weights(np.ascontiguousarray(flat))
 
     def _default_output(self, named):
         scale = named[self.scale_name]
@@ -569,12 +626,9 @@ class Int8BinaryConv2D(Int8Conv2D):
     weights are ±1 and whose kernel scale is the binary scale (alpha)."""
 
     kernel_kind = "bits"
+    layout = "bits_ibgemm"
     scale_name = "scale"
     gemm = "ibgemm"
-
-    def _pack(self, kernel4):
-        flat = ref.binarize(kernel4).transpose(3, 0, 1, 2).reshape(self.filters, self.depth)
-        self._wpacked = kgemm.pack_int8_binary_weights(np.ascontiguousarray(flat))
 
     def acc_range(self):
         return -self.depth * 255, self.depth * 255
@@ -598,7 +652,10 @@ def _dense(conv_cls, doc):
         conv_cls.__init__(self, units, 1, use_bias=use_bias, activation=activation, name=name, **kwargs)
 
     name = conv_cls.__name__.replace("Conv2D", "Dense")
-    return type(name, (conv_cls,), {"__doc__": doc, "dense": True, "__init__": __init__})
+    attrs = {"__doc__": doc, "dense": True, "__init__": __init__}
+    if conv_cls is Conv2D:  # a float32 (K, units) matrix, which BLAS reads in place
+        attrs["layout"] = None
+    return type(name, (conv_cls,), attrs)
 
 
 Dense = _dense(Conv2D, "Float32 fully connected layer (BLAS matmul).")
