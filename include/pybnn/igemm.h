@@ -49,7 +49,7 @@
  *     avx2    the same at 256 bits
  *     avx512  vpdpbusd, 6 rows x 64 channels per micro-kernel; ibgemm expands the bits to +-1
  *             bytes in registers (once per block of rows, kept in L1) for the same kernel
- *     neon    vmull_s8 + vpadal, one row x 16 channels
+ *     neon    vmull_s8 + vpadal, 2 rows (armv7: 1) x 16 channels; ibgemm 1 row
  *     neon_dotprod  SDOT (ARMv8.2 dot product, chosen at run time), 4 rows x 16 channels
  */
 #ifndef PYBNN_IGEMM_H
@@ -923,9 +923,9 @@ PYBNN_TARGET_AVX512 static void pybnn_ibgemm_avx512(const int8_t *a, size_t lda,
 #if PYBNN_NEON
 /* ---------------------------------------------------------------- NEON
  *
- * neon (every ARM CPU with NEON: Cortex-A7/A53/A72, armv7 and aarch64): one row x one panel
- * at a time.  igemm: the row's 4 activations of a quad repeated against 4 channels x 4 k
- * weight bytes by vmull_s8 (|product| <= 128 * 128 fits int16 exactly; no two products are
+ * neon (every ARM CPU with NEON: Cortex-A7/A53/A72, armv7 and aarch64): igemm takes 2 rows
+ * (aarch64; 1 on armv7) x one panel at a time: each row's 4 activations of a quad repeated
+ * against 4 channels x 4 k weight bytes by vmull_s8 (|product| <= 128 * 128 fits int16 exactly; no two products are
  * added in 16 bits, which could overflow) + vpadal into (channel, k pair) int32 lanes:
  * 2 instructions per 8 multiply-adds.  ibgemm: the bit masks of 4 channels (vtst with the
  * selectors of the layout) pick the activations of the -1 weights; with T their sum and
@@ -958,30 +958,67 @@ static inline void pybnn_igemm_store_neon(const int32x4_t acc[4], const uint8_t 
     memcpy(dst, res, cnt * sizeof(int32_t));
 }
 
+/* One quad q of rows a .. a+(MR-1)*lda against the panel's block at blk (64 bytes: 4 k of
+ * 16 channels); TAIL: the last quad of a k that is not a multiple of 4. */
+static inline __attribute__((always_inline)) void
+pybnn_igemm_neon_step(int32x4_t pairs[][8], const int8_t *a, size_t lda, const int8_t *blk, size_t q, size_t k,
+                      const int MR, const int TAIL) {
+    int8x16_t w[4];
+    for (int g = 0; g < 4; g++) w[g] = vld1q_s8(blk + 16 * g);
+    for (int r = 0; r < MR; r++) {
+        const uint32_t quad = TAIL ? pybnn_igemm_quad(a + r * lda, q, k) : pybnn_igemm_load_u32(a + r * lda + 4 * q);
+        const int8x16_t ad = vreinterpretq_s8_u32(vdupq_n_u32(quad));
+        for (int g = 0; g < 4; g++) {
+#if defined(__aarch64__) /* SMULL2 reads the high halves in place */
+            pairs[r][2 * g + 1] = vpadalq_s16(pairs[r][2 * g + 1], vmull_high_s8(w[g], ad));
+#else
+            pairs[r][2 * g + 1] = vpadalq_s16(pairs[r][2 * g + 1], vmull_s8(vget_high_s8(w[g]), vget_low_s8(ad)));
+#endif
+            pairs[r][2 * g] = vpadalq_s16(pairs[r][2 * g], vmull_s8(vget_low_s8(w[g]), vget_low_s8(ad)));
+        }
+    }
+}
+
+/* Rows a .. a+(MR-1)*lda x the panel at blk -> channels [n0, n0 + cnt) of their outputs. */
+static inline __attribute__((always_inline)) void
+pybnn_igemm_neon_tile(const int8_t *a, size_t lda, const int8_t *blk, const uint8_t *sums, size_t k, size_t n0,
+                      size_t cnt, int a_zp, int32_t *out, size_t ldo, const int MR) {
+    const size_t kfull = k / 4;
+    int32x4_t pairs[2][8]; /* lanes (c, k0+k1), (c, k2+k3), (c+1, ...), ... */
+    for (int r = 0; r < MR; r++)
+        for (int g = 0; g < 8; g++) pairs[r][g] = vdupq_n_s32(0);
+    for (size_t q = 0; q < kfull; q++)
+        pybnn_igemm_neon_step(pairs, a, lda, blk + 64 * q, q, k, MR, 0);
+    if (k % 4)
+        pybnn_igemm_neon_step(pairs, a, lda, blk + 64 * kfull, kfull, k, MR, 1);
+    for (int r = 0; r < MR; r++) {
+        int32x4_t acc[4];
+        for (int g = 0; g < 4; g++)
+            acc[g] = vcombine_s32(vpadd_s32(vget_low_s32(pairs[r][2 * g]), vget_high_s32(pairs[r][2 * g])),
+                                  vpadd_s32(vget_low_s32(pairs[r][2 * g + 1]), vget_high_s32(pairs[r][2 * g + 1])));
+        pybnn_igemm_store_neon(acc, sums, n0, cnt, a_zp, out + r * ldo + n0);
+    }
+}
+
+/* Row tiles outside (aarch64: 2 rows, 16 sums + 4 weight registers, each weight load serving
+ * both; armv7's 16 registers hold one row's 8 sums), panels inside. */
 static void pybnn_igemm_neon(const int8_t *a, size_t lda, size_t m, const uint8_t *panels,
                              const uint8_t *sums, size_t k, size_t cout, int a_zp, int32_t *out,
                              size_t ldo) {
-    const size_t kq = pybnn_igemm_kq(k), pb = pybnn_igemm_panel_bytes(k, 0), np = pybnn_igemm_npanels(cout);
-    for (size_t i = 0; i < m; i++) {
-        const int8_t *row = a + i * lda;
+    const size_t pb = pybnn_igemm_panel_bytes(k, 0), np = pybnn_igemm_npanels(cout);
+#if defined(__aarch64__)
+    const size_t mr = 2;
+#else
+    const size_t mr = 1;
+#endif
+    for (size_t i = 0; i < m; i += mr) {
         for (size_t p = 0; p < np; p++) {
             const int8_t *blk = (const int8_t *)panels + p * pb;
-            int32x4_t acc[4];
-            int32x4_t pairs[8]; /* lanes (c, k0+k1), (c, k2+k3), (c+1, ...), ... */
-            for (int g = 0; g < 8; g++) pairs[g] = vdupq_n_s32(0);
-            for (size_t q = 0; q < kq; q++, blk += 64) {
-                const int8x8_t ad = vreinterpret_s8_u32(vdup_n_u32(pybnn_igemm_quad(row, q, k)));
-                for (int g = 0; g < 4; g++) {
-                    const int8x16_t w = vld1q_s8(blk + 16 * g);
-                    pairs[2 * g] = vpadalq_s16(pairs[2 * g], vmull_s8(vget_low_s8(w), ad));
-                    pairs[2 * g + 1] = vpadalq_s16(pairs[2 * g + 1], vmull_s8(vget_high_s8(w), ad));
-                }
-            }
-            for (int g = 0; g < 4; g++)
-                acc[g] = vcombine_s32(vpadd_s32(vget_low_s32(pairs[2 * g]), vget_high_s32(pairs[2 * g])),
-                                      vpadd_s32(vget_low_s32(pairs[2 * g + 1]), vget_high_s32(pairs[2 * g + 1])));
-            const size_t n0 = p * PYBNN_IGEMM_NP;
-            pybnn_igemm_store_neon(acc, sums, n0, PYBNN_MIN(PYBNN_IGEMM_NP, cout - n0), a_zp, out + i * ldo + n0);
+            const size_t n0 = p * PYBNN_IGEMM_NP, cnt = PYBNN_MIN(PYBNN_IGEMM_NP, cout - n0);
+            if (mr == 2 && i + 1 < m)
+                pybnn_igemm_neon_tile(a + i * lda, lda, blk, sums, k, n0, cnt, a_zp, out + i * ldo, ldo, 2);
+            else
+                pybnn_igemm_neon_tile(a + i * lda, lda, blk, sums, k, n0, cnt, a_zp, out + i * ldo, ldo, 1);
         }
     }
 }
