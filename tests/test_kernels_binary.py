@@ -14,10 +14,10 @@ HALF_WORDS = [15, 16, 17, 47, 48, 49]  # edges of the 16-channel AVX-512 compare
 # Variants each kernel implements; asking for another path falls back to the best lower one.
 IMPLEMENTED = {
     "pack_float": {"scalar", "sse4", "avx2", "avx512", "neon"},
-    "pack_int8": {"scalar", "sse4", "avx2", "avx512"},
-    "unpack": {"scalar", "avx2", "avx512"},
+    "pack_int8": {"scalar", "sse4", "avx2", "avx512", "neon"},
+    "unpack": {"scalar", "avx2", "avx512", "neon"},
     "bconv2d": {"scalar", "sse4", "avx2", "avx512", "neon"},
-    "bmaxpool2d": {"scalar", "avx2", "avx512"},
+    "bmaxpool2d": {"scalar", "avx2", "avx512", "neon"},
 }
 
 

@@ -9,6 +9,7 @@ AVX2 = AVX-512; multiply then add: SSE4 = scalar); the output transforms must ma
 for bit.
 """
 import itertools
+import platform
 
 import numpy as np
 import pytest
@@ -34,11 +35,13 @@ CHANNELS = [1, 3, 7, 8, 9, 31, 32, 33, 64, 65, 130]
 
 # Variants each kernel implements; asking for another path falls back to the best lower one.
 IMPLEMENTED = {
-    "igemm": {"scalar", "sse4", "avx2", "avx512", "neon"},
-    "ibgemm": {"scalar", "sse4", "avx2", "avx512", "neon"},
+    "igemm": {"scalar", "sse4", "avx2", "avx512", "neon", "neon_dotprod"},
+    "ibgemm": {"scalar", "sse4", "avx2", "avx512", "neon", "neon_dotprod"},
     "fbgemm": {"scalar", "sse4", "avx2", "avx512", "neon"},
     "sgemm": {"scalar", "sse4", "avx2", "avx512", "neon"},
-    "transform": {"scalar", "avx2"},
+    "transform": {"scalar", "avx2", "neon"},
+    # armv7's NEON flushes denormals to zero: its float transforms stay scalar
+    "transform_float": {"scalar", "avx2"} | ({"neon"} if platform.machine() in ("aarch64", "arm64") else set()),
 }
 
 
@@ -598,7 +601,7 @@ def test_to_float(name, c):
     for lo, hi in LO_HI:
         out = np.full((13, c), np.nan, np.float32)
         used = transform.to_float_i32(acc, mult, bias, lo, hi, out, isa_num(name))
-        assert used == expected_isa("transform", name)
+        assert used == expected_isa("transform_float", name)
         assert bitwise_equal(out, ref.clamp(acc.astype(np.float32) * mult + bias, lo, hi)), (lo, hi)
 
         facc = (acc * np.float32(0.001)).astype(np.float32)
