@@ -104,7 +104,8 @@ class _Importer:
         self.consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
         self.inputs = [i for i in graph.input if i.name not in self.consts]
         self.output_names = list(outputs) if outputs is not None else [o.name for o in graph.output]
-        self.shapes = self._infer_shapes(proto)
+        self.fixed = self._fix_batch(proto)
+        self.shapes = self._infer_shapes(self.fixed)
         self.nodes = list(graph.node)
         self.producer = {o: n for n in self.nodes for o in n.output if o}
         self.lin, self.qconst, self.values, self.uses = {}, {}, {}, {}
@@ -172,25 +173,28 @@ class _Importer:
         return np.ascontiguousarray(vec[x.perm] if x.perm is not None else vec, dtype=np.float32)
 
     # ------------------------------------------------------------ shapes
-    def _infer_shapes(self, proto):
+    def _fix_batch(self, proto):
+        """A copy of the model whose inputs have batch 1 (pybnn models take any batch) and
+        every other size fixed (an error otherwise)."""
         proto = onnx.ModelProto.FromString(proto.SerializeToString())
         for inp in proto.graph.input:
             if inp.name in self.consts:
                 continue
-            dims = inp.type.tensor_type.shape.dim
-            for axis, d in enumerate(dims):
+            for axis, d in enumerate(inp.type.tensor_type.shape.dim):
                 if not d.HasField("dim_value"):
-                    if axis == 0:
-                        d.dim_value = 1  # the batch: pybnn models take any batch size
-                    else:
+                    if axis:
                         raise ConvertError(f"{self.source}: input '{inp.name}' has no fixed size at axis {axis} "
                                            f"({d.dim_param or '?'}); export with a fixed input size")
+                    d.dim_value = 1
+        self.input_dims = {i.name: tuple(d.dim_value for d in i.type.tensor_type.shape.dim)
+                           for i in proto.graph.input}
+        return proto
+
+    def _infer_shapes(self, proto):
         try:
             inferred = shape_inference.infer_shapes(proto, data_prop=True)
         except Exception as e:
             raise ConvertError(f"{self.source}: ONNX shape inference failed: {e}") from None
-        self.input_dims = {i.name: tuple(d.dim_value for d in i.type.tensor_type.shape.dim)
-                           for i in proto.graph.input}
         shapes = {}
         for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
             t = vi.type.tensor_type
@@ -199,6 +203,22 @@ class _Importer:
         for name, arr in self.consts.items():
             shapes[name] = arr.shape
         return shapes
+
+    def _folded(self):
+        """The model with every constant-valued node replaced by an initializer (so that shape
+        inference sees folded Reshape targets and the like)."""
+        proto = onnx.ModelProto.FromString(self.fixed.SerializeToString())
+        graph = proto.graph
+        keep = [n for n in graph.node if any(o and o not in self.consts for o in n.output)]
+        used = {i for n in keep for i in n.input if i in self.consts}
+        del graph.node[:]
+        graph.node.extend(keep)
+        del graph.initializer[:]
+        graph.initializer.extend(numpy_helper.from_array(np.asarray(self.consts[n]), n) for n in sorted(used))
+        inputs = [i for i in graph.input if i.name not in self.consts]
+        del graph.input[:]
+        graph.input.extend(inputs)
+        return proto
 
     # ------------------------------------------------------------ pass 1 and 2: constants, linear forms
     def _evaluate(self, node):
@@ -250,7 +270,19 @@ class _Importer:
             return self._form(x, True).scaled(c if op == "Mul" else 1.0 / c)
         return None
 
+    def _fold(self):
+        """Fold constants, then infer shapes again on the folded graph, until nothing changes."""
+        for _ in range(8):
+            known = len(self.consts), len(self.shapes)
+            self._fold_constants()
+            if len(self.consts) == known[0]:
+                return
+            self.shapes.update(self._infer_shapes(self._folded()))
+            if len(self.shapes) == known[1]:
+                return
+
     def _fold_constants(self):
+        self.lin, self.qconst = {}, {}
         for node in self.nodes:
             ins = [i for i in node.input if i]
             dynamic = node.domain not in ("", "ai.onnx") or node.op_type in NOT_CONSTANT or \
@@ -264,13 +296,30 @@ class _Importer:
                 self.lin[node.output[0]] = form
             if dynamic:
                 continue
-            if form is not None and form.collapsed:
+            if all(o in self.consts for o in node.output if o):
+                pass  # folded in an earlier round
+            elif form is not None and form.collapsed:
                 # a straight-through form on weights: its value is what remains, exactly
                 self.consts[node.output[0]] = self._form_value(form)
-                continue
-            self.consts.update(self._evaluate(node))
+            elif node.op_type == "DequantizeLinear":
+                self.consts[node.output[0]] = self._dequantize(node)
+            else:
+                self.consts.update(self._evaluate(node))
             if node.op_type == "DequantizeLinear" and self.consts[node.input[0]].dtype.kind in "iu":
                 self.qconst[node.output[0]] = self._dq_params(node, constant=True)
+
+    def _dequantize(self, node):
+        """DequantizeLinear of constants, per tensor or per axis: float32(q - zp) * scale (the
+        reference evaluator implements only its newest versions)."""
+        q, scale, zp, axis = self._dq_params(node, constant=True)
+        if self.attrs(node).get("block_size", 0):
+            self.fail(node, "blocked quantization is not supported")
+        shape = [1] * q.ndim
+        if scale.size > 1:
+            shape[axis % q.ndim] = scale.size
+        zp = np.zeros(1, np.int64) if zp is None else zp.astype(np.int64)
+        return ((q.astype(np.int64) - zp.reshape(shape if zp.size > 1 else [1] * q.ndim)).astype(np.float32)
+                * scale.reshape(shape))
 
     def _form_value(self, form):
         if len(form.terms) == 1 and np.all(form.bias == 0):
@@ -314,7 +363,7 @@ class _Importer:
         return need
 
     def run(self):
-        self._fold_constants()
+        self._fold()
         for name in self.output_names:
             if name in self.consts:
                 raise ConvertError(f"{self.source}: output '{name}' is a constant (it does not depend on the input)")
@@ -795,7 +844,16 @@ class _Importer:
 
     def op_Reshape(self, node):
         x = self.val(node)
-        out = self.shape(node.output[0], node)
+        out = self.shapes.get(node.output[0])
+        if out is None and node.op_type == "Reshape":  # from the (constant-folded) target shape
+            target = [int(t) for t in self.const(node, 1, "shape")]
+            allowzero = self.attrs(node).get("allowzero", 0)
+            target = [x.shape[i] if t == 0 and not allowzero else t for i, t in enumerate(target)]
+            if target.count(-1) == 1:
+                known = int(np.prod([t for t in target if t != -1]))
+                target[target.index(-1)] = int(np.prod(x.shape)) // max(known, 1)
+            out = tuple(target)
+        out = out if out is not None else self.shape(node.output[0], node)
         if tuple(out) == tuple(x.shape):
             return x
         if len(x.shape) == 4 and len(out) == 2 and out[0] == x.shape[0]:
