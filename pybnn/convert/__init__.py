@@ -48,10 +48,10 @@ def from_onnx(source, outputs=None, name=None):
     return load(source, outputs=outputs, name=name)
 
 
-def from_keras(path, name=None):
+def from_keras(path, outputs=None, name=None):
     """See pybnn.convert.keras.from_keras (imported here so that h5py loads only when used)."""
     try:
         from .keras import from_keras as load
     except ImportError as e:
         raise ConvertError(f"importing Keras files needs h5py (pip install pybnn[keras]): {e}") from None
-    return load(path, name=name)
+    return load(path, outputs=outputs, name=name)
