@@ -470,7 +470,7 @@ class _Importer:
                 return self.values[name]
         if not form.terms:
             self.fail(node, "its value does not depend on the input (the terms cancel)")
-        out, parts = None, []
+        parts = []
         shape = self.shape(node.output[0], node)
         for k, (name, coef) in enumerate(form.terms.items()):
             v = self.real(self.values[name], node)
@@ -512,10 +512,12 @@ class _Importer:
         x = self.real(x, node)
         if x.kind == "int8":
             self.fail(node, "binarizes a quantized tensor; dequantize it first (DequantizeLinear)")
-        if x.kind == "binary":
-            if op == ">=" and t is None:
+        if x.kind == "binary":  # ±1 values: the comparison is the identity, or not a binarization
+            compare = {">=": np.greater_equal, ">": np.greater, "<=": np.less_equal, "<": np.less}[op]
+            t0 = 0.0 if t is None else t
+            if np.all(compare(1.0, t0)) and not np.any(compare(-1.0, t0)):
                 return x
-            self.fail(node, "compares a binary (±1) tensor with a threshold")
+            self.fail(node, "compares a binary (±1) tensor with a threshold that does not separate -1 from +1")
         if op == ">=" and t is None:
             return self._sign(node, x)
         t = np.zeros(x.shape[1], np.float32) if t is None else np.asarray(t, np.float32)
@@ -631,8 +633,10 @@ class _Importer:
             return qdq
         bias = None
         if c is not None:
-            full = np.broadcast_to(np.asarray(c, np.float32), (1, kernel.shape[1]))
-            bias = full[0] * beta if beta != 1 else full[0]
+            if np.size(c) not in (1, kernel.shape[1]) or np.squeeze(c).ndim > 1:
+                self.fail(node, f"bias C of shape {list(np.shape(c))} is not one value per output")
+            full = np.broadcast_to(np.asarray(c, np.float32).ravel(), (kernel.shape[1],))
+            bias = full * beta if beta != 1 else full.copy()
         return self._dense(node, x, kernel, bias)
 
     def op_MatMul(self, node):
@@ -657,8 +661,9 @@ class _Importer:
 
     def op_Relu(self, node):
         x = self.real(self.val(node), node)
-        conv = x.conv
-        if conv is not None and conv.activation is None and self.uses.get(node.input[0], 0) == 1:
+        conv, producer = x.conv, self.producer.get(node.input[0])
+        if conv is not None and conv.activation is None and self.uses.get(node.input[0], 0) == 1 \
+                and producer is not None and producer.op_type in ("Conv", "Gemm", "MatMul"):
             conv.activation = "relu"  # the convolution's output goes to this ReLU alone: fuse it
             return Value(x.node, "float32", x.shape, x.perm, zeros=True)
         n = self.b.add(L.ReLU, x.node, self.layer_name(node))
