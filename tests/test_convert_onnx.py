@@ -247,6 +247,18 @@ class SignOfRelu(nn.Module):
         return torch.sign(F.relu(self.conv(x)))
 
 
+class SignOfBinarySums(nn.Module):
+    """sign of a binary convolution without bias: its integer sums are often exactly 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 2, bias=False)
+        self.conv.weight.data = torch.where(torch.randn(4, 3, 2, 2) >= 0, 1.0, -1.0)
+
+    def forward(self, x):
+        return torch.sign(self.conv(torch.where(x >= 0, 1.0, -1.0)))
+
+
 class Squared(nn.Module):
     def forward(self, x):
         return x * x
@@ -282,6 +294,7 @@ class HalfPad(nn.Module):
 
 @pytest.mark.parametrize("net, match", [
     (SignOfRelu(), r"node '/Sign' \(Sign\): the sign of a tensor with many exact zeros"),
+    (SignOfBinarySums(), r"node '/Sign' \(Sign\): .* integer sums of a binary or int8 layer"),
     (Squared(), r"node '/Mul' \(Mul\): Mul of two computed tensors"),
     (Sigmoid(), r"node '/Sigmoid' \(Sigmoid\): this operator is not supported"),
     (Heaviside(), r"node '/Where' \(Where\): selects between \[1.0\] and \[0.0\]"),
@@ -311,8 +324,8 @@ def test_bad_files_and_outputs(tmp_path):
 
 def qlinear_model(act_type):
     """QuantizeLinear -> QLinearConv (per-channel int8 weights, int32 bias) -> MaxPool ->
-    QLinearConv -> DequantizeLinear, activations int8 or uint8, written with onnx.helper as
-    ONNX quantization tools write them."""
+    QLinearConv (±1 weights) -> DequantizeLinear, activations int8 or uint8, written with
+    onnx.helper as ONNX quantization tools write them."""
     rng = np.random.default_rng(0)
     np_act = np.uint8 if act_type == TensorProto.UINT8 else np.int8
     zp0 = 128 if np_act is np.uint8 else 0
@@ -324,7 +337,7 @@ def qlinear_model(act_type):
              c("w1", rng.integers(-127, 128, (6, 3, 3, 3)).astype(np.int8)),
              c("ws1", rng.uniform(0.002, 0.01, 6).astype(np.float32)), c("wz1", np.zeros(6, np.int8)),
              c("s1", np.float32(0.05)), c("z1", np_act(zp0 - 7)), c("b1", rng.integers(-900, 900, 6).astype(np.int32)),
-             c("w2", rng.integers(-127, 128, (5, 6, 1, 1)).astype(np.int8)), c("ws2", np.float32(0.01)),
+             c("w2", rng.choice([-1, 1], (5, 6, 1, 1)).astype(np.int8)), c("ws2", np.float32(0.01)),
              c("wz2", np.int8(0)), c("s2", np.float32(0.04)), c("z2", np_act(zp0 + 1))]
     nodes = [helper.make_node("QuantizeLinear", ["x", "s0", "z0"], ["q0"]),
              helper.make_node("QLinearConv", ["q0", "s0", "z0", "w1", "ws1", "wz1", "s1", "z1", "b1"], ["q1"],
@@ -342,12 +355,15 @@ def qlinear_model(act_type):
 def test_qlinear_conv(isa, act_type):
     proto = qlinear_model(act_type)
     model = from_onnx(proto)
-    assert kinds(model)["Int8Conv2D"] == 2 and kinds(model)["Quantize"] == 1
+    counts = kinds(model)
+    assert counts["Int8Conv2D"] == counts["Int8BinaryConv2D"] == counts["Quantize"] == 1
     x = images((1, 3, 9, 8), n=4, seed=8)
     (_, worst, _, differ), = compare_onnx(proto, model, feeds={"x": x})
-    # int8 requantization rounds float32(acc) * M half to even like onnxruntime; M itself may
-    # differ from onnxruntime's float32 product in its last bit: at most one step, rarely
-    assert worst <= 0.04 * 1.0001 and differ <= x.size // 100
+    # int8 requantization rounds float32(acc) * M half to even like onnxruntime, but pybnn
+    # computes M = in_scale * w_scale / out_scale in float64, onnxruntime in float32: M may
+    # differ in its last bit, and a result by one step (0.04) where acc * M is within rounding of
+    # a half (with onnxruntime's M the results are identical): 6 of these 560 outputs
+    assert worst <= 0.04 * 1.0001 and differ <= 10
 
 
 def test_qdq_model_from_onnxruntime_quantization(tmp_path):

@@ -489,7 +489,7 @@ class _Importer:
         weights = [w for w in (scale, bias) if w is not None]
         n = self.b.add(L.ChannelAffine, x.node, self.layer_name(node, suffix), weights,
                        use_scale=scale is not None, use_bias=bias is not None)
-        return Value(n, "float32", x.shape, x.perm)
+        return Value(n, "float32", x.shape, x.perm, zeros=x.zeros and bias is None)
 
     def _add(self, node, parts, suffix=""):
         if len({p.shape for p in parts}) != 1 or len({None if p.perm is None else tuple(p.perm) for p in parts}) != 1:
@@ -600,7 +600,7 @@ class _Importer:
         n = add_conv(self.b, x.node, x.kind, kernel, None if bias is None else bias.astype(np.float32),
                      self.layer_name(node), strides=strides, padding=pads, dilation=dilations, groups=group,
                      pad_value=pad_value, where=f"node '{self.label(node)}' (Conv)")
-        return Value(n, "float32", self.shape(node.output[0], node), conv=n.layer)
+        return Value(n, "float32", self.shape(node.output[0], node), zeros=_integer_sums(n.layer), conv=n.layer)
 
     def _dense(self, node, x, kernel, bias):
         x = self.real(x, node)
@@ -613,7 +613,7 @@ class _Importer:
         n = add_conv(self.b, x.node, x.kind, np.ascontiguousarray(kernel, np.float32),
                      None if bias is None else bias.astype(np.float32), self.layer_name(node), dense=True,
                      where=f"node '{self.label(node)}' ({node.op_type})")
-        return Value(n, "float32", self.shape(node.output[0], node), conv=n.layer)
+        return Value(n, "float32", self.shape(node.output[0], node), zeros=_integer_sums(n.layer), conv=n.layer)
 
     def op_Gemm(self, node):
         a = self.attrs(node)
@@ -672,13 +672,13 @@ class _Importer:
     def op_LeakyRelu(self, node):
         x = self.real(self.val(node), node)
         n = self.b.add(L.ReLU, x.node, self.layer_name(node), negative_slope=self.attrs(node).get("alpha", 0.01))
-        return Value(n, "float32", x.shape, x.perm)
+        return Value(n, "float32", x.shape, x.perm, zeros=x.zeros)
 
     def op_PRelu(self, node):
         x = self.real(self.val(node), node)
         alpha = self.channel_vector(x, self.const(node, 1, "slope"), node, "the slope")
         n = self.b.add(L.PReLU, x.node, self.layer_name(node), [alpha])
-        return Value(n, "float32", x.shape, x.perm)
+        return Value(n, "float32", x.shape, x.perm, zeros=x.zeros)
 
     def op_Clip(self, node):
         x = self.val(node)
@@ -702,8 +702,9 @@ class _Importer:
         x = self.val(node)
         src = x.defer[1] if x.defer is not None and x.defer[0] == "clip" else x
         if src.zeros:
-            self.fail(node, "the sign of a tensor with many exact zeros (a ReLU output or a dequantized int8 "
-                            "tensor): ONNX's Sign gives 0 there, pybnn's binarization +1")
+            self.fail(node, "the sign of a tensor with many exact zeros (a ReLU output, a dequantized int8 "
+                            "tensor, integer sums of a binary or int8 layer without bias): ONNX's Sign gives 0 "
+                            "there, pybnn's binarization +1; binarize with torch.where(x >= 0, 1., -1.)")
         return self._binarize(node, x)
 
     def op_Where(self, node):
@@ -801,7 +802,7 @@ class _Importer:
         cls = L.MaxPool2D if kind == "max" else L.AveragePool2D
         n = self.b.add(cls, x.node, self.layer_name(node), pool_size=k, strides=strides, padding=pads)
         kind_out = x.kind if kind == "max" or x.kind == "int8" else "float32"
-        return Value(n, kind_out, out, zeros=x.zeros and kind == "max", scale=x.scale, zp=x.zp, dtype=x.dtype)
+        return Value(n, kind_out, out, zeros=x.zeros, scale=x.scale, zp=x.zp, dtype=x.dtype)
 
     def _global_pool(self, node, cls, x, keep=True):
         x = self.real(x, node)
@@ -809,7 +810,7 @@ class _Importer:
             self.fail(node, "pools a tensor that is not (N, C, H, W)")
         n = self.b.add(cls, x.node, self.layer_name(node), pool_size=x.shape[2:], strides=1)
         kind = x.kind if cls is L.MaxPool2D or x.kind == "int8" else "float32"
-        v = Value(n, kind, (x.shape[0], x.shape[1], 1, 1), zeros=x.zeros and cls is L.MaxPool2D, scale=x.scale,
+        v = Value(n, kind, (x.shape[0], x.shape[1], 1, 1), zeros=x.zeros, scale=x.scale,
                   zp=x.zp, dtype=x.dtype)
         return v if keep else self._flatten(node, v, "/flatten")
 
@@ -968,13 +969,17 @@ class _Importer:
         return q
 
     def _int8_layer(self, node, x, kernel, kscale, bias, dense, output, geometry=None):
-        """Int8Conv2D / Int8Dense of the int8 tensor x (ONNX quantized operators and QDQ)."""
+        """Int8Conv2D / Int8Dense (Int8BinaryConv2D / ...Dense for ±1 weights) of the int8 tensor x
+        (ONNX quantized operators and QDQ)."""
         units = kernel.shape[-1]
         kscale = np.broadcast_to(np.asarray(kscale, np.float32).ravel(), (units,)).copy() \
             if np.size(kscale) in (1, units) else None
         if kscale is None:
             self.fail(node, "weight scales must be per tensor or per output channel")
-        cls = L.Int8Dense if dense else L.Int8Conv2D
+        # ±1 weights: the int8 x binary kind computes the same sums with 1-bit weights
+        binary = kernel.size and np.all(np.abs(kernel.astype(np.int32)) == 1)
+        cls = (L.Int8BinaryDense if dense else L.Int8BinaryConv2D) if binary else (L.Int8Dense if dense else
+                                                                                   L.Int8Conv2D)
         config = dict(geometry or {})
         if output is not None:
             config.update(output="int8", output_scale=output[0], output_zero_point=output[1])
@@ -1066,7 +1071,7 @@ class _Importer:
                         groups=self.attrs(node).get("group", 1))
         n = self._int8_layer(node, q, np.ascontiguousarray(kq.transpose(2, 3, 1, 0)), kscale, ibias, False, None,
                              geometry)
-        v = Value(n, "float32", self.shape(node.output[0], node), conv=n.layer)
+        v = Value(n, "float32", self.shape(node.output[0], node), zeros=_integer_sums(n.layer), conv=n.layer)
         return v if fbias is None else self._affine(node, v, None, fbias, "/bias")
 
     def _qdq_dense(self, node, x, kernel, c):
@@ -1086,5 +1091,11 @@ class _Importer:
             kq = kq[q.perm]
         ibias, fbias = self._qdq_bias(node, node.input[2] if len(node.input) > 2 else "", q.scale, kscale, units)
         n = self._int8_layer(node, q, np.ascontiguousarray(kq), kscale, ibias, True, None)
-        v = Value(n, "float32", self.shape(node.output[0], node), conv=n.layer)
+        v = Value(n, "float32", self.shape(node.output[0], node), zeros=_integer_sums(n.layer), conv=n.layer)
         return v if fbias is None else self._affine(node, v, None, fbias, "/bias")
+
+
+def _integer_sums(layer):
+    """True for a layer whose outputs are integer sums (plus an integer bias) times a scale:
+    exactly 0 wherever the sum is (an even number of ±1 products cancel, int8 products too)."""
+    return layer.acc == "int" and (not layer.use_bias or isinstance(layer, L.Int8Conv2D))
