@@ -225,6 +225,44 @@ def test_flatten_order_of_float_dense():
     assert_matches_onnxruntime(proto, model, images((1, 3, 6, 5), seed=6), rtol=1e-5)
 
 
+class Misc(nn.Module):
+    """Float operators around BNNs: LeakyReLU, ceil-mode max pooling, ReLU6 (Clip), arithmetic with
+    per-channel and scalar constants, ReduceMean, GlobalMaxPool, a scalar PReLU, Concat of features,
+    Softmax; two outputs, one 4-D (NHWC in pybnn)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 6, 3)
+        self.prelu = nn.PReLU()
+        self.register_buffer("c", torch.linspace(-1, 1, 6).view(1, 6, 1, 1))
+
+    def forward(self, x):
+        x = F.max_pool2d(F.leaky_relu(self.conv(x), 0.1), 3, stride=2, ceil_mode=True)
+        y = F.relu6(self.conv2(x)) * self.c - 0.25
+        y = 2.0 - (y / 3.0 + self.c) - y
+        a = y.mean((2, 3))
+        b = F.adaptive_max_pool2d(y, 1).flatten(1)
+        return F.softmax(torch.cat([a, self.prelu(b)], 1), dim=1), x
+
+
+def test_float_operators_and_two_outputs(isa):
+    net = Misc().eval()
+    with torch.no_grad():
+        net.prelu.weight.fill_(0.3)
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.randn(1, 3, 10, 9),), f, dynamo=False, input_names=["x"])
+    proto = onnx.load_from_string(f.getvalue())
+    model = from_onnx(proto)
+    assert any("Div" in note for note in model.convert_notes)
+    rows = compare_onnx(proto, model, feeds={"x": images((1, 3, 10, 9), n=1, seed=9)})
+    assert len(rows) == 2 and model.output_spec.shape == (12,)
+    for name, worst, scale, _ in rows:
+        assert worst <= 1e-5 * max(scale, 1), (name, worst, scale)
+
+
 def test_weights_that_are_not_binary_give_a_float_layer_and_a_note():
     net = SignOfInput("where").eval()
     net.conv.weight.data[2, 0, 0, 0] = 0.0  # torch.sign of a zero weight is 0: not ±1
