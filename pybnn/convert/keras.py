@@ -143,7 +143,7 @@ class _Importer:
         self.path, self.config, self.weights, self.name = path, config, weights, name
         self.output_names = outputs
         self.b = Builder(path)
-        self.values = {}
+        self.values, self._signs = {}, {}
 
     def fail(self, name, cls, why):
         raise ConvertError(f"{self.path}: layer '{name}' ({cls}): {why}")
@@ -261,14 +261,20 @@ class _Importer:
             return KValue(self.b.add(L.ReLU, v.node, f"{name}/relu"), "float32", v.shape)
         if activation == "softmax":
             return KValue(self.b.add(L.Softmax, v.node, f"{name}/softmax"), "float32", v.shape)
-        if self._quantizer(name, cls, activation, "activation") == "sign":
-            return KValue(self.b.add(L.Sign, v.node, f"{name}/sign"), "binary", v.shape)
-        self.fail(name, cls, f"activation {activation!r} is not supported")
+        kind = activation if isinstance(activation, str) else (activation or {}).get("class_name", "")
+        if kind.split(">")[-1] in SIGNS | {"ste_sign", "approx_sign", "swish_sign"}:
+            return self._binarize(f"{name}/sign", v)
+        self.fail(name, cls, f"activation {activation!r} is not supported (pybnn imports linear, relu, softmax "
+                             f"and larq's ste_sign, approx_sign, swish_sign)")
 
     def _binarize(self, name, v):
+        """The Sign of v's node (one per node, shared by every layer that binarizes it)."""
         if v.kind == "binary":
             return v
-        return KValue(self.b.add(L.Sign, v.node, f"{name}/input_sign"), "binary", v.shape)
+        key = id(v.node)
+        if key not in self._signs:
+            self._signs[key] = self.b.add(L.Sign, v.node, name)
+        return KValue(self._signs[key], "binary", v.shape)
 
     def _conv(self, name, cls, config, x, depthwise=False):
         quant = cls.startswith("Quant")
@@ -293,7 +299,7 @@ class _Importer:
         pad_values = float(config.get("pad_values", 0.0)) if padding == "same" else 0.0
         if qin == "sign":
             pre = x.pad
-            x = self._binarize(name, KValue(x.node, x.kind, x.shape))
+            x = self._binarize(f"{name}/input_sign", KValue(x.node, x.kind, x.shape))
             if pre is not None:  # ZeroPadding2D before the quantizer: its zeros binarize to +1
                 x.pad = (pre[0], 1.0)
         pads, pad_value, (hh, ww) = self._pads(name, cls, x, padding, kernel.shape[:2], strides, dilation,
@@ -346,7 +352,7 @@ class _Importer:
         kernel = _quantize_kernel(self._w(name, cls, "kernel").astype(np.float32), qk)
         bias = self._w(name, cls, "bias", optional=True) if config.get("use_bias", True) else None
         if qin == "sign":
-            x = self._binarize(name, x)
+            x = self._binarize(f"{name}/input_sign", x)
         activation = config.get("activation")
         fused = "relu" if activation == "relu" else None
         n = add_conv(self.b, x.node, x.kind, kernel, None if bias is None else bias.astype(np.float32), name,
