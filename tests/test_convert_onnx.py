@@ -19,6 +19,13 @@ from pybnn.convert import from_onnx
 from pybnn.convert.check import compare_onnx, nhwc, run_onnxruntime
 
 
+@pytest.fixture(autouse=True)
+def seeded():
+    """PyTorch seeds its generator differently in every process: fix it, so that every test
+    builds the same networks (the module-scoped exports below are made inside a test, after this)."""
+    torch.manual_seed(0)
+
+
 def export(net, shape, opset=None):
     """The ONNX model of `net` (TorchScript exporter, as torch.onnx.export(dynamo=False)), with a
     dynamic batch axis."""
