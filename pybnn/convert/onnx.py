@@ -589,7 +589,7 @@ class _Importer:
             self.fail(node, "only 2-D convolutions (NCHW) are supported")
         group = self.attrs(node).get("group", 1)
         strides, dilations, pads = self._conv_geometry(node, x.shape, w.shape[2:])
-        qdq = self._qdq_conv(node, x, w, bias)
+        qdq = self._qdq_conv(node, x)
         if qdq is not None:
             return qdq
         x, pads, pad_value = self._unpad(node, x, pads)
@@ -628,7 +628,7 @@ class _Importer:
         alpha, beta = np.float32(a.get("alpha", 1.0)), np.float32(a.get("beta", 1.0))
         if alpha != 1:
             kernel = kernel * alpha
-        qdq = self._qdq_dense(node, x, kernel, c)
+        qdq = self._qdq_dense(node)
         if qdq is not None:
             return qdq
         bias = None
@@ -644,7 +644,7 @@ class _Importer:
         w = self.const(node, 1, "matrix B").astype(np.float32)
         if w.ndim != 2:
             self.fail(node, "B must be a matrix")
-        qdq = self._qdq_dense(node, x, w, None)
+        qdq = self._qdq_dense(node)
         return qdq if qdq is not None else self._dense(node, x, w, None)
 
     def op_BatchNormalization(self, node):
@@ -1043,7 +1043,7 @@ class _Importer:
             return None
         return q, scale
 
-    def _qdq_bias(self, node, name, in_scale, kscale, units):
+    def _qdq_bias(self, name, in_scale, kscale, units):
         """(int32 bias, None) when the bias is DequantizeLinear(int32) at scale in_scale * kscale,
         else (None, float bias) to add after the layer."""
         if not name:
@@ -1057,7 +1057,7 @@ class _Importer:
                 return q.astype(np.int32).ravel(), None
         return None, self.consts[name].astype(np.float32).ravel()
 
-    def _qdq_conv(self, node, x, w, bias):
+    def _qdq_conv(self, node, x):
         """Conv(DequantizeLinear(int8 tensor), DequantizeLinear(int8 weights)) -> Int8Conv2D."""
         q = self._qdq_source(node.input[0])
         weights = self._qdq_weights(node.input[1], 0)
@@ -1066,7 +1066,7 @@ class _Importer:
         kq, kscale = weights
         units = kq.shape[0]
         strides, dilations, pads = self._conv_geometry(node, x.shape, kq.shape[2:])
-        ibias, fbias = self._qdq_bias(node, node.input[2] if len(node.input) > 2 else "", q.scale, kscale, units)
+        ibias, fbias = self._qdq_bias(node.input[2] if len(node.input) > 2 else "", q.scale, kscale, units)
         geometry = dict(kernel_size=kq.shape[2:], strides=strides, padding=pads, dilation_rate=dilations,
                         groups=self.attrs(node).get("group", 1))
         n = self._int8_layer(node, q, np.ascontiguousarray(kq.transpose(2, 3, 1, 0)), kscale, ibias, False, None,
@@ -1074,7 +1074,7 @@ class _Importer:
         v = Value(n, "float32", self.shape(node.output[0], node), zeros=_integer_sums(n.layer), conv=n.layer)
         return v if fbias is None else self._affine(node, v, None, fbias, "/bias")
 
-    def _qdq_dense(self, node, x, kernel, c):
+    def _qdq_dense(self, node):
         q = self._qdq_source(node.input[0])
         weights = self._qdq_weights(node.input[1], 0 if node.op_type == "Gemm" and
                                     self.attrs(node).get("transB", 0) else 1)
@@ -1089,7 +1089,7 @@ class _Importer:
         units = kq.shape[1]
         if q.perm is not None:
             kq = kq[q.perm]
-        ibias, fbias = self._qdq_bias(node, node.input[2] if len(node.input) > 2 else "", q.scale, kscale, units)
+        ibias, fbias = self._qdq_bias(node.input[2] if len(node.input) > 2 else "", q.scale, kscale, units)
         n = self._int8_layer(node, q, np.ascontiguousarray(kq), kscale, ibias, True, None)
         v = Value(n, "float32", self.shape(node.output[0], node), zeros=_integer_sums(n.layer), conv=n.layer)
         return v if fbias is None else self._affine(node, v, None, fbias, "/bias")
