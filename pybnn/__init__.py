@@ -9,10 +9,10 @@ Graphs (shortcuts, concatenations) use the functional API: layers called on the 
 other layers, collected by pybnn.Model(inputs, outputs).
 """
 from . import cpu, layers, reference
-from .errors import ConfigError, FormatError, PyBNNError, ShapeError, WeightsError
+from .errors import ConfigError, ConvertError, FormatError, PyBNNError, ShapeError, WeightsError
 from .io import load_model
 from .model import Model, Sequential
 
 __version__ = "0.1.0"
 __all__ = ["Model", "Sequential", "load_model", "layers", "cpu", "reference", "PyBNNError", "ConfigError",
-           "FormatError", "ShapeError", "WeightsError"]
+           "ConvertError", "FormatError", "ShapeError", "WeightsError"]

@@ -4,6 +4,9 @@
     pybnn bench FILE [--batch N] [--threads N] [--repeats R] [--json OUT]
                                      per-layer time, share, Gops and kernel path
     pybnn cpu                        instruction-set paths detected and used, threads
+    pybnn convert SRC -o OUT [--check]
+                                     import an ONNX (.onnx) or Keras / Larq (.h5, .keras)
+                                     model into a pybnn model file (docs/convert.md)
 """
 import argparse
 import json
@@ -12,7 +15,7 @@ import sys
 import numpy as np
 
 from . import cpu
-from .errors import ConfigError, PyBNNError
+from .errors import ConfigError, ConvertError, PyBNNError
 from .io import load_model, read_file
 
 
@@ -63,13 +66,20 @@ def main(argv=None):
     bench.add_argument("--repeats", type=int, default=20, help="timed runs; medians are shown (default 20)")
     bench.add_argument("--json", help="also write the rows to this JSON file")
     sub.add_parser("cpu", help="instruction-set paths detected and used, thread count")
+    conv = sub.add_parser("convert", help="import an ONNX (.onnx) or Keras / Larq (.h5, .keras) model")
+    conv.add_argument("source")
+    conv.add_argument("-o", "--output", required=True, help="the pybnn model file to write")
+    conv.add_argument("--check", action="store_true",
+                      help="run the source model (onnxruntime) and pybnn on the same random input and report "
+                           "the largest difference per output")
+    conv.add_argument("--batch", type=int, default=2, help="batch of the --check input (default 2)")
     args = parser.parse_args(argv)
     if args.command == "cpu":
         print(json.dumps(cpu.info(), indent=2))
         return 0
-    if args.command == "bench":
+    if args.command in ("bench", "convert"):
         try:
-            return _bench(args)
+            return _bench(args) if args.command == "bench" else _convert(args)
         except PyBNNError as e:
             print(f"pybnn: {e}", file=sys.stderr)
             return 1
@@ -127,6 +137,35 @@ def _bench(args):
         with open(args.json, "w") as f:
             json.dump({"file": args.file, "batch": args.batch, "threads": threads, "isa": cpu.get_isa(),
                        "total_ms": total, "layers": rows}, f, indent=1)
+    return 0
+
+
+def _convert(args):
+    from .convert import convert, source_kind
+    if args.batch < 1:
+        raise ConfigError("--batch must be positive")
+    kind = source_kind(args.source)
+    if args.check and kind != "onnx":
+        raise ConvertError(f"{args.source}: --check runs the source model with onnxruntime, so it takes ONNX "
+                           f"files; running a Keras file needs TensorFlow, which pybnn does not use")
+    model = convert(args.source)
+    model.save(args.output)
+    counts = {}
+    for layer in model.layers:
+        counts[type(layer).__name__] = counts.get(type(layer).__name__, 0) + 1
+    print(f"{args.source}: {len(model.layers)} layers ({', '.join(f'{n} {k}' for k, n in sorted(counts.items()))})")
+    for layer in model.inputs:
+        layout = "NHWC" if len(layer.shape) == 3 else "(batch, features)"
+        print(f"input '{layer.name}': {layer.dtype} {list(layer.shape)} per sample, {layout}")
+    for note in model.convert_notes:
+        print(f"note: {note}")
+    print(f"wrote {args.output}")
+    if args.check:
+        import onnx
+        from .convert.check import compare_onnx
+        for name, worst, scale, differ in compare_onnx(onnx.load(args.source), model, batch=args.batch):
+            print(f"check '{name}': largest |pybnn - onnxruntime| = {worst:.3g} (values up to {scale:.3g}), "
+                  f"{differ} elements differ")
     return 0
 
 

@@ -10,7 +10,7 @@ from . import cpu
 from . import reference as ref
 from .errors import ConfigError, PyBNNError, ShapeError
 from .folding import float_threshold, integer_threshold
-from .layers import BatchNormalization, Dequantize, Input, Layer, Node, Sign
+from .layers import BatchNormalization, ChannelAffine, Dequantize, Input, Layer, Node, Sign
 from .layers.base import to_user
 from .layers.conv import _Conv
 
@@ -42,8 +42,8 @@ class Model:
     goes through Sign (sign(x), or q < zero_point).  Nothing converts to int8 implicitly:
     that needs a scale, so put a Quantize layer there.
 
-    fold=True (the default) folds BatchNormalization into the preceding layer's multiplier
-    and bias, BatchNormalization + Sign into per-channel thresholds, and an integer
+    fold=True (the default) folds BatchNormalization (and ChannelAffine) into the preceding
+    layer's multiplier and bias, BatchNormalization + Sign into per-channel thresholds, and an integer
     convolution followed by Sign into a convolution that writes packed bits directly, where
     the first layer's output goes nowhere else.  Folding into thresholds is exact (see
     folding.py); folding into float multipliers changes float rounding only.
@@ -491,10 +491,14 @@ def _fold(steps, outputs):
                 for s in steps:
                     s.inputs = [remap(k) for k in s.inputs]
                 outputs[:] = [remap(k) for k in outputs]
+                # the merged op may fold into its own producer now (BN -> ChannelAffine -> Sign)
+                p = steps[i].inputs[0]
+                if steps[p].inputs and match(steps[p].op, steps[i].op):
+                    i = p
             else:
                 i += 1
 
-    def bn_into_sign(bn, sign):
+    def channel_into_sign(bn, sign):
         new = copy.copy(sign)
         new.input_spec, chain = bn.input_spec, bn.channel_function()
         keep = _sign_positive(sign)
@@ -517,13 +521,21 @@ def _fold(steps, outputs):
         notes.append(f"{conv.name} + {sign.name} -> {conv.name} writes packed bits (integer thresholds)")
         return new
 
-    def bn_into_conv(conv, bn):
+    def channel_into_conv(conv, bn):
         new = copy.copy(conv)
-        gamma, beta, mean, var = bn._weights
-        inv = (gamma / np.sqrt(var + np.float32(bn.epsilon))).astype(np.float32)
         out = dict(conv._out)
-        out["mult"] = (out["mult"] * inv).astype(np.float32)
-        out["bias"] = ((out["bias"] - mean) * inv + beta).astype(np.float32)
+        if isinstance(bn, BatchNormalization):
+            gamma, beta, mean, var = bn._weights
+            inv = (gamma / np.sqrt(var + np.float32(bn.epsilon))).astype(np.float32)
+            out["mult"] = (out["mult"] * inv).astype(np.float32)
+            out["bias"] = ((out["bias"] - mean) * inv + beta).astype(np.float32)
+        else:  # ChannelAffine: y * scale + shift
+            scale, shift = bn._parts()
+            if scale is not None:
+                out["mult"] = (out["mult"] * scale).astype(np.float32)
+                out["bias"] = (out["bias"] * scale).astype(np.float32)
+            if shift is not None:
+                out["bias"] = (out["bias"] + shift).astype(np.float32)
         new._out = out
         new.output_spec = bn.output_spec
         notes.append(f"{bn.name} -> multiplier and bias of {conv.name}")
@@ -532,12 +544,13 @@ def _fold(steps, outputs):
     def float_conv(op):
         return isinstance(op, _Conv) and op._out["kind"] == "float"
 
-    fold_pairs(lambda a, b: isinstance(a, BatchNormalization) and isinstance(b, Sign)
-               and b.input_spec.kind == "float32", bn_into_sign)
+    channelwise = (BatchNormalization, ChannelAffine)
+    fold_pairs(lambda a, b: isinstance(a, channelwise) and isinstance(b, Sign)
+               and b.input_spec.kind == "float32", channel_into_sign)
     fold_pairs(lambda a, b: float_conv(a) and a.acc == "int" and isinstance(b, Sign)
                and b.input_spec.kind == "float32", sign_into_conv)
     fold_pairs(lambda a, b: float_conv(a) and np.isinf(a._out["lo"]) and np.isinf(a._out["hi"])
-               and isinstance(b, BatchNormalization), bn_into_conv)
+               and isinstance(b, channelwise), channel_into_conv)
     return steps, outputs, notes
 
 

@@ -150,6 +150,17 @@ def batch_norm(x, gamma, beta, mean, var, epsilon):
             + np.asarray(beta, np.float32)).astype(np.float32)
 
 
+def affine(x, scale=None, bias=None):
+    """x * scale[c] + bias[c] over the last axis in float32, the product rounded first (either
+    part may be None)."""
+    y = np.asarray(x, np.float32)
+    if scale is not None:
+        y = (y * np.asarray(scale, np.float32)).astype(np.float32)
+    if bias is not None:
+        y = (y + np.asarray(bias, np.float32)).astype(np.float32)
+    return y
+
+
 def relu(x, max_value=None, negative_slope=0.0):
     x = np.asarray(x, np.float32)
     y = np.where(x >= 0, x, x * np.float32(negative_slope)).astype(np.float32)

@@ -219,6 +219,20 @@ def test_float_layers():
                                   .astype(np.float32) * np.float32(0.1))
 
 
+def test_channel_affine(isa):
+    """x * scale[c] + bias[c], the product rounded first; either part optional."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((3, 4, 5, 37)).astype(np.float32)
+    model = pybnn.Sequential([L.Input((4, 5, 37)), L.ChannelAffine(), L.ChannelAffine(use_scale=False),
+                              L.ChannelAffine(use_bias=False)]).randomize(2)
+    check(model, x, True)
+    (s1, b1), (b2,), (s3,) = (layer.get_weights() for layer in model.layers[1:])
+    want = ((x * s1 + b1).astype(np.float32) + b2).astype(np.float32) * s3
+    np.testing.assert_array_equal(model.predict(x), want)
+    with pytest.raises(pybnn.ConfigError, match="nothing to do"):
+        L.ChannelAffine(use_scale=False, use_bias=False)
+
+
 def test_uint8_image_enters_int8_layer_exactly(isa):
     """Pixels (uint8, scale s, zero point z) reach Int8Conv2D as q = pixel - 128, zp = z - 128."""
     rng = np.random.default_rng(7)

@@ -76,6 +76,49 @@ def test_folded_thresholds_are_exact_at_every_integer():
     np.testing.assert_array_equal(model.predict(x), unfolded.predict(x))
 
 
+def test_channel_affine_folds_like_batch_norm(isa):
+    """ChannelAffine (and chains BN -> ChannelAffine -> ChannelAffine) folds exactly into the
+    following Sign's thresholds, then the binary convolution writes bits; after a float
+    convolution it folds into the multiplier and bias."""
+    def build(fold):
+        inp = L.Input((6, 6, 5), name="x")
+        a = L.BinaryConv2D(33, 3, padding="same", use_bias=True, name="a")(inp)
+        a = L.BatchNormalization(name="a_bn")(a)
+        a = L.ChannelAffine(name="a_shift")(a)
+        a = L.ChannelAffine(use_scale=False, name="a_move")(a)
+        a = L.Sign(name="a_sign")(a)
+        a = L.BinaryConv2D(9, 3, strides=2, name="b")(a)
+        a = L.ChannelAffine(use_bias=False, name="b_scale")(a)
+        bits = L.Sign(name="b_sign")(a)
+        f = L.Conv2D(4, 3, name="f")(inp)
+        f = L.ChannelAffine(name="f_affine")(f)
+        return pybnn.Model(inp, [bits, f], fold=fold)
+
+    folded, unfolded = build(True), build(False)
+    rng = np.random.default_rng(3)
+    folded.randomize(3)
+    for layer in folded.layers:
+        if isinstance(layer, L.ChannelAffine):
+            c = layer.input_spec.channels
+            weights = []
+            if layer.use_scale:  # negative and zero scales: falling and constant channels
+                weights.append(rng.choice([-2.0, -0.5, 0.0, 0.5, 3.0], c).astype(np.float32))
+            if layer.use_bias:   # integers: many ties at the thresholds
+                weights.append(rng.integers(-4, 5, c).astype(np.float32))
+            layer.set_weights(weights)
+    for a, b in zip(unfolded.layers, folded.layers):
+        if b.get_weights():
+            a.set_weights(b.get_weights())
+    plan = folded.plan()
+    assert not any(isinstance(op, (L.ChannelAffine, L.BatchNormalization)) for op in plan)
+    assert "a_bn + a_sign -> per-channel thresholds in a_sign" in folded.fold_notes
+    x = rng.standard_normal((5, 6, 6, 5)).astype(np.float32)
+    (bits, f), (bits_u, f_u) = folded.predict(x), unfolded.predict(x)
+    np.testing.assert_array_equal(bits, bits_u)
+    np.testing.assert_array_equal(bits, unfolded.predict_reference(x)[0])
+    np.testing.assert_allclose(f, f_u, rtol=1e-5, atol=1e-5)
+
+
 def test_summary_lists_layers_params_bytes_and_mops(capsys):
     model = tie_heavy_weights(bnn())
     text = model.summary()

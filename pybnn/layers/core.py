@@ -133,6 +133,49 @@ class BatchNormalization(Layer):
         return lambda v: ref.batch_norm(v, *self._weights, self.epsilon)
 
 
+class ChannelAffine(Layer):
+    """Per-channel scale and shift over the last axis: y = x * scale[c] + bias[c] in float32,
+    the product rounded first; use_scale=False gives y = x + bias[c], use_bias=False
+    y = x * scale[c].  What importers make of a multiplication or addition by a per-channel
+    constant (ReActNet's learnable biases and RSign thresholds sign(x - b), Mul/Add/Sub by
+    constants in ONNX graphs).  A model folds it like BatchNormalization: exactly into a
+    following Sign's thresholds, and into a preceding convolution's multiplier and bias."""
+
+    def __init__(self, use_scale=True, use_bias=True, name=None):
+        super().__init__(name)
+        if not (use_scale or use_bias):
+            raise ConfigError(f"{name or 'ChannelAffine'}: use_scale and use_bias are both False (nothing to do)")
+        self.use_scale, self.use_bias = bool(use_scale), bool(use_bias)
+
+    def get_config(self):
+        return {"use_scale": self.use_scale, "use_bias": self.use_bias, "name": self.name}
+
+    def weight_specs(self):
+        c = (self._require_built("weight_specs").input_spec.channels,)
+        return ([("scale", c, "float")] if self.use_scale else []) + ([("bias", c, "float")] if self.use_bias else [])
+
+    def _parts(self):
+        weights = iter(self._weights)
+        scale = next(weights) if self.use_scale else None
+        return scale, (next(weights) if self.use_bias else None)
+
+    def call(self, x, out=None):
+        # reference.affine's float32 operations in its order, written into the output
+        y = self._output(out, x.shape[0])
+        scale, bias = self._parts()
+        if scale is not None:
+            np.multiply(x, scale, out=y)
+        return np.add(y if scale is not None else x, bias, out=y) if bias is not None else y
+
+    def reference(self, x):
+        return ref.affine(x, *self._parts())
+
+    def channel_function(self):
+        """The per-channel float32 function this layer applies (for exact threshold folding)."""
+        scale, bias = self._parts()
+        return lambda v: ref.affine(v, scale, bias)
+
+
 class ReLU(Layer):
     """max(x, 0) (or negative_slope * x below 0), optionally capped at max_value."""
 
