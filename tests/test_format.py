@@ -18,7 +18,7 @@ from pybnn import layers as L
 
 DATA = Path(__file__).parent / "data"
 FIXTURE = DATA / "every_layer_1_1.bin"       # written by format 1.1 (make_fixture below)
-DIGITS = Path(__file__).parent.parent / "examples" / "digits" / "digits.bin"  # format 1.0
+DIGITS_1_0 = DATA / "digits_1_0.bin"  # the digits example as format 1.0 wrote it
 FUZZ = settings(max_examples=150, derandomize=True, database=None, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
@@ -42,9 +42,9 @@ def test_fixture_written_by_an_earlier_version_still_reads_and_predicts():
 
 
 def test_format_1_0_files_still_read():
-    mf = io.read_file(DIGITS, verify=True)
+    mf = io.read_file(DIGITS_1_0, verify=True)
     assert (mf.major, mf.minor) == (1, 0) and mf.verified
-    assert pybnn.load_model(DIGITS).output_spec.shape == (10,)
+    assert pybnn.load_model(DIGITS_1_0).output_spec.shape == (10,)
 
 
 def mapped(array):

@@ -378,3 +378,21 @@ def test_modules_train_and_latent_weights_clip():
         assert m.weight.abs().max() <= 1
     assert model[0].weight.abs().max() > 1  # int8 weights are not latent binary weights
     assert model[0].input_quant.calibrated and model[7].input_quant.calibrated
+
+
+def test_recompute_batch_norm_uses_the_final_weights_only_for_batch_norm():
+    torch.manual_seed(0)
+    model = nn.Sequential(bt.Int8Conv2d(3, 6, 3), bt.BatchNorm2d(6), bt.BinaryActivation(), nn.Flatten(),
+                          bt.BinaryLinear(6 * 3 * 3, 4), nn.BatchNorm1d(4, momentum=0.3))
+    x = torch.rand(20, 3, 5, 5)
+    bt.calibrate(model, x)
+    quant_range = (float(model[0].input_quant.min_val), float(model[0].input_quant.max_val))
+    model.train()
+    model[4].eval()
+    bt.recompute_batch_norm(model, x, batch_size=10)
+    with torch.no_grad():
+        conv_out = model[0].eval()(x)
+    model[0].train()
+    torch.testing.assert_close(model[1].running_mean, conv_out.mean((0, 2, 3)))  # the mean of two equal batches
+    assert (float(model[0].input_quant.min_val), float(model[0].input_quant.max_val)) == quant_range
+    assert [m.training for m in model] == [True, True, True, True, False, True] and model[5].momentum == 0.3

@@ -20,8 +20,9 @@ except ImportError as e:  # pragma: no cover - the message is the point
 from .export import CONVERTERS, export, nhwc
 from .modules import (BatchNorm1d, BatchNorm2d, BinaryActivation, BinaryConv2d, BinaryLinear, FloatBinaryConv2d,
                       FloatBinaryLinear, Int8BinaryConv2d, Int8BinaryLinear, Int8Conv2d, Int8Linear, Quantize,
-                      calibrate, clip_latent_weights, sign, sign_ste)
+                      calibrate, clip_latent_weights, recompute_batch_norm, sign, sign_ste)
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BinaryActivation", "BinaryConv2d", "BinaryLinear", "CONVERTERS",
            "FloatBinaryConv2d", "FloatBinaryLinear", "Int8BinaryConv2d", "Int8BinaryLinear", "Int8Conv2d",
-           "Int8Linear", "Quantize", "calibrate", "clip_latent_weights", "export", "nhwc", "sign", "sign_ste"]
+           "Int8Linear", "Quantize", "calibrate", "clip_latent_weights", "export", "nhwc", "recompute_batch_norm",
+           "sign", "sign_ste"]

@@ -157,6 +157,28 @@ def calibrate(model, data, batch_size=256):
     return len(quantizers)
 
 
+def recompute_batch_norm(model, data, batch_size=None):
+    """Set the running statistics of every BatchNorm in `model` to the mean and variance of its
+    input over `data` (in batches of `batch_size`, default all at once), everything else in
+    eval mode.  A binary network flips weights until its last steps, so the moving averages
+    of training lag behind the final weights; recomputing them once at the end is cheap."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    data = torch.as_tensor(np.asarray(data, np.float32) if not torch.is_tensor(data) else data)
+    modes, momenta = eval_mode(model), [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over the batches
+        m.train()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(data), batch_size or len(data)):
+                model(data[start:start + (batch_size or len(data))])
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        restore_mode(modes)
+
+
 def eval_mode(model):
     """Put every module in eval mode; returns what restore_mode needs (model.train(mode) would
     set all modules alike, and a container's flag need not match its children's)."""
