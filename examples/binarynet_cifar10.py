@@ -4,8 +4,8 @@
     python examples/binarynet_cifar10.py                        # random weights: export, summary, speed
     python examples/binarynet_cifar10.py --cifar-dir DIR --epochs 200 --out binarynet.bin   # train first
 
-The architecture is the seed exporter's flagship, 128C3-128C3-MP2-256C3-256C3-MP2-512C3-512C3-
-MP2-1024FC-1024FC-10FC: 3x3 convolutions with 'same' padding, 2x2 max pooling, every weight
+The architecture is binarynet-tensorflow's flagship example, 128C3-128C3-MP2-256C3-256C3-MP2-
+512C3-512C3-MP2-1024FC-1024FC-10FC: 3x3 convolutions with 'same' padding, 2x2 max pooling, every weight
 binary, every layer followed by BatchNorm and (but the last) a sign.  Only the first layer's
 input is float (the image; FloatBinaryConv2d: float input x binary weights); every other layer
 takes binary input (BinaryConv2d / BinaryLinear, padding with 0 as the paper's Torch code does).
