@@ -260,13 +260,13 @@ def _pybnn_shape(torch_shape):
 def export(model, path, example_input, calibration_data=None, name="model", print_summary=False):
     """Export a trained nn.Sequential to the pybnn model file `path`; return the pybnn model.
 
-    example_input: a batch (N, C, H, W) or (N, features) as the torch model takes it (a tensor or
-    an array); it fixes the input shape.  calibration_data: a batch to calibrate every int8
+    example_input: a batch (N, C, H, W) or (N, features) as the torch model takes it (a tensor
+    or an array); it fixes the input shape.  calibration_data: a batch to calibrate every int8
     activation quantizer on (post-training calibration, see calibrate()); without it the
-    ranges observed in training are used.  The model runs in eval mode (every module's mode is restored).
-    Anything pybnn cannot run raises pybnn.ConfigError naming the module and why, and no file
-    is written.  The returned model takes NHWC input (see nhwc()); print_summary=True prints
-    its summary, folds included."""
+    ranges observed in training are used.  The model runs in eval mode (every module's mode
+    is restored).  Anything pybnn cannot run raises pybnn.ConfigError naming the module and
+    why, and no file is written.  The returned model takes NHWC input (see nhwc());
+    print_summary=True prints its summary, folds included."""
     if type(model) is not nn.Sequential:
         raise ConfigError(f"export takes an nn.Sequential, got {type(model).__name__} (its forward() is not "
                           f"a chain the exporter can read)")
@@ -280,61 +280,64 @@ def export(model, path, example_input, calibration_data=None, name="model", prin
     x = x.detach().float()
     if x.dim() not in (2, 4) or len(x) < 1:
         raise ConfigError(f"export: example_input must be a batch (N, C, H, W) or (N, features), got {tuple(x.shape)}")
-    entries, expected = [], {}
-    input_shape, perm = tuple(x.shape[1:]), None
     modes = M.eval_mode(model)
     try:
         with torch.no_grad():
-            for qualified, module in _leaves(model):
-                convert = CONVERTERS.get(type(module))
-                if convert is None:
-                    supported = ", ".join(sorted({t.__name__ for t in CONVERTERS}))
-                    raise ConfigError(f"module '{qualified}' ({type(module).__name__}): pybnn has no layer for it "
-                                      f"(supported: {supported})")
-                try:
-                    y = module(x)
-                except PyBNNError as e:
-                    raise ConfigError(f"module '{qualified}' ({type(module).__name__}): {e}") from None
-                except Exception as e:
-                    raise ConfigError(f"module '{qualified}' ({type(module).__name__}) fails on the example "
-                                      f"input of shape {tuple(x.shape)}: {e}") from None
-                step = Step(qualified, module, x.shape[1:], y.shape[1:], perm)
-                if perm is not None and not isinstance(module, _KEEPS_FEATURE_ORDER + _CONSUMES_FEATURE_ORDER):
-                    step.fail("follows an nn.Flatten of a (C, H, W) map, whose features pybnn orders (H, W, C); "
-                              "only elementwise modules, BatchNorm1d, PReLU and dense layers may come between")
-                produced = convert(module, step)
-                entries += produced
-                if produced:
-                    expected[produced[-1][0].name] = (step, _pybnn_shape(step.out_shape))
-                if isinstance(module, nn.Flatten) and x.dim() == 4:
-                    c, h, w = x.shape[1:]
-                    perm = None if h * w == 1 else np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).ravel()
-                elif isinstance(module, _CONSUMES_FEATURE_ORDER):
-                    perm = None
-                x = y
+            entries = _convert_chain(_leaves(model), x)
     finally:
         M.restore_mode(modes)
-    if perm is not None:
-        raise ConfigError(f"module '{qualified}' ({type(module).__name__}): the model ends on flattened "
-                          f"(C, H, W) features, which pybnn orders (H, W, C); end with a Linear layer")
 
-    inputs = L.Input(_pybnn_shape(input_shape), name="input")
+    inputs = L.Input(_pybnn_shape(tuple(x.shape[1:])), name="input")
     try:
-        pmodel = Sequential([inputs] + [layer for layer, _ in entries], name=name)
+        pmodel = Sequential([inputs] + [layer for layer, _, _ in entries], name=name)
     except PyBNNError as e:
         raise ConfigError(f"export: pybnn cannot run this model: {e}") from None
-    for layer, weights in entries:
+    for layer, weights, step in entries:
         if weights is not None:
             layer.set_weights(weights)
-        if layer.name in expected:
-            step, shape = expected[layer.name]
-            if tuple(layer.output_spec.shape) != tuple(shape):
-                step.fail(f"torch computes {step.out_shape} (pybnn order {shape}), the pybnn layer "
-                          f"{tuple(layer.output_spec.shape)}")
+        if step is not None and tuple(layer.output_spec.shape) != _pybnn_shape(step.out_shape):
+            step.fail(f"torch computes {step.out_shape} (pybnn order {_pybnn_shape(step.out_shape)}), the pybnn "
+                      f"layer {tuple(layer.output_spec.shape)}")
     pmodel.save(path)
     if print_summary:
         pmodel.summary()
     return pmodel
+
+
+def _convert_chain(leaves, x):
+    """Run x through the (qualified name, module) chain and convert every module: a list of
+    (pybnn layer, weights, Step of the module, on its last layer only)."""
+    entries, perm, step = [], None, None
+    for qualified, module in leaves:
+        convert = CONVERTERS.get(type(module))
+        if convert is None:
+            supported = ", ".join(sorted({t.__name__ for t in CONVERTERS}))
+            raise ConfigError(f"module '{qualified}' ({type(module).__name__}): pybnn has no layer for it "
+                              f"(supported: {supported})")
+        try:
+            y = module(x)
+        except PyBNNError as e:
+            raise ConfigError(f"module '{qualified}' ({type(module).__name__}): {e}") from None
+        except Exception as e:
+            raise ConfigError(f"module '{qualified}' ({type(module).__name__}) fails on the example input of "
+                              f"shape {tuple(x.shape)}: {e}") from None
+        step = Step(qualified, module, x.shape[1:], y.shape[1:], perm)
+        if perm is not None and not isinstance(module, _KEEPS_FEATURE_ORDER + _CONSUMES_FEATURE_ORDER):
+            step.fail("follows an nn.Flatten of a (C, H, W) map, whose features pybnn orders (H, W, C); "
+                      "only elementwise modules, BatchNorm1d, PReLU and dense layers may come between")
+        produced = convert(module, step)
+        entries += [(layer, weights, step if i == len(produced) - 1 else None)
+                    for i, (layer, weights) in enumerate(produced)]
+        if isinstance(module, nn.Flatten) and x.dim() == 4:
+            c, h, w = x.shape[1:]
+            perm = None if h * w == 1 else np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).ravel()
+        elif isinstance(module, _CONSUMES_FEATURE_ORDER):
+            perm = None
+        x = y
+    if perm is not None:
+        step.fail("the model ends on flattened (C, H, W) features, which pybnn orders (H, W, C); end with a "
+                  "Linear layer")
+    return entries
 
 
 def nhwc(x):
