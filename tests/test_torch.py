@@ -186,7 +186,7 @@ def test_int8_error_is_calibration_error():
     with torch.no_grad():
         exact = torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=1)
         error = (conv.eval()(x) - exact).abs().max() / exact.abs().max()
-    assert 0 < error < 0.02
+    assert 0 < error < 0.01  # 0.4% measured
 
 
 def test_quantize_module_is_exact_and_trains_straight_through(tmp_path):
