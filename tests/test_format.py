@@ -24,7 +24,7 @@ from pybnn.__main__ import describe_tensors
 DATA = Path(__file__).parent / "data"
 FIXTURE = DATA / "every_layer_1_2.bin"       # written by format 1.2 (make_fixture below)
 FIXTURE_1_1 = DATA / "every_layer_1_1.bin"   # written by format 1.1: plain kernels
-DIGITS = Path(__file__).parent.parent / "examples" / "digits" / "digits.bin"  # format 1.0
+DIGITS = DATA / "digits_1_0.bin"  # the digits example as format 1.0 wrote it
 FUZZ = settings(max_examples=150, derandomize=True, database=None, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
