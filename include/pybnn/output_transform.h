@@ -235,6 +235,51 @@ PYBNN_TARGET_AVX512 static void pybnn_to_bits_avx512(const int32_t *acc, size_t 
         }
     }
 }
+/* The int8 and float transforms at 512 bits, for kernels that already run heavy 512-bit
+ * instructions (the int8 GEMM's vpdpbusd), where they cost no extra clock penalty: level
+ * PYBNN_OT_AVX512_ALL.  Same float operations in the same order as the other variants. */
+
+/* clamp(rint(x) + zp, qmin, qmax) = rint(clamp(x, qmin - zp, qmax - zp)) + zp: rint is
+ * monotonic and keeps the integers qmin - zp and qmax - zp, so one clamp in float replaces
+ * both of pybnn_ot_requant's (and NaN, for which vmaxps returns its second operand, gives
+ * qmin as there). */
+PYBNN_TARGET_AVX512 static void pybnn_to_int8_avx512(const int32_t *acc, size_t lda, size_t m, size_t c,
+                                                     const int32_t *bias, const float *mult, int zp, int qmin,
+                                                     int qmax, int8_t *out, size_t ldo) {
+    const __m512 lo = _mm512_set1_ps((float)(qmin - zp)), hi = _mm512_set1_ps((float)(qmax - zp));
+    const __m512i vzp = _mm512_set1_epi32(zp);
+    for (size_t j = 0; j < c; j += 16) {
+        const __mmask16 k = pybnn_ot_mask16(j, c);
+        const __m512i b = _mm512_maskz_loadu_epi32(k, bias + j);
+        const __m512 mu = _mm512_maskz_loadu_ps(k, mult + j);
+        const int32_t *row = acc + j;
+        int8_t *dst = out + j;
+        for (size_t i = 0; i < m; i++, row += lda, dst += ldo) {
+            __m512 x = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_maskz_loadu_epi32(k, row), b)), mu);
+            x = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
+            _mm512_mask_cvtepi32_storeu_epi8(dst, k, _mm512_add_epi32(_mm512_cvtps_epi32(x), vzp));
+        }
+    }
+}
+
+PYBNN_TARGET_AVX512 static void pybnn_to_float_i32_avx512(const int32_t *acc, size_t lda, size_t m, size_t c,
+                                                          const int32_t *ibias, const float *mult,
+                                                          const float *bias, float lo, float hi, float *out,
+                                                          size_t ldo) {
+    const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
+    for (size_t j = 0; j < c; j += 16) {
+        const __mmask16 k = pybnn_ot_mask16(j, c);
+        const __m512i ib = ibias ? _mm512_maskz_loadu_epi32(k, ibias + j) : _mm512_setzero_si512();
+        const __m512 mu = _mm512_maskz_loadu_ps(k, mult + j), bi = _mm512_maskz_loadu_ps(k, bias + j);
+        const int32_t *row = acc + j;
+        float *dst = out + j;
+        for (size_t i = 0; i < m; i++, row += lda, dst += ldo) {
+            const __m512 x = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_maskz_loadu_epi32(k, row), ib));
+            const __m512 y = _mm512_add_ps(_mm512_mul_ps(x, mu), bi);
+            _mm512_mask_storeu_ps(dst, k, _mm512_min_ps(vhi, _mm512_max_ps(vlo, y)));
+        }
+    }
+}
 #endif /* PYBNN_X86 */
 
 /* ================================================================ fused use
@@ -255,7 +300,7 @@ typedef struct {
 } pybnn_ot;
 
 /* Variant levels of pybnn_ot_apply. */
-enum { PYBNN_OT_SCALAR, PYBNN_OT_AVX2, PYBNN_OT_AVX512 };
+enum { PYBNN_OT_SCALAR, PYBNN_OT_AVX2, PYBNN_OT_AVX512, PYBNN_OT_AVX512_ALL };
 
 #if PYBNN_X86
 #define PYBNN_OT_USE_AVX2(isa) ((isa) >= PYBNN_ISA_AVX2 && pybnn_isa_supported(PYBNN_ISA_AVX2))
@@ -303,6 +348,7 @@ static void pybnn_ot_apply(const pybnn_ot *t, int level, const void *accv, size_
         const int32_t *ib = t->ibias ? t->ibias + c0 : NULL;
         float *o = (float *)out + c0;
 #if PYBNN_X86
+        if (level == PYBNN_OT_AVX512_ALL) { pybnn_to_float_i32_avx512(acc, lda, m, c, ib, t->mult + c0, t->bias + c0, t->lo, t->hi, o, ldo); break; }
         if (level >= PYBNN_OT_AVX2) { pybnn_to_float_i32_avx2(acc, lda, m, c, ib, t->mult + c0, t->bias + c0, t->lo, t->hi, o, ldo); break; }
 #endif
         pybnn_to_float_i32_scalar(acc, lda, m, c, ib, t->mult + c0, t->bias + c0, t->lo, t->hi, o, ldo);
@@ -311,6 +357,7 @@ static void pybnn_ot_apply(const pybnn_ot *t, int level, const void *accv, size_
     case PYBNN_OT_INT8: {
         int8_t *o = (int8_t *)out + c0;
 #if PYBNN_X86
+        if (level == PYBNN_OT_AVX512_ALL) { pybnn_to_int8_avx512(acc, lda, m, c, t->ibias + c0, t->mult + c0, t->zp, t->qmin, t->qmax, o, ldo); break; }
         if (level >= PYBNN_OT_AVX2) { pybnn_to_int8_avx2(acc, lda, m, c, t->ibias + c0, t->mult + c0, t->zp, t->qmin, t->qmax, o, ldo); break; }
 #endif
         pybnn_to_int8_scalar(acc, lda, m, c, t->ibias + c0, t->mult + c0, t->zp, t->qmin, t->qmax, o, ldo);
@@ -319,7 +366,7 @@ static void pybnn_ot_apply(const pybnn_ot *t, int level, const void *accv, size_
     default: {
         uint32_t *o = (uint32_t *)out + c0 / 32;
 #if PYBNN_X86
-        if (level == PYBNN_OT_AVX512) { pybnn_to_bits_avx512(acc, lda, m, c, t->thr + c0, t->dir + c0, o, ldo); break; }
+        if (level >= PYBNN_OT_AVX512) { pybnn_to_bits_avx512(acc, lda, m, c, t->thr + c0, t->dir + c0, o, ldo); break; }
         if (level == PYBNN_OT_AVX2) { pybnn_to_bits_avx2(acc, lda, m, c, t->thr + c0, t->dir + c0, o, ldo); break; }
 #endif
         pybnn_to_bits_scalar(acc, lda, m, c, t->thr + c0, t->dir + c0, o, ldo);
