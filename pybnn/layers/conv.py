@@ -148,31 +148,40 @@ class _Conv(Layer):
         if self._weights is None:
             raise ShapeError(f"{self.name}: has no weights; call set_weights() or load a weights file")
         if self.gemm and not self.dense:
-            y, self.last_isa = self._gemm_conv(x)
+            y, self.last_isa = self._kernel()(x, cpu.active(), cpu.num_threads())
             return y
         acc, isa = self._accumulate(x)
         self.last_isa = isa
         return self._transform(acc, x.shape[0])
 
-    def _gemm_conv(self, x):
+    def _kernel(self, dtype=None):
+        """The layer's C call with its weights, geometry and output transform checked once
+        (kgemm.GemmConv, kbin.BConv2D): calling it checks only the input, so a small layer
+        costs little more than its arithmetic.  Made again when folding has replaced the
+        transform (or set_weights the weights and transform).  dtype=np.int32: a call that
+        returns the accumulators (benchmark breakdowns; not cached)."""
+        if dtype is not None:
+            return self._make_kernel(dtype, {})
+        cached = self.__dict__.get("_kernel_for")
+        if cached is None or cached[0] is not self._out:
+            out = self._out
+            if out["kind"] == "float":
+                args = np.float32, dict(mult=out["mult"], bias=out["bias"], lo=out["lo"], hi=out["hi"],
+                                        ibias=out["ibias"] if self.acc == "int" else None)
+            elif out["kind"] == "int8":
+                args = np.int8, dict(mult=out["mult"], ibias=out["ibias"], zp=out["zp"], qmin=out["qmin"],
+                                     qmax=out["qmax"])
+            else:
+                args = np.uint32, dict(thr=out["thr"], dir=out["dir"])
+            cached = self._kernel_for = (out, self._make_kernel(*args))
+        return cached[1]
+
+    def _make_kernel(self, dtype, params):
         """im2col, GEMM and output transform fused per block of output rows, in C."""
         h, w, c, pt, _, pl, _, hout, wout = self._geom
-        n, out = x.shape[0], self._out
-        if out["kind"] == "float":
-            y = np.empty((n, hout, wout, self.filters), np.float32)
-            params = dict(mult=out["mult"], bias=out["bias"], lo=out["lo"], hi=out["hi"],
-                          ibias=out["ibias"] if self.acc == "int" else None)
-        elif out["kind"] == "int8":
-            y = np.empty((n, hout, wout, self.filters), np.int8)
-            params = dict(mult=out["mult"], ibias=out["ibias"], zp=out["zp"], qmin=out["qmin"], qmax=out["qmax"])
-        else:
-            y = np.empty((n, hout, wout, words(self.filters)), np.uint32)
-            params = dict(thr=out["thr"], dir=out["dir"])
         zp = self.input_spec.zero_point if self.acc == "int" else 0
-        isa = kgemm.gemm_conv(self.gemm, x.reshape(n, h, w, c), self._wpacked, self.filters, *self.kernel_size,
-                              *self.strides, *self.dilation_rate, pt, pl, hout, wout, y, cpu.active(),
-                              cpu.num_threads(), a_zp=zp, **params)
-        return y.reshape(self.output_spec.array_shape(n)), isa
+        return kgemm.GemmConv(self.gemm, self._wpacked, h, w, c, self.filters, *self.kernel_size, *self.strides,
+                              *self.dilation_rate, pt, pl, hout, wout, dtype, a_zp=zp, **params)
 
     def reference(self, x):
         if self._weights is None:
@@ -330,12 +339,6 @@ class BinaryConv2D(_Conv):
         signs = ref.binarize(kernel4)
         self._wpacked = kbin.pack_weights(np.ascontiguousarray(signs.transpose(3, 0, 1, 2)))
         self._tapsum = kbin.tap_sums(signs.transpose(3, 0, 1, 2))
-        # The border corrections depend on geometry and weights only: once here, not per call.
-        h, w, c, pt, pb, pl, pr, hout, wout = self._geom
-        # bconv2d's arguments from channels to pad_value
-        self._conv_geometry = (c, self.filters, *self.kernel_size, *self.strides, *self.dilation_rate,
-                               pt, pl, hout, wout, self.pad_value)
-        self._corr = kbin.pad_corrections(h, w, *self._conv_geometry, self._tapsum)
 
     def _default_output(self, named):
         out = super()._default_output(named)
@@ -346,46 +349,23 @@ class BinaryConv2D(_Conv):
     def acc_range(self):
         return -self.depth, self.depth
 
-    def _kernel_args(self):
-        """(output dtype, transform keyword arguments of bconv2d, kernel output shape without
-        the batch) for the current output transform; made again only when folding has
-        replaced it."""
-        out = self._out
-        cached = getattr(self, "_args_for", None)
-        if cached is None or cached[0] is not out:
-            hout, wout = self._geom[7:]
-            if out["kind"] == "float":
-                args = np.float32, dict(mult=out["mult"], bias=out["bias"], lo=out["lo"], hi=out["hi"],
-                                        ibias=out["ibias"])
-            elif out["kind"] == "int8":
-                args = np.int8, dict(mult=out["mult"], ibias=out["ibias"], zp=out["zp"], qmin=out["qmin"],
-                                     qmax=out["qmax"])
-            else:
-                args = np.uint32, dict(thr=out["thr"], dir=out["dir"])
-            last = words(self.filters) if args[0] is np.uint32 else self.filters
-            self._args_for = cached = (out, *args, (hout, wout, last))
-        return cached[1:]
-
     def call(self, x):
         """The kernel applies the output transform itself, to each block of rows while it is
         in cache: no int32 accumulator array, no second pass (bit-identical to _transform)."""
         if self._weights is None:
             raise ShapeError(f"{self.name}: has no weights; call set_weights() or load a weights file")
-        dtype, params, shape = self._kernel_args()
-        n = x.shape[0]
-        y = np.empty((n,) + shape, dtype)
-        self.last_isa = self._conv(x, y, params)
-        return y.reshape(self.output_spec.array_shape(n)) if self.dense else y
+        y, self.last_isa = self._kernel()(x, cpu.active(), cpu.num_threads())
+        return y.reshape(self.output_spec.array_shape(x.shape[0])) if self.dense else y
 
-    def _conv(self, x, out, params):
-        return kbin.bconv2d(x, self._wpacked, *self._conv_geometry, self._tapsum, out, cpu.active(),
-                            cpu.num_threads(), corr=self._corr, **params)
+    def _make_kernel(self, dtype, params):
+        h, w, c, pt, _, pl, _, hout, wout = self._geom
+        return kbin.BConv2D(self._wpacked, h, w, c, self.filters, *self.kernel_size, *self.strides,
+                            *self.dilation_rate, pt, pl, hout, wout, self.pad_value, self._tapsum, dtype, **params)
 
     def _accumulate(self, x):
         """The int32 accumulators alone (benchmark breakdowns)."""
-        hout, wout = self._geom[7:]
-        acc = np.empty((x.shape[0], hout, wout, self.filters), np.int32)
-        return acc.reshape(-1, self.filters), self._conv(x, acc, {})
+        acc, isa = self._kernel(np.int32)(x, cpu.active(), cpu.num_threads())
+        return acc.reshape(-1, self.filters), isa
 
     def _reference_acc(self, x):
         h, w, c = self._geom[:3]
