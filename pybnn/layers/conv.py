@@ -19,7 +19,7 @@ from .. import cpu
 from .. import reference as ref
 from .._kernels import bconv as kbin, gemm as kgemm, transform as ktr
 from ..errors import ConfigError, ShapeError, WeightsError
-from ..shapes import as_pair, as_padding, conv_output, words
+from ..shapes import as_pair, as_padding, conv_output
 from .base import Layer, TensorSpec
 
 ACTIVATIONS = {None: (-np.inf, np.inf), "linear": (-np.inf, np.inf), "relu": (0.0, np.inf)}
@@ -147,12 +147,14 @@ class _Conv(Layer):
     def call(self, x):
         if self._weights is None:
             raise ShapeError(f"{self.name}: has no weights; call set_weights() or load a weights file")
-        if self.gemm and not self.dense:
-            y, self.last_isa = self._kernel()(x, cpu.active(), cpu.num_threads())
-            return y
-        acc, isa = self._accumulate(x)
-        self.last_isa = isa
-        return self._transform(acc, x.shape[0])
+        return self._run(x)
+
+    def _run(self, x):
+        """One C call: im2col (or the bit copy), GEMM and output transform fused per block of
+        rows, the transform applied while the block is in cache (no accumulator array, no
+        second pass; bit-identical to transforming the whole accumulator matrix)."""
+        y, self.last_isa = self._kernel()(x, cpu.active(), cpu.num_threads())
+        return y.reshape(self.output_spec.array_shape(x.shape[0])) if self.dense else y
 
     def _kernel(self, dtype=None):
         """The layer's C call with its weights, geometry and output transform checked once
@@ -202,25 +204,6 @@ class _Conv(Layer):
             y = ref.pack_bits(ref.threshold_negative(acc, out["thr"], out["dir"]))
         return y.reshape(self.output_spec.array_shape(n))
 
-    def _transform(self, acc, n):
-        out, isa, threads = self._out, cpu.active(), self._threads()
-        if out["kind"] == "float":
-            if self.acc == "float":
-                ktr.to_float_f32(acc, out["mult"], out["bias"], out["lo"], out["hi"], acc, isa, threads)
-                y = acc
-            else:
-                if out["ibias"] is not None:
-                    np.add(acc, out["ibias"], out=acc)
-                y = np.empty(acc.shape, np.float32)
-                ktr.to_float_i32(acc, out["mult"], out["bias"], out["lo"], out["hi"], y, isa, threads)
-        elif out["kind"] == "int8":
-            y = np.empty(acc.shape, np.int8)
-            ktr.to_int8(acc, out["ibias"], out["mult"], out["zp"], out["qmin"], out["qmax"], y, isa, threads)
-        else:
-            y = np.empty((acc.shape[0], words(self.filters)), np.uint32)
-            ktr.to_bits(acc, out["thr"], out["dir"], y, isa, threads)
-        return y.reshape(self.output_spec.array_shape(n))
-
     def _columns(self, x, im2col, pad=None):
         """im2col of an NHWC batch; a 1x1/stride-1/unpadded kernel needs none."""
         h, w, c, pt, pb, pl, pr, hout, wout = self._geom
@@ -233,12 +216,9 @@ class _Conv(Layer):
             return x4.reshape(n * h * w, c)
         cols = np.empty((n * hout * wout, self.depth), x.dtype)
         args = (x4, kh, kw, *self.strides, *self.dilation_rate, pt, pl, hout, wout)
-        threads = self._threads()
+        threads = cpu.num_threads()
         im2col(*args, cols, threads) if pad is None else im2col(*args, pad, cols, threads)
         return cols
-
-    def _threads(self):
-        return cpu.num_threads()
 
     def _reference_input(self, x):
         h, w, c = self._geom[:3]
@@ -255,12 +235,6 @@ class Conv2D(_Conv):
 
     gemm = "sgemm"
 
-    def _threads(self):
-        # Only Dense gets here (convolutions run _gemm_conv): BLAS threads itself, and our
-        # OpenMP workers spinning around its call would steal its cores (measured: 2-thread
-        # float dense 3-4x slower), so the column copy and transform stay serial.
-        return 1
-
     def _pack(self, kernel4):
         wmat = np.ascontiguousarray(kernel4.reshape(self.depth, self.filters))
         if self.dense:
@@ -268,9 +242,19 @@ class Conv2D(_Conv):
         else:  # a copy in 32-channel panels, which the GEMM streams contiguously
             self._wpacked = kgemm.pack_float_weights(wmat)
 
+    def _run(self, x):
+        if not self.dense:
+            return super()._run(x)
+        # The transform in place, on one thread: BLAS threads itself, and our OpenMP workers
+        # spinning around its call would steal its cores (measured: 2-thread float dense 3-4x
+        # slower).
+        acc, self.last_isa = self._accumulate(x)
+        out = self._out
+        ktr.to_float_f32(acc, out["mult"], out["bias"], out["lo"], out["hi"], acc, cpu.active(), 1)
+        return acc
+
     def _accumulate(self, x):
-        cols = self._columns(x, kgemm.im2col_f32)
-        return np.matmul(cols, self._wmat), "blas"  # dense only: convolutions run _gemm_conv
+        return np.matmul(x.reshape(x.shape[0], self.depth), self._wmat), "blas"  # dense only
 
     def _reference_acc(self, x):
         return self._reference_conv(self._reference_input(x), self._kernel4)
@@ -348,14 +332,6 @@ class BinaryConv2D(_Conv):
 
     def acc_range(self):
         return -self.depth, self.depth
-
-    def call(self, x):
-        """The kernel applies the output transform itself, to each block of rows while it is
-        in cache: no int32 accumulator array, no second pass (bit-identical to _transform)."""
-        if self._weights is None:
-            raise ShapeError(f"{self.name}: has no weights; call set_weights() or load a weights file")
-        y, self.last_isa = self._kernel()(x, cpu.active(), cpu.num_threads())
-        return y.reshape(self.output_spec.array_shape(x.shape[0])) if self.dense else y
 
     def _make_kernel(self, dtype, params):
         h, w, c, pt, _, pl, _, hout, wout = self._geom
