@@ -714,6 +714,10 @@ PYBNN_TARGET_AVX2 static void pybnn_ibgemm_avx2(const int8_t *a, size_t lda, siz
  * Measured on the int8 convolution shapes (1 core, kernel alone): 590-650 Gops, about 85%
  * of the micro-kernel's own speed in L1 (~745); ibgemm within 1% of igemm except at 49 rows
  * (4% slower: the expansion is amortised over fewer rows).
+ *
+ * The driver takes its rows through a pybnn_igemm_io: a matrix (the igemm / ibgemm entry
+ * points), or a convolution's patch rows gathered from the image by gemmconv.h, which also
+ * transforms each finished tile (implicit GEMM: no im2col pass).
  */
 #define PYBNN_IGEMM_MC512 96   /* rows per super-block */
 #define PYBNN_IGEMM_KC512 512  /* K per block when K is split */

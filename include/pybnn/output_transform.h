@@ -199,7 +199,7 @@ PYBNN_TARGET_AVX2 static void pybnn_to_bits_avx2(const int32_t *acc, size_t lda,
 }
 
 /* ================================================================ AVX-512
- * Bits only: 16 channels per compare into a mask register (the last ones through masked
+ * Bits: 16 channels per compare into a mask register (the last ones through masked
  * loads), channel groups outside and rows inside so each group's thresholds stay in
  * registers over a block of rows.  This is what fused callers run (pybnn_ot_apply at level
  * PYBNN_OT_AVX512) on blocks still in L1; the standalone drivers, which stream whole arrays
@@ -207,7 +207,9 @@ PYBNN_TARGET_AVX2 static void pybnn_to_bits_avx2(const int32_t *acc, size_t lda,
  * The float and int8 transforms stay on AVX2 at this level: inside the binary conv their
  * 512-bit float operations (the only heavy AVX-512 instructions there) cost 30-50 us per
  * call on the daBNN shapes, the core apparently slowing down around them, against 5-10 us
- * for the same work in 256-bit registers. */
+ * for the same work in 256-bit registers.  The int8 GEMM convolutions (gemmconv.h) do run
+ * them at 512 bits (level PYBNN_OT_AVX512_ALL, below): there vpdpbusd already keeps the
+ * 512-bit units busy, and the 512-bit requantize measured 3.5% faster on 3x3_64. */
 
 PYBNN_TARGET_AVX512 static inline __mmask16 pybnn_ot_mask16(size_t j, size_t c) {
     return j >= c ? (__mmask16)0 : c - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (c - j)) - 1);
@@ -235,9 +237,8 @@ PYBNN_TARGET_AVX512 static void pybnn_to_bits_avx512(const int32_t *acc, size_t 
         }
     }
 }
-/* The int8 and float transforms at 512 bits, for kernels that already run heavy 512-bit
- * instructions (the int8 GEMM's vpdpbusd), where they cost no extra clock penalty: level
- * PYBNN_OT_AVX512_ALL.  Same float operations in the same order as the other variants. */
+/* The int8 and float transforms at 512 bits (level PYBNN_OT_AVX512_ALL, see above): the
+ * same float operations in the same order as the other variants. */
 
 /* clamp(rint(x) + zp, qmin, qmax) = rint(clamp(x, qmin - zp, qmax - zp)) + zp: rint is
  * monotonic and keeps the integers qmin - zp and qmax - zp, so one clamp in float replaces
@@ -299,7 +300,8 @@ typedef struct {
     const int8_t *dir;
 } pybnn_ot;
 
-/* Variant levels of pybnn_ot_apply. */
+/* Variant levels of pybnn_ot_apply (PYBNN_OT_AVX512_ALL: every transform at 512 bits, for
+ * callers on the AVX-512 path whose own kernel runs heavy 512-bit instructions). */
 enum { PYBNN_OT_SCALAR, PYBNN_OT_AVX2, PYBNN_OT_AVX512, PYBNN_OT_AVX512_ALL };
 
 #if PYBNN_X86
@@ -329,7 +331,7 @@ static inline size_t pybnn_ot_ldo(const pybnn_ot *t, size_t c) {
  * c0; float accumulators for PYBNN_OT_FLOAT_F32, which may transform in place) into output
  * rows at `out` (row stride ldo; channel j lands at element j, or bit j%32 of word j/32 for
  * bits, whose c0 must be a multiple of 32).  level: PYBNN_OT_SCALAR, PYBNN_OT_AVX2 or
- * PYBNN_OT_AVX512 (pybnn_ot_level). */
+ * PYBNN_OT_AVX512 (pybnn_ot_level), or PYBNN_OT_AVX512_ALL (see pybnn_to_int8_avx512). */
 static void pybnn_ot_apply(const pybnn_ot *t, int level, const void *accv, size_t lda, size_t m,
                            size_t c0, size_t c1, void *out, size_t ldo) {
     const size_t c = c1 - c0;
