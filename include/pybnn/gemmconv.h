@@ -160,7 +160,8 @@ static void pybnn_gc_done(const void *ctx, const int32_t *acc, size_t lda, size_
                    (char *)j->out + (rows->r0 + i) * j->ldo * j->oesize, j->ldo);
 }
 
-/* Pixels [r0, r0 + b) x channels [c0, c1): acc is b x (c1 - c0) int32 of scratch. */
+/* Pixels [r0, r0 + b) x channels [c0, c1): acc is min(b, PYBNN_IGEMM_MC512) x (c1 - c0)
+ * int32 of scratch.  One call per part: ibgemm expands its bits once (igemm.h). */
 static void pybnn_gc_implicit(const pybnn_gc_job *j, size_t r0, size_t b, size_t c0, size_t c1, int32_t *acc) {
     const pybnn_gc_rows rows = {j, r0, c0};
     const pybnn_igemm_io io = {pybnn_gc_fetch_avx512, pybnn_gc_done, &rows};
@@ -209,10 +210,15 @@ static void pybnn_gc_part(void *ctx, int part, int nparts) {
     }
     if (lo >= hi || c0 >= c1)
         return;
-    const size_t block = PYBNN_MIN(j->block, hi - lo);
+    const size_t block = j->implicit ? hi - lo : PYBNN_MIN(j->block, hi - lo);
     const int need_buf = !j->direct && !j->implicit;
     uint8_t *buf = need_buf ? (uint8_t *)malloc(block * j->rowbytes) : NULL;
-    int32_t *acc = j->ifn ? (int32_t *)malloc(block * (c1 - c0) * sizeof(int32_t)) : NULL;
+    size_t acc_rows = block;
+#if PYBNN_X86
+    if (j->implicit) /* the tiles of one super-block at a time */
+        acc_rows = PYBNN_MIN(block, (size_t)PYBNN_IGEMM_MC512);
+#endif
+    int32_t *acc = j->ifn ? (int32_t *)malloc(acc_rows * (c1 - c0) * sizeof(int32_t)) : NULL;
     if ((need_buf && !buf) || (j->ifn && !acc)) {
         __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
     } else {

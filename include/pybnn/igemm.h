@@ -854,7 +854,9 @@ PYBNN_TARGET_AVX512 static inline void pybnn_ibgemm_expand_avx512(const uint8_t 
  *   fetch(ctx, i, mc, k0, len, nq, dst): rows [i, i + mc) of A, columns [k0, k0 + len), as
  *       u = a ^ 0x80 into dst (row stride PYBNN_IGEMM_KC1_512), 0 in columns [len, 4 nq);
  *   done(ctx, acc, lda, i, mr, c0, c1), optional: rows [i, i + mr) of channels [c0, c1) of
- *       out are final (acc: row i, channel c0; row stride lda). */
+ *       the result are final (acc: row i, channel c0; row stride lda).  With done, `out` is
+ *       scratch for the rows of one super-block (PYBNN_IGEMM_MC512 x ldo int32), not the
+ *       whole result. */
 typedef struct {
     void (*fetch)(const void *ctx, size_t i, size_t mc, size_t k0, size_t len, size_t nq, uint8_t *dst);
     void (*done)(const void *ctx, const int32_t *acc, size_t lda, size_t i, size_t mr, size_t c0, size_t c1);
@@ -910,7 +912,7 @@ pybnn_igemm_run_avx512(const pybnn_igemm_io *io, size_t m, const uint8_t *panels
                         io->fetch(io->ctx, i0 + r0, (size_t)mr, 4 * q0, len, nq, ubuf);
                         u = ubuf;
                     }
-                    int32_t *c = out + (i0 + r0) * ldo + 16 * p0;
+                    int32_t *c = out + (io->done ? r0 : i0 + r0) * ldo + 16 * p0;
                     /* ibgemm: the first row block expands the bits into wbuf */
                     pybnn_igemm_tiles_avx512[binary && rb == 0][mr - 1][nz - 1](
                         u, w, wps, nq, c, ldo, kb > 0, last ? csub : NULL, mlast, panels + p0 * pb + q0 * 8, pb);
