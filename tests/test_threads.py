@@ -272,6 +272,35 @@ def _predict_in_child(queue):
     queue.put(model.predict(x).sum())
 
 
+def _kernel_in_child(queue):
+    from pybnn._kernels import gemm
+    rng = np.random.default_rng(3)
+    a = rng.integers(-128, 128, (512, 512)).astype(np.int8)
+    wp = gemm.pack_int8_weights(rng.integers(-127, 128, (256, 512)).astype(np.int8))
+    out = np.empty((512, 256), np.int32)
+    gemm.igemm(a, wp, 512, 256, 0, out, 0, 2)  # threads=2 asked of the kernel itself
+    queue.put(int(out.astype(np.int64).sum()))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_kernel_asked_for_threads_runs_serially():
+    """The C side's own guard (common.h, pybnn_par_run): a kernel asked for 2 threads in a
+    child forked after the parent went parallel runs its parts on one thread."""
+    _kernel_in_child(multiprocessing.Queue())  # parallel kernels in this process
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_kernel_in_child, args=(queue,))
+    child.start()
+    child.join(120)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("child process hung after fork")
+    assert child.exitcode == 0
+    q = multiprocessing.Queue()
+    _kernel_in_child(q)
+    assert queue.get(timeout=10) == q.get()
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_forked_child_after_parallel_kernels_does_not_hang():
     """GNU OpenMP cannot start threads in a child forked after the parent used them; pybnn
