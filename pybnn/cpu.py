@@ -1,7 +1,8 @@
 """Run-time choice of the instruction-set path used by every kernel.
 
 At import pybnn picks the best path the CPU supports (x86: scalar < sse4 < avx2 < avx512;
-ARM: neon).
+ARM: scalar < neon < neon_dotprod, the last on aarch64 CPUs with the ARMv8.2 dot product
+such as the Raspberry Pi 5's Cortex-A76).
 `PYBNN_ISA=<name>` in the environment, or `set_isa(name)`, forces a lower path, so the
 tests can run every path on one machine.  Kernels receive the ISA number with each call
 and report back the variant they ran (a kernel without a variant for the requested path
@@ -14,8 +15,8 @@ import threading
 from ._kernels import _cpu
 from .errors import ConfigError
 
-ISAS = ("scalar", "sse4", "avx2", "neon", "avx512")  # index = the number the C kernels use
-SCALAR, SSE4, AVX2, NEON, AVX512 = range(5)
+ISAS = ("scalar", "sse4", "avx2", "neon", "avx512", "neon_dotprod")  # index = the number the C kernels use
+SCALAR, SSE4, AVX2, NEON, AVX512, NEON_DOTPROD = range(6)
 
 
 def available():

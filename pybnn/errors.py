@@ -19,3 +19,8 @@ class WeightsError(PyBNNError, ValueError):
 
 class FormatError(PyBNNError, ValueError):
     """A model file is malformed, truncated, or does not match the architecture."""
+
+
+class ConvertError(PyBNNError, ValueError):
+    """A source model (ONNX, Keras) holds something pybnn cannot import exactly; the message
+    names the node or layer, its operation and why."""

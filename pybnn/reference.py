@@ -42,11 +42,17 @@ def threshold_negative(x, thr, direction):
 # ---------------------------------------------------------------------------- convolution
 
 
-def conv2d(x, w, strides, dilation, pads, pad_value=0):
+def conv2d(x, w, strides, dilation, pads, pad_value=0, groups=1):
     """Direct convolution in exact arithmetic (int64 for integer inputs, float64 otherwise).
 
-    x (N, H, W, C), w (KH, KW, C, COUT), pads ((top, bottom), (left, right)); input pixels
-    outside the image take `pad_value`.  Returns (N, HOUT, WOUT, COUT)."""
+    x (N, H, W, C), w (KH, KW, C / groups, COUT), pads ((top, bottom), (left, right)); input
+    pixels outside the image take `pad_value`.  With groups > 1, output channels
+    [g*COUT/groups, (g+1)*COUT/groups) see input channels [g*C/groups, (g+1)*C/groups) only.
+    Returns (N, HOUT, WOUT, COUT)."""
+    if groups > 1:
+        cg, fg = x.shape[3] // groups, w.shape[3] // groups
+        return np.concatenate([conv2d(x[..., g * cg:(g + 1) * cg], w[..., g * fg:(g + 1) * fg], strides,
+                                      dilation, pads, pad_value) for g in range(groups)], axis=-1)
     acc_type = np.int64 if np.issubdtype(np.asarray(x).dtype, np.integer) else np.float64
     x = np.asarray(x).astype(acc_type)
     w = np.asarray(w).astype(acc_type)
@@ -66,15 +72,16 @@ def conv2d(x, w, strides, dilation, pads, pad_value=0):
     return out
 
 
-def binary_conv2d(x_pm, w, strides, dilation, pads, pad_value):
+def binary_conv2d(x_pm, w, strides, dilation, pads, pad_value, groups=1):
     """±1 input and sign(w) weights: the integer dot count per output (int64)."""
     return conv2d(x_pm.astype(np.int64), binarize(w).astype(np.int64), strides, dilation, pads,
-                  pad_value)
+                  pad_value, groups)
 
 
-def int8_conv2d(q, zero_point, w_int8, strides, dilation, pads):
+def int8_conv2d(q, zero_point, w_int8, strides, dilation, pads, groups=1):
     """sum (q - zp) * w, padding with the zero point (real 0); exact int64."""
-    return conv2d(q.astype(np.int64) - zero_point, w_int8.astype(np.int64), strides, dilation, pads, 0)
+    return conv2d(q.astype(np.int64) - zero_point, w_int8.astype(np.int64), strides, dilation, pads, 0,
+                  groups)
 
 
 # ---------------------------------------------------------------------------- output transforms
@@ -117,12 +124,41 @@ def dequantize(q, scale, zero_point):
 # ---------------------------------------------------------------------------- other layers
 
 
+def add(xs):
+    """Sum of float32 tensors, left to right in float32."""
+    total = np.asarray(xs[0], np.float32)
+    for x in xs[1:]:
+        total = (total + np.asarray(x, np.float32)).astype(np.float32)
+    return total
+
+
+def add_int8(qs, zero_points, mults, out_zero_point):
+    """int8 = clamp(rint(sum_i float32(q_i - z_i) * m_i) + z_out, -128, 127), the sum left
+    to right in float32 (m_i = float32(s_i / s_out)), rint half to even."""
+    total = None
+    for q, z, m in zip(qs, zero_points, mults):
+        term = (np.asarray(q, np.int32) - z).astype(np.float32) * np.float32(m)
+        total = term if total is None else (total + term).astype(np.float32)
+    return np.clip(np.rint(total).astype(np.int64) + int(out_zero_point), -128, 127).astype(np.int8)
+
+
 def batch_norm(x, gamma, beta, mean, var, epsilon):
     """(x - mean) * (gamma / sqrt(var + eps)) + beta, in float32, the factor computed first."""
     inv = (np.asarray(gamma, np.float32) /
            np.sqrt(np.asarray(var, np.float32) + np.float32(epsilon))).astype(np.float32)
     return ((np.asarray(x, np.float32) - np.asarray(mean, np.float32)) * inv
             + np.asarray(beta, np.float32)).astype(np.float32)
+
+
+def affine(x, scale=None, bias=None):
+    """x * scale[c] + bias[c] over the last axis in float32, the product rounded first (either
+    part may be None)."""
+    y = np.asarray(x, np.float32)
+    if scale is not None:
+        y = (y * np.asarray(scale, np.float32)).astype(np.float32)
+    if bias is not None:
+        y = (y + np.asarray(bias, np.float32)).astype(np.float32)
+    return y
 
 
 def relu(x, max_value=None, negative_slope=0.0):

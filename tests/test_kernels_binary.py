@@ -14,10 +14,10 @@ HALF_WORDS = [15, 16, 17, 47, 48, 49]  # edges of the 16-channel AVX-512 compare
 # Variants each kernel implements; asking for another path falls back to the best lower one.
 IMPLEMENTED = {
     "pack_float": {"scalar", "sse4", "avx2", "avx512", "neon"},
-    "pack_int8": {"scalar", "sse4", "avx2", "avx512"},
-    "unpack": {"scalar", "avx2", "avx512"},
+    "pack_int8": {"scalar", "sse4", "avx2", "avx512", "neon"},
+    "unpack": {"scalar", "avx2", "avx512", "neon"},
     "bconv2d": {"scalar", "sse4", "avx2", "avx512", "neon"},
-    "bmaxpool2d": {"scalar", "avx2", "avx512"},
+    "bmaxpool2d": {"scalar", "avx2", "avx512", "neon"},
 }
 
 
@@ -510,3 +510,24 @@ def test_bmaxpool2d_validation():
                    dict(pad_left=-1), dict(isa=99)]:
         with pytest.raises(ValueError):
             bconv.bmaxpool2d(**{**good, **change})
+
+
+@pytest.mark.parametrize("c, cout, kh, kw", [(1, 1, 1, 1), (9, 40, 3, 3), (33, 7, 1, 3), (64, 16, 2, 2)])
+def test_pack_weights_from_bits_and_tap_sums_of_packed_weights(c, cout, kh, kw):
+    """An HWIO kernel's plain bits (a model file's `bits` tensor) pack to the bytes pack_weights
+    makes from floats, 64-byte aligned; the tap sums read from the packed bits ignore padding
+    bits, so garbage there cannot push them outside [-c, c]."""
+    rng = np.random.default_rng(c * 100 + cout)
+    hwio = rng.standard_normal((kh, kw, c, cout)).astype(np.float32)
+    wf = np.ascontiguousarray(hwio.transpose(3, 0, 1, 2))
+    bits = np.packbits(hwio < 0, axis=None, bitorder="little")
+    wp = bconv.pack_weights_bits(bits, c, cout, kh, kw, 1, cout)
+    np.testing.assert_array_equal(wp, bconv.pack_weights(wf))
+    assert wp.ctypes.data % 64 == 0
+    np.testing.assert_array_equal(bconv.tap_sums_packed(wp, c, cout, kh, kw), bconv.tap_sums(wf))
+    garbage = wp | np.uint32(0xFFFFFFFF) ^ bconv.pack_weights(np.ones_like(wf) * -1)  # every padding bit set
+    np.testing.assert_array_equal(bconv.tap_sums_packed(garbage, c, cout, kh, kw), bconv.tap_sums(wf))
+    with pytest.raises(ValueError, match="do not hold"):
+        bconv.pack_weights_bits(bits[:-1], c, cout, kh, kw, 1, cout + 8)
+    with pytest.raises(ValueError):
+        bconv.tap_sums_packed(wp[:, :-1] if wp.shape[1] > 1 else wp[:0], c, cout, kh, kw)

@@ -9,6 +9,7 @@ AVX2 = AVX-512; multiply then add: SSE4 = scalar); the output transforms must ma
 for bit.
 """
 import itertools
+import platform
 
 import numpy as np
 import pytest
@@ -29,15 +30,18 @@ BLOCK_KS = [4, 5, 255, 256, 257, 511, 512, 513, 640, 641, 643, 1023, 1024, 1025,
 BLOCK_MS = [1, 2, 4, 5, 6, 7, 11, 12, 13, 95, 96, 97, 193]
 BLOCK_COUTS = [15, 16, 17, 31, 48, 63, 64, 65, 80, 129]
 ZPS = [0, -128, 127, 5]
+HEADER = 64  # packed weights: uint32 magic, K, cout, then zeros (common.h, pybnn_pack_header)
 CHANNELS = [1, 3, 7, 8, 9, 31, 32, 33, 64, 65, 130]
 
 # Variants each kernel implements; asking for another path falls back to the best lower one.
 IMPLEMENTED = {
-    "igemm": {"scalar", "sse4", "avx2", "avx512", "neon"},
-    "ibgemm": {"scalar", "sse4", "avx2", "avx512", "neon"},
+    "igemm": {"scalar", "sse4", "avx2", "avx512", "neon", "neon_dotprod"},
+    "ibgemm": {"scalar", "sse4", "avx2", "avx512", "neon", "neon_dotprod"},
     "fbgemm": {"scalar", "sse4", "avx2", "avx512", "neon"},
     "sgemm": {"scalar", "sse4", "avx2", "avx512", "neon"},
-    "transform": {"scalar", "avx2"},
+    "transform": {"scalar", "avx2", "neon"},
+    # armv7's NEON flushes denormals to zero: its float transforms stay scalar
+    "transform_float": {"scalar", "avx2"} | ({"neon"} if platform.machine() in ("aarch64", "arm64") else set()),
 }
 
 
@@ -215,13 +219,13 @@ def test_pack_int8_weights_layout():
     w = (np.arange(cout * k).reshape(cout, k) * 7 % 256 - 128).astype(np.int8)
     wp = gemm.pack_int8_weights(w)
     kq, npan = 2, 2
-    header = wp[:16].view(np.uint32)
+    header = wp[:HEADER].view(np.uint32)
     assert header[0] == 0x38514250 and header[1] == k and header[2] == cout
-    panels = wp[16:16 + npan * kq * 64].view(np.int8).reshape(npan, kq, 16, 4)
+    panels = wp[HEADER:HEADER + npan * kq * 64].view(np.int8).reshape(npan, kq, 16, 4)
     full = np.zeros((npan * 16, kq * 4), np.int8)
     full[:cout, :k] = w
     np.testing.assert_array_equal(panels, full.reshape(npan, 16, kq, 4).transpose(0, 2, 1, 3))
-    sums = wp[16 + npan * kq * 64:].view(np.int32)
+    sums = wp[HEADER + npan * kq * 64:].view(np.int32)
     want = np.zeros(npan * 16, np.int32)
     want[:cout] = w.astype(np.int32).sum(1)
     np.testing.assert_array_equal(sums, want)
@@ -238,9 +242,9 @@ def test_pack_int8_binary_weights_layout():
         w[0, 0] = np.nan  # not >= 0: -1
         wp = gemm.pack_int8_binary_weights(w)
         kq, npan = (k + 3) // 4, (cout + 15) // 16
-        header = wp[:16].view(np.uint32)
+        header = wp[:HEADER].view(np.uint32)
         assert header[0] == 0x31514250 and header[1] == k and header[2] == cout
-        words = wp[16:16 + npan * kq * 8].view(np.uint64).reshape(npan, kq)
+        words = wp[HEADER:HEADER + npan * kq * 8].view(np.uint64).reshape(npan, kq)
         neg = np.zeros((npan * 16, kq * 4), bool)
         neg[:cout, :k] = ~(w >= 0)
         c, j = np.meshgrid(np.arange(16), np.arange(4), indexing="ij")
@@ -249,7 +253,7 @@ def test_pack_int8_binary_weights_layout():
         np.testing.assert_array_equal(words, (blocks << shifts).sum((2, 3)).astype(np.uint64))
         want = np.zeros(npan * 16, np.int32)
         want[:cout] = k - 2 * neg[:cout].sum(1)
-        np.testing.assert_array_equal(wp[16 + npan * kq * 8:].view(np.int32), want)
+        np.testing.assert_array_equal(wp[HEADER + npan * kq * 8:].view(np.int32), want)
 
 
 @pytest.mark.parametrize("name", ISAS)
@@ -333,13 +337,13 @@ def test_pack_float_binary_weights_layout():
         w[0, 0] = np.nan  # not >= 0: -1
         wp = gemm.pack_float_binary_weights(w)
         npanel = (cout + 31) // 32
-        assert wp.shape == (16 + npanel * k * 4,)
-        header = wp[:16].view(np.uint32)
+        assert wp.shape == (HEADER + npanel * k * 4,)
+        header = wp[:HEADER].view(np.uint32)
         assert header[1] == k and header[2] == cout
         bits = np.zeros((npanel * 32, k), bool)
         bits[:cout] = ~(w >= 0)
         want = ref_pack_bits(bits.reshape(npanel, 32, k).transpose(0, 2, 1).reshape(npanel * k, 32))
-        np.testing.assert_array_equal(wp[16:].view(np.uint32), want.ravel())
+        np.testing.assert_array_equal(wp[HEADER:].view(np.uint32), want.ravel())
 
 
 @pytest.mark.parametrize("name", ISAS)
@@ -415,12 +419,12 @@ def test_pack_float_weights_layout():
         w = rng.standard_normal((k, cout)).astype(np.float32)
         wp = gemm.pack_float_weights(w)
         npanel = (cout + 31) // 32
-        assert wp.shape == (16 + npanel * k * 128,)
-        assert wp[:16].view(np.uint32).tolist() == [0x31534650, k, cout, 0]
+        assert wp.shape == (HEADER + npanel * k * 128,)
+        assert wp[:HEADER].view(np.uint32).tolist() == [0x31534650, k, cout] + [0] * 13
         padded = np.zeros((k, npanel * 32), np.float32)
         padded[:, :cout] = w
         want = padded.reshape(k, npanel, 32).transpose(1, 0, 2)
-        assert bitwise_equal(wp[16:].view(np.float32).reshape(npanel, k, 32), want)
+        assert bitwise_equal(wp[HEADER:].view(np.float32).reshape(npanel, k, 32), want)
 
 
 @pytest.mark.parametrize("name", ISAS)
@@ -527,6 +531,52 @@ def test_gemm_rejects_bad_arguments():
             pytest.fail(f"bad call {i} was accepted")
 
 
+
+def test_packers_from_bits_and_strides_match_the_float_packers():
+    """What model files need: an HWIO kernel's plain bits (sn = 1, sk = cout) and its int8
+    (K, cout) matrix transposed (any strides) pack to the same bytes as the (cout, K) forms."""
+    rng = np.random.default_rng(7)
+    for k, cout in [(1, 1), (5, 19), (27, 33), (64, 70)]:
+        w = random_float_weights(rng, cout, k)
+        hwio_bits = np.packbits(~(w.T >= 0), axis=None, bitorder="little")  # element (k, n) at k*cout + n
+        assert np.array_equal(gemm.pack_binary_bits("fbgemm", hwio_bits, k, cout, 1, cout),
+                              gemm.pack_float_binary_weights(w))
+        assert np.array_equal(gemm.pack_binary_bits("ibgemm", hwio_bits, k, cout, 1, cout),
+                              gemm.pack_int8_binary_weights(w))
+        w8 = rng.integers(-127, 128, (cout, k)).astype(np.int8)
+        assert np.array_equal(gemm.pack_int8_weights(np.ascontiguousarray(w8.T).T), gemm.pack_int8_weights(w8))
+        for packed in (gemm.pack_int8_weights(w8), gemm.pack_int8_binary_weights(w),
+                       gemm.pack_float_binary_weights(w), gemm.pack_float_weights(w.T.copy())):
+            assert packed.ctypes.data % 64 == 0  # panels on cache lines, as in a model file
+    with pytest.raises(ValueError, match="do not hold"):
+        gemm.pack_binary_bits("fbgemm", np.zeros(2, np.uint8), 5, 4, 1, 4)  # 20 bits > 16
+    with pytest.raises(ValueError, match="fbgemm' or 'ibgemm"):
+        gemm.pack_binary_bits("igemm", np.zeros(2, np.uint8), 2, 2, 1, 2)
+
+
+@pytest.mark.parametrize("gemm_name", ["igemm", "ibgemm", "fbgemm", "sgemm"])
+def test_packed_headers_are_checked_whole(gemm_name):
+    """Every GEMM checks size, magic, K, cout and the zero reserved bytes of its weights."""
+    k, cout = 10, 3
+    w = np.ones((cout, k), np.float32)
+    wp = {"igemm": lambda: gemm.pack_int8_weights(w.astype(np.int8)), "ibgemm": lambda: gemm.pack_int8_binary_weights(w),
+          "fbgemm": lambda: gemm.pack_float_binary_weights(w), "sgemm": lambda: gemm.pack_float_weights(w.T.copy())}[gemm_name]()
+    assert gemm.packed_ok(gemm_name, wp, k, cout) and len(wp) == gemm.packed_size(gemm_name, k, cout)
+    assert not gemm.packed_ok(gemm_name, wp, k + 1, cout) and not gemm.packed_ok(gemm_name, wp, k, cout + 1)
+    assert not gemm.packed_ok(gemm_name, wp[:-1], k, cout) and not gemm.packed_ok(gemm_name, wp[:10], k, cout)
+    assert not gemm.packed_ok(gemm_name, wp, 2**40, cout)
+    for pos in (0, 5, 9, 12, 63):
+        bad = wp.copy()
+        bad[pos] ^= 1
+        assert not gemm.packed_ok(gemm_name, bad, k, cout), f"byte {pos} of the header"
+    bad = wp.copy()
+    bad[40] = 1
+    x = np.zeros((1, 1, 1, k), np.int8 if gemm_name in ("igemm", "ibgemm") else np.float32)
+    out = np.zeros((1, 1, 1, cout), np.float32)
+    with pytest.raises(ValueError, match="not packed"):
+        gemm.gemm_conv(gemm_name, x, bad, cout, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, out,
+                       mult=np.ones(cout, np.float32), bias=np.zeros(cout, np.float32))
+
 # ------------------------------------------------------------------------------ output transforms
 
 LO_HI = [(-np.inf, np.inf), (0.0, np.inf), (0.0, 6.0), (-1.0, 1.0), (-np.inf, -0.0)]
@@ -551,7 +601,7 @@ def test_to_float(name, c):
     for lo, hi in LO_HI:
         out = np.full((13, c), np.nan, np.float32)
         used = transform.to_float_i32(acc, mult, bias, lo, hi, out, isa_num(name))
-        assert used == expected_isa("transform", name)
+        assert used == expected_isa("transform_float", name)
         assert bitwise_equal(out, ref.clamp(acc.astype(np.float32) * mult + bias, lo, hi)), (lo, hi)
 
         facc = (acc * np.float32(0.001)).astype(np.float32)

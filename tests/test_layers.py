@@ -219,6 +219,20 @@ def test_float_layers():
                                   .astype(np.float32) * np.float32(0.1))
 
 
+def test_channel_affine(isa):
+    """x * scale[c] + bias[c], the product rounded first; either part optional."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((3, 4, 5, 37)).astype(np.float32)
+    model = pybnn.Sequential([L.Input((4, 5, 37)), L.ChannelAffine(), L.ChannelAffine(use_scale=False),
+                              L.ChannelAffine(use_bias=False)]).randomize(2)
+    check(model, x, True)
+    (s1, b1), (b2,), (s3,) = (layer.get_weights() for layer in model.layers[1:])
+    want = ((x * s1 + b1).astype(np.float32) + b2).astype(np.float32) * s3
+    np.testing.assert_array_equal(model.predict(x), want)
+    with pytest.raises(pybnn.ConfigError, match="nothing to do"):
+        L.ChannelAffine(use_scale=False, use_bias=False)
+
+
 def test_uint8_image_enters_int8_layer_exactly(isa):
     """Pixels (uint8, scale s, zero point z) reach Int8Conv2D as q = pixel - 128, zp = z - 128."""
     rng = np.random.default_rng(7)
@@ -231,3 +245,57 @@ def test_uint8_image_enters_int8_layer_exactly(isa):
     np.testing.assert_array_equal(model.predict(pixels), (want.astype(np.float32) * (np.float64(1 / 255) * scale).astype(np.float32)))
     assert np.abs(model.predict(pixels) - pybnn.reference.conv2d(real, kernel * scale, (1, 1), (1, 1),
                                                                    ((1, 1), (1, 1))) - bias * scale / 255).max() < 1e-4
+
+
+# (channels, groups, filters): 2 and 3 groups of odd widths, groups crossing 32-bit words,
+# depthwise (one input channel per group) with multipliers 1 and 2.
+GROUPS = [(6, 2, 4), (99, 3, 33), (70, 2, 34), (65, 5, 10), (13, 13, 13), (40, 40, 80)]
+
+
+@pytest.mark.parametrize("kind", CONV_KINDS, ids=[k[0] for k in CONV_KINDS])
+@pytest.mark.parametrize("shape", GROUPS, ids=[f"c{c}g{g}f{f}" for c, g, f in GROUPS])
+def test_grouped_conv_matches_reference(isa, kind, shape):
+    name, make, in_kind, exact = kind
+    c, groups, filters = shape
+    rng = np.random.default_rng(c * groups)
+    for i, (h, w, k, s, pad) in enumerate([(7, 5, 3, 1, "same"), (6, 9, 3, 2, "valid"),
+                                           (1, 1, 1, 1, "valid"), (5, 5, 3, 2, ((1, 0), (2, 1)))]):
+        layer = make(filters, k, s, pad, PAD_VALUES[i % 3])
+        layer.groups = groups
+        model = pybnn.Sequential([input_layer(in_kind, (h, w, c)), layer]).randomize(i)
+        check(model, make_input(in_kind, 1 + i % 2, (h, w, c), rng), exact)
+
+
+@pytest.mark.parametrize("shape", GROUPS, ids=[f"c{c}g{g}f{f}" for c, g, f in GROUPS])
+def test_grouped_conv_bit_and_int8_outputs(isa, shape):
+    """Folded outputs of grouped layers: bits joined across groups at any bit offset, int8."""
+    c, groups, filters = shape
+    rng = np.random.default_rng(groups)
+    bits = pybnn.Sequential([L.Input((6, 7, c)), L.BinaryConv2D(filters, 3, padding="same", pad_value=-1,
+                             groups=groups), L.BatchNormalization(), L.Sign()]).randomize(1)
+    check(bits, make_input("float32", 2, (6, 7, c), rng), True)
+    assert bits.plan()[-1].output_spec.kind == "binary" and len(bits.plan()) == 3
+    q = pybnn.Sequential([input_layer("int8", (6, 7, c)), L.Int8Conv2D(filters, 3, strides=2, padding="same",
+                          groups=groups, output="int8", output_scale=0.5, output_zero_point=3)]).randomize(2)
+    check(q, make_input("int8", 2, (6, 7, c), rng), True)
+    sq = pybnn.Sequential([input_layer("int8", (6, 7, c)), L.Int8BinaryConv2D(filters, 1, groups=groups),
+                           L.Sign()]).randomize(3)
+    check(sq, make_input("int8", 2, (6, 7, c), rng), True)
+
+
+def test_grouped_conv_config_and_errors(tmp_path):
+    layer = L.Conv2D(8, 3, groups=4, name="g")
+    assert layer.get_config()["groups"] == 4 and "groups" not in L.Conv2D(8, 3).get_config()
+    model = pybnn.Sequential([L.Input((5, 5, 12)), layer]).randomize(0)
+    assert layer.weight_specs()[0][1] == (3, 3, 3, 8)
+    model.save(tmp_path / "g.bin")
+    x = np.random.default_rng(0).standard_normal((2, 5, 5, 12)).astype(np.float32)
+    np.testing.assert_array_equal(pybnn.load_model(tmp_path / "g.bin").predict(x), model.predict(x))
+    with pytest.raises(pybnn.ConfigError, match="multiple of groups"):
+        L.BinaryConv2D(10, 3, groups=4)
+    with pytest.raises(pybnn.ShapeError, match=r"input channels \(10\) must be a multiple of groups \(4\)"):
+        pybnn.Sequential([L.Input((5, 5, 10)), L.Conv2D(8, 3, groups=4)])
+    with pytest.raises(pybnn.ConfigError, match="groups must be a positive int"):
+        L.Int8Conv2D(8, 3, groups=0)
+    with pytest.raises(pybnn.ConfigError, match="dense layers have no groups"):
+        L.Dense(8, groups=2)

@@ -76,6 +76,49 @@ def test_folded_thresholds_are_exact_at_every_integer():
     np.testing.assert_array_equal(model.predict(x), unfolded.predict(x))
 
 
+def test_channel_affine_folds_like_batch_norm(isa):
+    """ChannelAffine (and chains BN -> ChannelAffine -> ChannelAffine) folds exactly into the
+    following Sign's thresholds, then the binary convolution writes bits; after a float
+    convolution it folds into the multiplier and bias."""
+    def build(fold):
+        inp = L.Input((6, 6, 5), name="x")
+        a = L.BinaryConv2D(33, 3, padding="same", use_bias=True, name="a")(inp)
+        a = L.BatchNormalization(name="a_bn")(a)
+        a = L.ChannelAffine(name="a_shift")(a)
+        a = L.ChannelAffine(use_scale=False, name="a_move")(a)
+        a = L.Sign(name="a_sign")(a)
+        a = L.BinaryConv2D(9, 3, strides=2, name="b")(a)
+        a = L.ChannelAffine(use_bias=False, name="b_scale")(a)
+        bits = L.Sign(name="b_sign")(a)
+        f = L.Conv2D(4, 3, name="f")(inp)
+        f = L.ChannelAffine(name="f_affine")(f)
+        return pybnn.Model(inp, [bits, f], fold=fold)
+
+    folded, unfolded = build(True), build(False)
+    rng = np.random.default_rng(3)
+    folded.randomize(3)
+    for layer in folded.layers:
+        if isinstance(layer, L.ChannelAffine):
+            c = layer.input_spec.channels
+            weights = []
+            if layer.use_scale:  # negative and zero scales: falling and constant channels
+                weights.append(rng.choice([-2.0, -0.5, 0.0, 0.5, 3.0], c).astype(np.float32))
+            if layer.use_bias:   # integers: many ties at the thresholds
+                weights.append(rng.integers(-4, 5, c).astype(np.float32))
+            layer.set_weights(weights)
+    for a, b in zip(unfolded.layers, folded.layers):
+        if b.get_weights():
+            a.set_weights(b.get_weights())
+    plan = folded.plan()
+    assert not any(isinstance(op, (L.ChannelAffine, L.BatchNormalization)) for op in plan)
+    assert "a_bn + a_sign -> per-channel thresholds in a_sign" in folded.fold_notes
+    x = rng.standard_normal((5, 6, 6, 5)).astype(np.float32)
+    (bits, f), (bits_u, f_u) = folded.predict(x), unfolded.predict(x)
+    np.testing.assert_array_equal(bits, bits_u)
+    np.testing.assert_array_equal(bits, unfolded.predict_reference(x)[0])
+    np.testing.assert_allclose(f, f_u, rtol=1e-5, atol=1e-5)
+
+
 def test_summary_lists_layers_params_bytes_and_mops(capsys):
     model = tie_heavy_weights(bnn())
     text = model.summary()
@@ -83,7 +126,9 @@ def test_summary_lists_layers_params_bytes_and_mops(capsys):
     assert "Folded: bn2 + sign2" in text
     bconv2 = model.get_layer("bconv2")
     assert bconv2.count_params() == 3 * 3 * 16 * 40
-    assert bconv2.weight_bytes() == 3 * 3 * 16 * 40 // 8
+    # in its kernel's layout: each tap's 16 channels in a 32-bit word, the 9 words of a channel
+    # in 5 64-bit steps, 40 channels in 5 blocks of 8 (docs/format.md, bits_xgemm)
+    assert bconv2.weight_bytes() == 5 * 5 * 64
     assert bconv2.mops() == pytest.approx(2 * 9 * 9 * 40 * 3 * 3 * 16 / 1e6)
     assert capsys.readouterr().out.startswith('Model: "sequential"')
 
@@ -184,11 +229,15 @@ def test_save_load_round_trip(tmp_path):
     np.testing.assert_array_equal(again.predict(x), model.predict(x))
     rebuilt = pybnn.load_model(path)
     np.testing.assert_array_equal(rebuilt.predict(x), model.predict(x))
-    # binary kernels are stored at one bit per weight
+    # binary kernels are stored in their kernel's layout, one bit per weight (+ padding)
     raw = path.read_bytes()
     header = json.loads(raw[24:24 + int.from_bytes(raw[16:24], "little")])
     entry = next(t for t in header["tensors"] if t["layer"] == "bconv2" and t["name"] == "kernel")
-    assert entry["dtype"] == "bits" and entry["nbytes"] == 3 * 3 * 16 * 40 // 8 and entry["offset"] % 64 == 0
+    assert entry["dtype"] == "bits_xgemm" and entry["shape"] == [3, 3, 16, 40]
+    assert entry["nbytes"] == 5 * 5 * 64 and entry["offset"] % 64 == 0
+    for a, b in zip(rebuilt.layers, model.layers):
+        for wa, wb in zip(a.get_weights(), b.get_weights()):
+            np.testing.assert_array_equal(wa, wb)
 
 
 def test_load_into_a_different_architecture_says_where(tmp_path):

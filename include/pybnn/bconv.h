@@ -46,13 +46,21 @@ typedef struct {
     int pad_value;                      /* -1, 0 or +1 */
 } pybnn_conv_geom;
 
-/* Float weights (cout, kh, kw, c) -> packed layout above; binarized like pack_float
- * (bit = w < 0).  rows is scratch of cout*kh*kw*words uint32. */
-static void pybnn_bconv_pack_weights(const float *wf, size_t cout, size_t taps, size_t c,
-                                     uint32_t *rows, uint32_t *wp) {
-    /* (cout*taps, c) packed row by row is already (cout, taps*words) tap-major. */
-    pybnn_pack_float_scalar(wf, cout * taps, c, NULL, NULL, rows);
-    pybnn_xgemm_pack_weights(rows, cout, taps * pybnn_words(c), wp);
+/* tapsum (taps, cout) int32 of packed weights wp (pybnn_xgemm_pack_bits, c input channels per
+ * tap): c - 2 * (number of -1 among the tap's c real bits).  Padding bits are masked out, so
+ * whatever wp holds every sum lies in [-c, c]. */
+static void pybnn_bconv_tap_sums(const uint32_t *wp, size_t cout, size_t taps, size_t c, int32_t *tapsum) {
+    const size_t words = pybnn_words(c), k64 = pybnn_xgemm_k64(taps * words);
+    const uint32_t last = c % 32 ? (1u << (c % 32)) - 1u : 0xFFFFFFFFu;
+    for (size_t j = 0; j < cout; j++)
+        for (size_t t = 0; t < taps; t++) {
+            int64_t neg = 0;
+            for (size_t q = 0; q < words; q++) {
+                const uint32_t word = wp[pybnn_xgemm_at(k64, j, t * words + q)];
+                neg += pybnn_popcount32(q + 1 < words ? word : word & last);
+            }
+            tapsum[t * cout + j] = (int32_t)((int64_t)c - 2 * neg);
+        }
 }
 
 /* In-range tap indices along one axis: taps t with 0 <= base + t*dil < size form one

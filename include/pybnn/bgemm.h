@@ -10,7 +10,7 @@
  * padding) bits in a row.  Padding bits are 0 in both A and W, so they never count and
  * the result is the exact +-1 dot product.  Nothing else is read or written.
  *
- * Packed weight layout (what pybnn_bconv_pack_weights produces and every ISA reads):
+ * Packed weight layout (what pybnn_xgemm_pack_bits produces and every ISA reads):
  * output channels are grouped in blocks of PYBNN_XGEMM_NR = 8; a row of kwords uint32 is
  * viewed as k64 = ceil(kwords/2) little-endian uint64 (the last one's high half is 0 when
  * kwords is odd).  Block b stores, for each k < k64, the 8 channels' 64-bit words side by
@@ -45,17 +45,28 @@ static inline size_t pybnn_xgemm_wsize(size_t n, size_t kwords) {
     return pybnn_xgemm_cblocks(n) * pybnn_xgemm_k64(kwords) * 2 * PYBNN_XGEMM_NR;
 }
 
-/* Packs n rows of kwords uint32 (row j = channel j's bits, row stride kwords) into the
- * layout above.  wp must hold pybnn_xgemm_wsize(n, kwords) words. */
-static void pybnn_xgemm_pack_weights(const uint32_t *rows, size_t n, size_t kwords, uint32_t *wp) {
-    size_t k64 = pybnn_xgemm_k64(kwords);
-    memset(wp, 0, pybnn_xgemm_wsize(n, kwords) * sizeof(uint32_t));
-    for (size_t j = 0; j < n; j++) {
-        uint32_t *blk = wp + (j / PYBNN_XGEMM_NR) * k64 * 2 * PYBNN_XGEMM_NR;
-        size_t r = j % PYBNN_XGEMM_NR;
-        for (size_t q = 0; q < kwords; q++)
-            blk[(q / 2) * 2 * PYBNN_XGEMM_NR + 2 * r + (q % 2)] = rows[j * kwords + q];
-    }
+/* Index of word q of channel j's row in the packed weights (k64 steps per block). */
+static inline size_t pybnn_xgemm_at(size_t k64, size_t j, size_t q) {
+    return ((j / PYBNN_XGEMM_NR) * k64 + q / 2) * 2 * PYBNN_XGEMM_NR + 2 * (j % PYBNN_XGEMM_NR) + q % 2;
+}
+
+/* Packs the signs of n channels over `taps` taps of c input channels each into the layout
+ * above: channel j's row is, for each tap t, ceil(c/32) words holding input channel ch as bit
+ * ch % 32 of word ch / 32 (padding bits 0).  Its sign at (t, ch) is bit j * sn + (t*c + ch) * sk
+ * of `bits` (common.h, pybnn_sbit: sn = 1, sk = n for an HWIO kernel).  wp must hold
+ * pybnn_xgemm_wsize(n, taps * ceil(c/32)) words.  Blocks of 8 channels outside, so an HWIO
+ * kernel's bits are read a byte at a time and each 64-byte line of wp is written whole. */
+static void pybnn_xgemm_pack_bits(const uint8_t *bits, size_t sn, size_t sk, size_t n, size_t taps, size_t c,
+                                  uint32_t *wp) {
+    const size_t words = (c + 31) / 32, k64 = pybnn_xgemm_k64(taps * words);
+    memset(wp, 0, pybnn_xgemm_wsize(n, taps * words) * sizeof(uint32_t));
+    for (size_t j0 = 0; j0 < n; j0 += PYBNN_XGEMM_NR)
+        for (size_t t = 0; t < taps; t++)
+            for (size_t ch = 0; ch < c; ch++) {
+                uint32_t *w = wp + pybnn_xgemm_at(k64, j0, t * words + ch / 32);
+                for (size_t r = 0; r < PYBNN_XGEMM_NR && j0 + r < n; r++)
+                    w[2 * r] |= (uint32_t)pybnn_sbit(bits, sn, sk, j0 + r, t * c + ch) << (ch % 32);
+            }
 }
 
 /* Unaligned little-endian 64-bit load (compiles to one mov). */
@@ -430,41 +441,98 @@ PYBNN_TARGET_AVX512 static void pybnn_xgemm_avx512(const uint32_t *a, size_t lda
 #endif /* PYBNN_X86 */
 
 #if PYBNN_NEON
-/* Same structure as AVX2: vcnt gives per-byte counts, summed in bytes for up to 31
- * k-steps, then widened pairwise to one 64-bit count per output channel.  A block's
- * k-step is four q registers of two channels each. */
-static inline void pybnn_xgemm_neon_row(const uint32_t *a, size_t kwords, const uint32_t *wb,
-                                        int32_t kbits, int32_t *c, size_t nc) {
-    size_t k64 = pybnn_xgemm_k64(kwords);
-    uint64x2_t s[4] = {vdupq_n_u64(0), vdupq_n_u64(0), vdupq_n_u64(0), vdupq_n_u64(0)};
-    for (size_t k0 = 0; k0 < k64; k0 += 31) {
-        size_t kend = PYBNN_MIN(k64, k0 + 31);
-        uint8x16_t b[4] = {vdupq_n_u8(0), vdupq_n_u8(0), vdupq_n_u8(0), vdupq_n_u8(0)};
-        for (size_t k = k0; k < kend; k++) {
-            uint64x2_t x = vdupq_n_u64(pybnn_xgemm_input(a, k, kwords));
-            for (int q = 0; q < 4; q++) {
-                uint64x2_t wq = vreinterpretq_u64_u32(vld1q_u32(wb + k * 16 + 4 * q));
-                b[q] = vaddq_u8(b[q], vcntq_u8(vreinterpretq_u8_u64(veorq_u64(x, wq))));
+/* ---------------------------------------------------------------- NEON
+ * A block's k-step is four q registers of two channels' 64-bit words each; the input word
+ * is loaded into both halves of one register.  Per row, block and k-step: 4 EOR, 4 CNT
+ * (per-byte counts) and 4 UADALP (pairwise add of the byte counts into uint16 lanes), i.e.
+ * 12 instructions per 512 binary multiply-adds, with no widening until the end of a run
+ * of PYBNN_XGEMM_NEON_CHUNK k-steps (a uint16 lane gains at most 2 * 8 per step).  UADALP
+ * costs what a byte ADD costs on the Pi's cores in this mix (Cortex-A72/A76: one per cycle
+ * on the second SIMD pipe, next to the EOR/CNT on both), and saves the byte sums' flush
+ * every 31 steps.  A tile is MR rows x one block of 8 channels: each weight register
+ * serves MR rows.  aarch64 (32 vector registers): 4 rows, 16 sums + 4 weights + 4 inputs;
+ * armv7 (16): 2 rows, 8 + 4 + 2. */
+
+#if defined(__aarch64__)
+#define PYBNN_XGEMM_NEON_MR 4
+#else
+#define PYBNN_XGEMM_NEON_MR 2
+#endif
+#define PYBNN_XGEMM_NEON_CHUNK 4095
+
+/* 8 bytes at p (4-byte aligned at least) in both halves of a q register.  aarch64: LD1R,
+ * which needs no alignment and runs on the load pipe only (written out: GCC turns
+ * vld1q_dup_u64 into a load and a DUP, one more SIMD instruction per row and k-step);
+ * armv7's would need a :64 alignment hint, so a byte load and a register copy there. */
+static inline uint8x16_t pybnn_xgemm_neon_dup64(const uint32_t *p) {
+#if defined(__aarch64__)
+    uint8x16_t x;
+    __asm__("ld1r {%0.2d}, [%1]" : "=w"(x) : "r"(p), "m"(*(const uint32_t(*)[2])p));
+    return x;
+#else
+    const uint8x8_t x = vld1_u8((const uint8_t *)p);
+    return vcombine_u8(x, x);
+#endif
+}
+
+/* k-step k of rows a .. a+(MR-1)*lda against the block at wb; ODD: the odd last word of a
+ * row, alone (high half 0: reading its neighbour could run off the array). */
+static inline __attribute__((always_inline)) void
+pybnn_xgemm_neon_step(uint16x8_t acc[][4], const uint32_t *a, size_t lda, const uint32_t *wb, size_t k,
+                      const int MR, const int ODD) {
+    const uint8_t *wk = (const uint8_t *)(wb + k * 16);
+    const uint8x16_t w0 = vld1q_u8(wk), w1 = vld1q_u8(wk + 16), w2 = vld1q_u8(wk + 32), w3 = vld1q_u8(wk + 48);
+    for (int r = 0; r < MR; r++) {
+        const uint8x16_t x = ODD ? vreinterpretq_u8_u64(vdupq_n_u64(a[r * lda + 2 * k]))
+                                 : pybnn_xgemm_neon_dup64(a + r * lda + 2 * k);
+        acc[r][0] = vpadalq_u8(acc[r][0], vcntq_u8(veorq_u8(x, w0)));
+        acc[r][1] = vpadalq_u8(acc[r][1], vcntq_u8(veorq_u8(x, w1)));
+        acc[r][2] = vpadalq_u8(acc[r][2], vcntq_u8(veorq_u8(x, w2)));
+        acc[r][3] = vpadalq_u8(acc[r][3], vcntq_u8(veorq_u8(x, w3)));
+    }
+}
+
+/* Rows a .. a+(MR-1)*lda x the block at wb (its k-step 0), nc <= 8 valid channels.  MR is
+ * a compile-time constant after inlining. */
+static inline __attribute__((always_inline)) void
+pybnn_xgemm_neon_tile(const uint32_t *a, size_t lda, size_t kwords, const uint32_t *wb, int32_t kbits,
+                      int32_t *c, size_t ldc, size_t nc, const int MR) {
+    const size_t k64 = pybnn_xgemm_k64(kwords), kfull = kwords / 2;
+    uint32_t tot[PYBNN_XGEMM_NEON_MR][8];
+    memset(tot, 0, sizeof tot);
+    for (size_t k0 = 0; k0 < k64; k0 += PYBNN_XGEMM_NEON_CHUNK) {
+        const size_t kend = PYBNN_MIN(k64, k0 + PYBNN_XGEMM_NEON_CHUNK);
+        uint16x8_t acc[PYBNN_XGEMM_NEON_MR][4];
+        for (int r = 0; r < MR; r++)
+            for (int q = 0; q < 4; q++) acc[r][q] = vdupq_n_u16(0);
+        for (size_t k = k0; k < PYBNN_MIN(kend, kfull); k++)
+            pybnn_xgemm_neon_step(acc, a, lda, wb, k, MR, 0);
+        if (kend > kfull)
+            pybnn_xgemm_neon_step(acc, a, lda, wb, kfull, MR, 1);
+        for (int r = 0; r < MR; r++)
+            for (int q = 0; q < 4; q++) { /* uint16 lanes 0-3: channel 2q, 4-7: channel 2q+1 */
+                const uint64x2_t s = vpaddlq_u32(vpaddlq_u16(acc[r][q]));
+                tot[r][2 * q] += (uint32_t)vgetq_lane_u64(s, 0);
+                tot[r][2 * q + 1] += (uint32_t)vgetq_lane_u64(s, 1);
             }
-        }
-        for (int q = 0; q < 4; q++)
-            s[q] = vpadalq_u32(s[q], vpaddlq_u16(vpaddlq_u8(b[q])));
     }
-    for (int q = 0; q < 4; q++) {
-        uint64_t pc[2] = {vgetq_lane_u64(s[q], 0), vgetq_lane_u64(s[q], 1)};
-        for (int l = 0; l < 2 && (size_t)(2 * q + l) < nc; l++)
-            c[2 * q + l] = kbits - 2 * (int32_t)pc[l];
-    }
+    for (int r = 0; r < MR; r++)
+        for (size_t j = 0; j < nc; j++)
+            c[r * ldc + j] = kbits - 2 * (int32_t)tot[r][j];
 }
 
 static void pybnn_xgemm_neon(const uint32_t *a, size_t lda, size_t m, size_t kwords,
                              const uint32_t *w, size_t n, int32_t kbits, int32_t *c, size_t ldc) {
-    size_t k64 = pybnn_xgemm_k64(kwords);
-    for (size_t cb = 0; cb * 8 < n; cb++) {
+    const size_t k64 = pybnn_xgemm_k64(kwords), mr = PYBNN_XGEMM_NEON_MR;
+    for (size_t cb = 0; cb * 8 < n; cb++) { /* blocks outside: a block's weights stay in L1 */
         const uint32_t *wb = w + cb * k64 * 16;
-        size_t nc = PYBNN_MIN((size_t)8, n - cb * 8);
-        for (size_t i = 0; i < m; i++)
-            pybnn_xgemm_neon_row(a + i * lda, kwords, wb, kbits, c + i * ldc + cb * 8, nc);
+        const size_t nc = PYBNN_MIN((size_t)8, n - cb * 8);
+        int32_t *cc = c + cb * 8;
+        size_t i = 0;
+        for (; i + mr <= m; i += mr)
+            pybnn_xgemm_neon_tile(a + i * lda, lda, kwords, wb, kbits, cc + i * ldc, ldc, nc, PYBNN_XGEMM_NEON_MR);
+        for (; i < m; i++)
+            pybnn_xgemm_neon_tile(a + i * lda, lda, kwords, wb, kbits, cc + i * ldc, ldc, nc, 1);
     }
 }
 #endif /* PYBNN_NEON */

@@ -12,8 +12,8 @@
  *
  * Families (one variant per ISA + selector returning the ISA it ran):
  *   pybnn_pack_float  scalar, sse4, avx2, avx512, neon
- *   pybnn_pack_int8   scalar, sse4, avx2, avx512
- *   pybnn_unpack      scalar, avx2, avx512
+ *   pybnn_pack_int8   scalar, sse4, avx2, avx512, neon
+ *   pybnn_unpack      scalar, avx2, avx512, neon
  * The AVX-512 variants compare 16 channels into a mask register: one instruction gives 16
  * bits of a word, and masked loads handle the partial last word (no scalar tail).
  * All take C-contiguous rows: x is m x c, packed rows are m x ceil(c/32).
@@ -212,44 +212,83 @@ PYBNN_TARGET_AVX512 static void pybnn_pack_float_avx512(const float *x, size_t m
 #endif /* PYBNN_X86 */
 
 #if PYBNN_NEON
-/* 4 lane masks (all-ones / zero) -> 4 bits; armv7-compatible (no vaddvq). */
-static inline uint32_t pybnn_neon_movemask4(uint32x4_t mask) {
-    static const uint32_t bitv[4] = {1, 2, 4, 8};
-    uint32x4_t b = vandq_u32(mask, vld1q_u32(bitv));
-    uint32x2_t s = vadd_u32(vget_low_u32(b), vget_high_u32(b));
-    s = vpadd_u32(s, s);
-    return vget_lane_u32(s, 0);
+/* 32 floats at x -> one word: x < t, or with thresholds the same sign-flip trick as the x86
+ * variants (flipping the sign of x and thr where dir < 0 turns x > thr into -x < -thr; NaN
+ * stays NaN and compares false).  Ordered compares: -0.0 < 0 is false. */
+static inline uint32_t pybnn_pack_word_f32_neon(const float *x, const float *thr, const int8_t *dir) {
+    uint32x4_t m[8];
+    for (int g = 0; g < 8; g++) {
+        float32x4_t v = vld1q_f32(x + 4 * g), t = vdupq_n_f32(0.0f);
+        if (thr) {
+            const int8x8_t d8 = vld1_s8(dir + 8 * (g / 2)); /* 8 directions, 4 of them for this group */
+            const int16x4_t d16 = g % 2 ? vget_high_s16(vmovl_s8(d8)) : vget_low_s16(vmovl_s8(d8));
+            const uint32x4_t sign = vandq_u32(vreinterpretq_u32_s32(vmovl_s16(d16)), vdupq_n_u32(0x80000000u));
+            v = vreinterpretq_f32_u32(veorq_u32(vreinterpretq_u32_f32(v), sign));
+            t = vreinterpretq_f32_u32(veorq_u32(vreinterpretq_u32_f32(vld1q_f32(thr + 4 * g)), sign));
+        }
+        m[g] = vcltq_f32(v, t);
+    }
+    return pybnn_neon_mask16(m[0], m[1], m[2], m[3]) | pybnn_neon_mask16(m[4], m[5], m[6], m[7]) << 16;
 }
 
 static void pybnn_pack_float_neon(const float *x, size_t m, size_t c, const float *thr,
                                   const int8_t *dir, uint32_t *out) {
     size_t words = pybnn_words(c), full = c / 32;
-    const float32x4_t zero = vdupq_n_f32(0.0f);
-    const uint32x4_t signbit = vdupq_n_u32(0x80000000u);
     for (size_t i = 0; i < m; i++) {
         const float *xr = x + i * c;
         uint32_t *o = out + i * words;
-        for (size_t k = 0; k < full; k++) {
-            uint32_t w = 0;
-            for (int g = 0; g < 4; g++) {
-                size_t ch = k * 32 + (size_t)g * 8;
-                float32x4_t v0 = vld1q_f32(xr + ch), v1 = vld1q_f32(xr + ch + 4);
-                float32x4_t t0 = zero, t1 = zero;
-                if (thr) { /* same sign-flip trick as the x86 variants */
-                    int16x8_t d16 = vmovl_s8(vld1_s8(dir + ch));
-                    uint32x4_t s0 = vandq_u32(vreinterpretq_u32_s32(vmovl_s16(vget_low_s16(d16))), signbit);
-                    uint32x4_t s1 = vandq_u32(vreinterpretq_u32_s32(vmovl_s16(vget_high_s16(d16))), signbit);
-                    v0 = vreinterpretq_f32_u32(veorq_u32(vreinterpretq_u32_f32(v0), s0));
-                    v1 = vreinterpretq_f32_u32(veorq_u32(vreinterpretq_u32_f32(v1), s1));
-                    t0 = vreinterpretq_f32_u32(veorq_u32(vreinterpretq_u32_f32(vld1q_f32(thr + ch)), s0));
-                    t1 = vreinterpretq_f32_u32(veorq_u32(vreinterpretq_u32_f32(vld1q_f32(thr + ch + 4)), s1));
-                }
-                w |= pybnn_neon_movemask4(vcltq_f32(v0, t0)) << (g * 8);
-                w |= pybnn_neon_movemask4(vcltq_f32(v1, t1)) << (g * 8 + 4);
-            }
-            o[k] = w;
+        if (thr) {
+            for (size_t k = 0; k < full; k++)
+                o[k] = pybnn_pack_word_f32_neon(xr + 32 * k, thr + 32 * k, dir + 32 * k);
+        } else {
+            for (size_t k = 0; k < full; k++)
+                o[k] = pybnn_pack_word_f32_neon(xr + 32 * k, NULL, NULL);
         }
         pybnn_pack_float_row_tail(xr, c, thr, dir, o, full);
+    }
+}
+
+/* Int8 values widened to int32 against int32 thresholds: both compares, chosen per channel
+ * by dir's sign (negating instead would overflow for thr = INT32_MIN). */
+static void pybnn_pack_int8_neon(const int8_t *q, size_t m, size_t c, const int32_t *thr,
+                                 const int8_t *dir, uint32_t *out) {
+    size_t words = pybnn_words(c), full = c / 32;
+    for (size_t i = 0; i < m; i++) {
+        const int8_t *qr = q + i * c;
+        uint32_t *o = out + i * words;
+        for (size_t k = 0; k < full; k++) {
+            int32x4_t x[8], t[8];
+            for (int h = 0; h < 2; h++) {
+                const int8x16_t v = vld1q_s8(qr + 32 * k + 16 * h);
+                const int16x8_t lo = vmovl_s8(vget_low_s8(v)), hi = vmovl_s8(vget_high_s8(v));
+                x[4 * h] = vmovl_s16(vget_low_s16(lo)), x[4 * h + 1] = vmovl_s16(vget_high_s16(lo));
+                x[4 * h + 2] = vmovl_s16(vget_low_s16(hi)), x[4 * h + 3] = vmovl_s16(vget_high_s16(hi));
+            }
+            for (int g = 0; g < 8; g++) t[g] = vld1q_s32(thr + 32 * k + 4 * g);
+            o[k] = pybnn_neon_thr_word(x, t, pybnn_neon_dirneg(dir + 32 * k));
+        }
+        pybnn_pack_int8_row_tail(qr, c, thr, dir, o, full);
+    }
+}
+
+/* Each channel's bit selects -1.0 or +1.0 (vtst with its bit in the word). */
+static void pybnn_unpack_neon(const uint32_t *bits, size_t m, size_t c, float *out) {
+    size_t words = pybnn_words(c), full = c / 32;
+    static const uint32_t sel0[4] = {1, 2, 4, 8};
+    const uint32x4_t sel = vld1q_u32(sel0);
+    const float32x4_t one = vdupq_n_f32(1.0f), minus_one = vdupq_n_f32(-1.0f);
+    for (size_t i = 0; i < m; i++) {
+        const uint32_t *b = bits + i * words;
+        float *o = out + i * c;
+        for (size_t k = 0; k < full; k++) {
+            const uint32_t word = b[k];
+            for (int g = 0; g < 8; g++) {
+                const uint32x4_t hit = vtstq_u32(vdupq_n_u32(word >> (4 * g)), sel);
+                vst1q_f32(o + 32 * k + 4 * g, vbslq_f32(hit, minus_one, one));
+            }
+        }
+        for (size_t ch = full * 32; ch < c; ch++)
+            o[ch] = ((b[ch / 32] >> (ch % 32)) & 1u) ? -1.0f : 1.0f;
     }
 }
 #endif /* PYBNN_NEON */
@@ -359,6 +398,9 @@ PYBNN_TARGET_AVX512 static void pybnn_pack_int8_avx512(const int8_t *q, size_t m
 
 static int pybnn_pack_int8_serial(int isa, const int8_t *q, size_t m, size_t c, const int32_t *thr,
                            const int8_t *dir, uint32_t *out) {
+#if PYBNN_NEON
+    if (isa >= PYBNN_ISA_NEON) { pybnn_pack_int8_neon(q, m, c, thr, dir, out); return PYBNN_ISA_NEON; }
+#endif
 #if PYBNN_X86
     if (isa >= PYBNN_ISA_AVX512) { pybnn_pack_int8_avx512(q, m, c, thr, dir, out); return PYBNN_ISA_AVX512; }
     if (isa >= PYBNN_ISA_AVX2) { pybnn_pack_int8_avx2(q, m, c, thr, dir, out); return PYBNN_ISA_AVX2; }
@@ -429,6 +471,9 @@ PYBNN_TARGET_AVX512 static void pybnn_unpack_avx512(const uint32_t *bits, size_t
 #endif
 
 static int pybnn_unpack_serial(int isa, const uint32_t *bits, size_t m, size_t c, float *out) {
+#if PYBNN_NEON
+    if (isa >= PYBNN_ISA_NEON) { pybnn_unpack_neon(bits, m, c, out); return PYBNN_ISA_NEON; }
+#endif
 #if PYBNN_X86
     if (isa >= PYBNN_ISA_AVX512) { pybnn_unpack_avx512(bits, m, c, out); return PYBNN_ISA_AVX512; }
     if (isa >= PYBNN_ISA_AVX2) { pybnn_unpack_avx2(bits, m, c, out); return PYBNN_ISA_AVX2; }
@@ -500,6 +545,36 @@ static int pybnn_pack_int8(int isa, int threads, const int8_t *q, size_t m, size
 static int pybnn_unpack(int isa, int threads, const uint32_t *bits, size_t m, size_t c, float *out) {
     pybnn_bp_job j = {PYBNN_BP_UNPACK, isa, bits, m, c, NULL, NULL, out};
     return pybnn_bp_run(threads, &j);
+}
+
+/* ---------------------------------------------------------------- channel ranges
+ *
+ * pybnn_copy_bits: for each of m rows, channels [c0, c0 + n) of src (src_words words per row)
+ * go to channels [d0, d0 + n) of dst (dst_words per row); dst's other bits are kept.  This
+ * slices and joins packed tensors along channels at any bit offset (grouped binary
+ * convolutions, concatenation).  The caller checks c0 + n <= 32 * src_words and
+ * d0 + n <= 32 * dst_words. */
+static inline uint32_t pybnn_bits_at(const uint32_t *row, size_t words, size_t bit) {
+    size_t w = bit / 32, s = bit % 32;
+    uint32_t v = row[w] >> s;
+    if (s && w + 1 < words)
+        v |= row[w + 1] << (32 - s);
+    return v;
+}
+
+static void pybnn_copy_bits(const uint32_t *src, size_t m, size_t src_words, size_t c0, uint32_t *dst,
+                            size_t dst_words, size_t d0, size_t n) {
+    for (size_t r = 0; r < m; r++) {
+        const uint32_t *s = src + r * src_words;
+        uint32_t *d = dst + r * dst_words;
+        for (size_t t = 0; t < n;) {
+            size_t pos = d0 + t, shift = pos % 32, len = PYBNN_MIN(n - t, 32 - shift);
+            uint32_t mask = len == 32 ? 0xFFFFFFFFu : ((1u << len) - 1u);
+            uint32_t v = pybnn_bits_at(s, src_words, c0 + t) & mask;
+            d[pos / 32] = (d[pos / 32] & ~(mask << shift)) | (v << shift);
+            t += len;
+        }
+    }
 }
 
 #endif /* PYBNN_BITPACK_H */

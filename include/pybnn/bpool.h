@@ -5,7 +5,7 @@
  * must hold at least one input pixel: the Cython layer checks it).  Padding bits stay 0
  * because they are 0 in every input word.
  *
- * Family pybnn_band (dst &= src over `words` words): scalar, avx2, avx512; the window walk
+ * Family pybnn_band (dst &= src over `words` words): scalar, avx2, avx512, neon; the window walk
  * pybnn_bmaxpool2d(isa, ...) is shared and returns the ISA of the variant it used.
  */
 #ifndef PYBNN_BPOOL_H
@@ -41,7 +41,20 @@ PYBNN_TARGET_AVX512 static void pybnn_band_avx512(uint32_t *dst, const uint32_t 
 }
 #endif
 
+#if PYBNN_NEON
+static void pybnn_band_neon(uint32_t *dst, const uint32_t *src, size_t words) {
+    size_t q = 0;
+    for (; q + 4 <= words; q += 4)
+        vst1q_u32(dst + q, vandq_u32(vld1q_u32(dst + q), vld1q_u32(src + q)));
+    for (; q < words; q++)
+        dst[q] &= src[q];
+}
+#endif
+
 static pybnn_band_fn pybnn_band_pick(int isa, int *used) {
+#if PYBNN_NEON
+    if (isa >= PYBNN_ISA_NEON) { *used = PYBNN_ISA_NEON; return pybnn_band_neon; }
+#endif
 #if PYBNN_X86
     if (isa >= PYBNN_ISA_AVX512) { *used = PYBNN_ISA_AVX512; return pybnn_band_avx512; }
     if (isa >= PYBNN_ISA_AVX2) { *used = PYBNN_ISA_AVX2; return pybnn_band_avx2; }

@@ -17,9 +17,10 @@
 
 /* ================================================================ fbgemm
  *
- * fbgemm has a weight layout of its own (pybnn_fbgemm_pack), in panels of 32 output channels:
+ * fbgemm has a weight layout of its own (pybnn_fbgemm_pack_bits), in panels of 32 output channels:
  *
- *     bytes [0, 16)   header: uint32 magic "PFB1", K, cout, 0 (little endian)
+ *     bytes [0, 64)   header: uint32 magic "PFB1", K, cout, then 52 zero bytes (little endian;
+ *                     common.h, pybnn_pack_header)
  *     then            ceil(cout/32) panels of K little-endian uint32 words: bit j of word k of
  *                     panel p is the weight of channel 32p + j at depth k (bit 1 = -1); the
  *                     bits of channels >= cout are 0
@@ -37,7 +38,7 @@
  * to zero), and the error is that of recursive summation, at most (K-1) u sum_k |a[m, k]| with
  * u = 2^-24 (typically ~sqrt(K) u sum_k |a[m, k]|). */
 #define PYBNN_FBGEMM_MAGIC 0x31424650u /* "PFB1" */
-#define PYBNN_FBGEMM_HEADER 16
+#define PYBNN_FBGEMM_HEADER PYBNN_PACK_HEADER
 
 static inline size_t pybnn_fbgemm_panels(size_t cout) { return (cout + 31) / 32; }
 
@@ -51,33 +52,21 @@ static inline uint32_t pybnn_fbgemm_u32(const uint8_t *p) {
     return v;
 }
 
-/* The 16-byte header of both packings (fbgemm, sgemm): magic, K, cout, 0. */
-static inline void pybnn_fb_header(uint8_t *dst, uint32_t magic, size_t k, size_t cout) {
-    const uint32_t header[4] = {magic, (uint32_t)k, (uint32_t)cout, 0};
-    memcpy(dst, header, sizeof header);
-}
-
-/* 1 if `wp` (of `size` bytes) has `want` bytes and the header of `magic`, K and cout. */
-static inline int pybnn_fb_header_ok(const uint8_t *wp, size_t size, size_t want, uint32_t magic, size_t k,
-                                     size_t cout) {
-    return size == want && pybnn_fbgemm_u32(wp) == magic && pybnn_fbgemm_u32(wp + 4) == k &&
-           pybnn_fbgemm_u32(wp + 8) == cout;
-}
-
-/* 1 if `wp` (of `size` bytes) was packed by pybnn_fbgemm_pack for this K and cout. */
+/* 1 if `wp` (of `size` bytes) was packed by pybnn_fbgemm_pack_bits for this K and cout. */
 static inline int pybnn_fbgemm_check(const uint8_t *wp, size_t size, size_t k, size_t cout) {
-    return pybnn_fb_header_ok(wp, size, pybnn_fbgemm_packed_size(k, cout), PYBNN_FBGEMM_MAGIC, k, cout);
+    return pybnn_pack_header_ok(wp, size, pybnn_fbgemm_packed_size(k, cout), PYBNN_FBGEMM_MAGIC, k, cout);
 }
 
-/* w: (cout, k) float32 row-major; bit = 1 (weight -1) unless w >= 0 (so 0.0 and -0.0 give
- * +1; NaN gives -1).  dst: pybnn_fbgemm_packed_size(k, cout) bytes. */
-static inline void pybnn_fbgemm_pack(const float *w, size_t k, size_t cout, uint8_t *dst) {
-    pybnn_fb_header(dst, PYBNN_FBGEMM_MAGIC, k, cout);
+/* Signs s[n, kk] = bit n * sn + kk * sk of `bits` (common.h, pybnn_sbit; 1 = -1) for n < cout,
+ * kk < k; dst: pybnn_fbgemm_packed_size(k, cout) bytes. */
+static inline void pybnn_fbgemm_pack_bits(const uint8_t *bits, size_t sn, size_t sk, size_t k, size_t cout,
+                                          uint8_t *dst) {
+    pybnn_pack_header(dst, PYBNN_FBGEMM_MAGIC, k, cout);
     for (size_t p = 0; p < pybnn_fbgemm_panels(cout); p++)
         for (size_t kk = 0; kk < k; kk++) {
             uint32_t word = 0;
             for (size_t j = 0; j < 32 && 32 * p + j < cout; j++)
-                word |= (uint32_t)!(w[(32 * p + j) * k + kk] >= 0.0f) << j;
+                word |= (uint32_t)pybnn_sbit(bits, sn, sk, 32 * p + j, kk) << j;
             memcpy(dst + PYBNN_FBGEMM_HEADER + (p * k + kk) * 4, &word, 4);
         }
 }
@@ -85,7 +74,7 @@ static inline void pybnn_fbgemm_pack(const float *w, size_t k, size_t cout, uint
 /* ================================================================ sgemm
  *
  * sgemm's weights are packed as fbgemm's, with a float where fbgemm has a bit
- * (pybnn_sgemm_pack): a 16-byte header (magic "PFS1", K, cout, 0), then ceil(cout/32) panels
+ * (pybnn_sgemm_pack): a 64-byte header (magic "PFS1", K, cout, 52 zero bytes), then ceil(cout/32) panels
  * of K rows of 32 floats (row k of panel p: channels 32p .. 32p+31 at depth k, zeros beyond
  * cout).  A tile then reads its weights as one contiguous stream, whatever cout is: in the
  * (K, cout) matrix itself, rows a power-of-two stride apart fall into a few L1 sets and evict
@@ -104,7 +93,7 @@ static inline size_t pybnn_sgemm_packed_size(size_t k, size_t cout) {
 }
 
 static inline int pybnn_sgemm_check(const uint8_t *wp, size_t size, size_t k, size_t cout) {
-    return pybnn_fb_header_ok(wp, size, pybnn_sgemm_packed_size(k, cout), PYBNN_SGEMM_MAGIC, k, cout);
+    return pybnn_pack_header_ok(wp, size, pybnn_sgemm_packed_size(k, cout), PYBNN_SGEMM_MAGIC, k, cout);
 }
 
 /* pybnn_fbgemm_check (fw = 0) or pybnn_sgemm_check (fw = 1). */
@@ -114,7 +103,7 @@ static inline int pybnn_fgemm_check(int fw, const uint8_t *wp, size_t size, size
 
 /* w: (k, cout) float32 row-major (as a HWIO kernel is); dst: pybnn_sgemm_packed_size bytes. */
 static inline void pybnn_sgemm_pack(const float *w, size_t k, size_t cout, uint8_t *dst) {
-    pybnn_fb_header(dst, PYBNN_SGEMM_MAGIC, k, cout);
+    pybnn_pack_header(dst, PYBNN_SGEMM_MAGIC, k, cout);
     for (size_t p = 0; p < pybnn_fbgemm_panels(cout); p++)
         for (size_t kk = 0; kk < k; kk++) {
             float row[32] = {0.0f};

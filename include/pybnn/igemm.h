@@ -14,16 +14,18 @@
  * unsigned bytes with 4 signed bytes).
  *
  * igemm (pybnn_igemm_pack):
- *     bytes [0, 16)   header: uint32 magic "PBQ8", K, cout, 0 (little endian)
+ *     bytes [0, 64)   header: uint32 magic "PBQ8", K, cout, then 52 zero bytes (little endian;
+ *                     common.h, pybnn_pack_header)
  *     then            ceil(cout/16) panels of KQ = ceil(K/4) blocks of 64 bytes; byte 4c + j of
  *                     block q of panel p is w[16p + c, 4q + j] (int8), 0 where the channel or
  *                     k does not exist
  *     then            ceil(cout/16)*16 int32 wsum[n] = sum_k w[n, k] (0 past cout)
  *     The AVX-512 kernel loads whole 64-byte blocks: with the panels 64-byte aligned (the
- *     buffer at 48 mod 64, as pack_int8_weights allocates it) it runs 5-10% faster.
+ *     buffer on a multiple of 64, as pybnn allocates it and model files place it) it runs
+ *     5-10% faster.
  *
- * ibgemm (pybnn_ibgemm_pack):
- *     bytes [0, 16)   header: uint32 magic "PBQ1", K, cout, 0
+ * ibgemm (pybnn_ibgemm_pack_bits):
+ *     bytes [0, 64)   header: uint32 magic "PBQ1", K, cout, then 52 zero bytes
  *     then            ceil(cout/16) panels of KQ little-endian uint64 words; bit
  *                     32*(c%2) + 8*j + c/2 of word q of panel p is 1 iff s[16p + c, 4q + j] = -1
  *                     (0 where the channel or k does not exist)
@@ -49,7 +51,8 @@
  *     avx2    the same at 256 bits
  *     avx512  vpdpbusd, 6 rows x 64 channels per micro-kernel; ibgemm expands the bits to +-1
  *             bytes in registers (once per block of rows, kept in L1) for the same kernel
- *     neon    vmull_s8 + vpadal (sdot when the compiler targets the dot-product extension)
+ *     neon    vmull_s8 + vpadal, 2 rows (armv7: 1) x 16 channels; ibgemm 1 row
+ *     neon_dotprod  SDOT (ARMv8.2 dot product, chosen at run time), 4 rows x 16 channels
  */
 #ifndef PYBNN_IGEMM_H
 #define PYBNN_IGEMM_H
@@ -60,7 +63,7 @@
 
 #define PYBNN_IGEMM_MAGIC 0x38514250u /* "PBQ8" */
 #define PYBNN_IBGEMM_MAGIC 0x31514250u  /* "PBQ1" */
-#define PYBNN_IGEMM_HEADER 16
+#define PYBNN_IGEMM_HEADER PYBNN_PACK_HEADER
 #define PYBNN_IGEMM_NP 16 /* output channels per panel */
 
 static inline size_t pybnn_igemm_kq(size_t k) { return (k + 3) / 4; }
@@ -90,11 +93,12 @@ static inline uint64_t pybnn_igemm_load_u64(const void *p) {
 static inline int32_t pybnn_igemm_load_i32(const void *p) { return (int32_t)pybnn_igemm_load_u32(p); }
 
 /* 1 if `wp` (of `size` bytes) was packed by pybnn_igemm_pack (binary = 0) or
- * pybnn_ibgemm_pack (binary = 1) for this K and cout. */
+ * pybnn_ibgemm_pack_bits (binary = 1) for this K and cout.  Only the header and size are
+ * checked: whatever the panels and wsums hold, the kernels read inside the buffer (wsums only
+ * enter wrapping int32 arithmetic), so a corrupt buffer gives wrong numbers, never a fault. */
 static inline int pybnn_igemm_check_any(const uint8_t *wp, size_t size, size_t k, size_t cout, int binary) {
-    return size == pybnn_igemm_packed_size_any(k, cout, binary) &&
-           pybnn_igemm_load_u32(wp) == (binary ? PYBNN_IBGEMM_MAGIC : PYBNN_IGEMM_MAGIC) &&
-           pybnn_igemm_load_u32(wp + 4) == k && pybnn_igemm_load_u32(wp + 8) == cout;
+    return pybnn_pack_header_ok(wp, size, pybnn_igemm_packed_size_any(k, cout, binary),
+                                binary ? PYBNN_IBGEMM_MAGIC : PYBNN_IGEMM_MAGIC, k, cout);
 }
 static inline int pybnn_igemm_check(const uint8_t *wp, size_t size, size_t k, size_t cout) {
     return pybnn_igemm_check_any(wp, size, k, cout, 0);
@@ -108,23 +112,21 @@ static inline const uint8_t *pybnn_igemm_wsums(const uint8_t *wp, size_t k, size
     return wp + PYBNN_IGEMM_HEADER + pybnn_igemm_npanels(cout) * pybnn_igemm_panel_bytes(k, binary);
 }
 
-static inline void pybnn_igemm_header(uint8_t *dst, uint32_t magic, size_t k, size_t cout) {
-    const uint32_t header[4] = {magic, (uint32_t)k, (uint32_t)cout, 0};
-    memcpy(dst, header, sizeof header);
-}
-
-/* w: (cout, k) int8 row-major; dst: pybnn_igemm_packed_size(k, cout) bytes. */
-static inline void pybnn_igemm_pack(const int8_t *w, size_t k, size_t cout, uint8_t *dst) {
+/* w[n, kk] = w[n * sn + kk * sk] (n < cout, kk < k): sn = k, sk = 1 for a (cout, k) row-major
+ * matrix; sn = 1, sk = cout for an HWIO kernel.  dst: pybnn_igemm_packed_size(k, cout) bytes. */
+static inline void pybnn_igemm_pack(const int8_t *w, ptrdiff_t sn, ptrdiff_t sk, size_t k, size_t cout,
+                                    uint8_t *dst) {
     const size_t pb = pybnn_igemm_panel_bytes(k, 0);
     memset(dst, 0, pybnn_igemm_packed_size(k, cout));
-    pybnn_igemm_header(dst, PYBNN_IGEMM_MAGIC, k, cout);
+    pybnn_pack_header(dst, PYBNN_IGEMM_MAGIC, k, cout);
     uint8_t *panels = dst + PYBNN_IGEMM_HEADER, *sums = (uint8_t *)pybnn_igemm_wsums(dst, k, cout, 0);
     for (size_t n = 0; n < cout; n++) {
         uint8_t *col = panels + (n / PYBNN_IGEMM_NP) * pb + (n % PYBNN_IGEMM_NP) * 4;
         int32_t sum = 0;
         for (size_t kk = 0; kk < k; kk++) {
-            col[(kk / 4) * 64 + kk % 4] = (uint8_t)w[n * k + kk];
-            sum += w[n * k + kk];
+            const int8_t v = w[(ptrdiff_t)n * sn + (ptrdiff_t)kk * sk];
+            col[(kk / 4) * 64 + kk % 4] = (uint8_t)v;
+            sum += v;
         }
         memcpy(sums + n * 4, &sum, 4);
     }
@@ -133,19 +135,20 @@ static inline void pybnn_igemm_pack(const int8_t *w, size_t k, size_t cout, uint
 /* Bit of channel c (within its panel) and k offset j (within its quad) in a panel word. */
 static inline unsigned pybnn_ibgemm_bit(size_t c, size_t j) { return (unsigned)(32 * (c % 2) + 8 * j + c / 2); }
 
-/* w: (cout, k) float32 row-major; s = -1 unless w >= 0 (so 0.0 and -0.0 give +1, NaN -1), the
- * rule of pybnn_bgemm_pack.  dst: pybnn_ibgemm_packed_size(k, cout) bytes. */
-static inline void pybnn_ibgemm_pack(const float *w, size_t k, size_t cout, uint8_t *dst) {
+/* Signs s[n, kk] = bit n * sn + kk * sk of `bits` (common.h, pybnn_sbit; 1 = -1) for n < cout,
+ * kk < k; dst: pybnn_ibgemm_packed_size(k, cout) bytes. */
+static inline void pybnn_ibgemm_pack_bits(const uint8_t *bits, size_t sn, size_t sk, size_t k, size_t cout,
+                                          uint8_t *dst) {
     const size_t pb = pybnn_igemm_panel_bytes(k, 1);
     memset(dst, 0, pybnn_ibgemm_packed_size(k, cout));
-    pybnn_igemm_header(dst, PYBNN_IBGEMM_MAGIC, k, cout);
+    pybnn_pack_header(dst, PYBNN_IBGEMM_MAGIC, k, cout);
     uint8_t *panels = dst + PYBNN_IGEMM_HEADER, *sums = (uint8_t *)pybnn_igemm_wsums(dst, k, cout, 1);
     for (size_t n = 0; n < cout; n++) {
         uint8_t *panel = panels + (n / PYBNN_IGEMM_NP) * pb;
         const size_t c = n % PYBNN_IGEMM_NP;
         int32_t sum = 0;
         for (size_t kk = 0; kk < k; kk++) {
-            const int neg = !(w[n * k + kk] >= 0.0f);
+            const unsigned neg = pybnn_sbit(bits, sn, sk, n, kk);
             const unsigned bit = pybnn_ibgemm_bit(c, kk % 4);
             panel[(kk / 4) * 8 + bit / 8] |= (uint8_t)(neg << (bit % 8));
             sum += neg ? -1 : 1;
@@ -969,13 +972,21 @@ PYBNN_TARGET_AVX512 static void pybnn_ibgemm_avx512(const int8_t *a, size_t lda,
 #if PYBNN_NEON
 /* ---------------------------------------------------------------- NEON
  *
- * One row x one panel at a time.  igemm: the row's 4 activations of a quad repeated against
- * 4 channels x 4 k weight bytes, either sdot (4 channels per instruction) or vmull_s8
- * (|product| <= 128 * 128 fits int16) + vpadal into (channel, k pair) int32 lanes.
- * ibgemm: the bit masks of 4 channels (vtst with the selectors of the layout) pick the
- * activations of the -1 weights; with T their sum and A = sum_k a,
- *     sum (a - zp) s = A - 2T - zp S;
- * sdot instead multiplies by the +-1 bytes (mask | 1) directly. */
+ * neon (every ARM CPU with NEON: Cortex-A7/A53/A72, armv7 and aarch64): igemm takes 2 rows
+ * (aarch64; 1 on armv7) x one panel at a time: each row's 4 activations of a quad repeated
+ * against 4 channels x 4 k weight bytes by vmull_s8 (|product| <= 128 * 128 fits int16 exactly; no two products are
+ * added in 16 bits, which could overflow) + vpadal into (channel, k pair) int32 lanes:
+ * 2 instructions per 8 multiply-adds.  ibgemm: the bit masks of 4 channels (vtst with the
+ * selectors of the layout) pick the activations of the -1 weights; with T their sum and
+ * A = sum_k a,
+ *     sum (a - zp) s = A - 2T - zp S.
+ *
+ * neon_dotprod (aarch64 with the ARMv8.2 dot product: Cortex-A76 = Raspberry Pi 5, A55,
+ * A78, ...; chosen at run time, common.h): SDOT adds 4 products of 4 byte pairs into each
+ * int32 lane, exactly, 16 multiply-adds per instruction.  A tile is up to 4 rows x one panel
+ * of 16 channels: 16 int32x4 sums + 4 weight registers + the row broadcasts fit the 32
+ * vector registers, and each weight load serves 4 rows.  ibgemm expands the quad's 64 bits
+ * to +-1 bytes once per tile row group (4 vtst + 4 orr) and multiplies them by SDOT too. */
 
 /* The 4 activations of quad q (0 past k) as one 32-bit word. */
 static inline uint32_t pybnn_igemm_quad(const int8_t *row, size_t q, size_t k) {
@@ -996,39 +1007,67 @@ static inline void pybnn_igemm_store_neon(const int32x4_t acc[4], const uint8_t 
     memcpy(dst, res, cnt * sizeof(int32_t));
 }
 
+/* One quad q of rows a .. a+(MR-1)*lda against the panel's block at blk (64 bytes: 4 k of
+ * 16 channels); TAIL: the last quad of a k that is not a multiple of 4. */
+static inline __attribute__((always_inline)) void
+pybnn_igemm_neon_step(int32x4_t pairs[][8], const int8_t *a, size_t lda, const int8_t *blk, size_t q, size_t k,
+                      const int MR, const int TAIL) {
+    int8x16_t w[4];
+    for (int g = 0; g < 4; g++) w[g] = vld1q_s8(blk + 16 * g);
+    for (int r = 0; r < MR; r++) {
+        const uint32_t quad = TAIL ? pybnn_igemm_quad(a + r * lda, q, k) : pybnn_igemm_load_u32(a + r * lda + 4 * q);
+        const int8x16_t ad = vreinterpretq_s8_u32(vdupq_n_u32(quad));
+        for (int g = 0; g < 4; g++) {
+#if defined(__aarch64__) /* SMULL2 reads the high halves in place */
+            pairs[r][2 * g + 1] = vpadalq_s16(pairs[r][2 * g + 1], vmull_high_s8(w[g], ad));
+#else
+            pairs[r][2 * g + 1] = vpadalq_s16(pairs[r][2 * g + 1], vmull_s8(vget_high_s8(w[g]), vget_low_s8(ad)));
+#endif
+            pairs[r][2 * g] = vpadalq_s16(pairs[r][2 * g], vmull_s8(vget_low_s8(w[g]), vget_low_s8(ad)));
+        }
+    }
+}
+
+/* Rows a .. a+(MR-1)*lda x the panel at blk -> channels [n0, n0 + cnt) of their outputs. */
+static inline __attribute__((always_inline)) void
+pybnn_igemm_neon_tile(const int8_t *a, size_t lda, const int8_t *blk, const uint8_t *sums, size_t k, size_t n0,
+                      size_t cnt, int a_zp, int32_t *out, size_t ldo, const int MR) {
+    const size_t kfull = k / 4;
+    int32x4_t pairs[2][8]; /* lanes (c, k0+k1), (c, k2+k3), (c+1, ...), ... */
+    for (int r = 0; r < MR; r++)
+        for (int g = 0; g < 8; g++) pairs[r][g] = vdupq_n_s32(0);
+    for (size_t q = 0; q < kfull; q++)
+        pybnn_igemm_neon_step(pairs, a, lda, blk + 64 * q, q, k, MR, 0);
+    if (k % 4)
+        pybnn_igemm_neon_step(pairs, a, lda, blk + 64 * kfull, kfull, k, MR, 1);
+    for (int r = 0; r < MR; r++) {
+        int32x4_t acc[4];
+        for (int g = 0; g < 4; g++)
+            acc[g] = vcombine_s32(vpadd_s32(vget_low_s32(pairs[r][2 * g]), vget_high_s32(pairs[r][2 * g])),
+                                  vpadd_s32(vget_low_s32(pairs[r][2 * g + 1]), vget_high_s32(pairs[r][2 * g + 1])));
+        pybnn_igemm_store_neon(acc, sums, n0, cnt, a_zp, out + r * ldo + n0);
+    }
+}
+
+/* Row tiles outside (aarch64: 2 rows, 16 sums + 4 weight registers, each weight load serving
+ * both; armv7's 16 registers hold one row's 8 sums), panels inside. */
 static void pybnn_igemm_neon(const int8_t *a, size_t lda, size_t m, const uint8_t *panels,
                              const uint8_t *sums, size_t k, size_t cout, int a_zp, int32_t *out,
                              size_t ldo) {
-    const size_t kq = pybnn_igemm_kq(k), pb = pybnn_igemm_panel_bytes(k, 0), np = pybnn_igemm_npanels(cout);
-    for (size_t i = 0; i < m; i++) {
-        const int8_t *row = a + i * lda;
+    const size_t pb = pybnn_igemm_panel_bytes(k, 0), np = pybnn_igemm_npanels(cout);
+#if defined(__aarch64__)
+    const size_t mr = 2;
+#else
+    const size_t mr = 1;
+#endif
+    for (size_t i = 0; i < m; i += mr) {
         for (size_t p = 0; p < np; p++) {
             const int8_t *blk = (const int8_t *)panels + p * pb;
-            int32x4_t acc[4];
-#if defined(__ARM_FEATURE_DOTPROD)
-            for (int g = 0; g < 4; g++) acc[g] = vdupq_n_s32(0);
-            for (size_t q = 0; q < kq; q++, blk += 64) {
-                const int8x16_t ad = vreinterpretq_s8_u32(vdupq_n_u32(pybnn_igemm_quad(row, q, k)));
-                for (int g = 0; g < 4; g++)
-                    acc[g] = vdotq_s32(acc[g], vld1q_s8(blk + 16 * g), ad);
-            }
-#else
-            int32x4_t pairs[8]; /* lanes (c, k0+k1), (c, k2+k3), (c+1, ...), ... */
-            for (int g = 0; g < 8; g++) pairs[g] = vdupq_n_s32(0);
-            for (size_t q = 0; q < kq; q++, blk += 64) {
-                const int8x8_t ad = vreinterpret_s8_u32(vdup_n_u32(pybnn_igemm_quad(row, q, k)));
-                for (int g = 0; g < 4; g++) {
-                    const int8x16_t w = vld1q_s8(blk + 16 * g);
-                    pairs[2 * g] = vpadalq_s16(pairs[2 * g], vmull_s8(vget_low_s8(w), ad));
-                    pairs[2 * g + 1] = vpadalq_s16(pairs[2 * g + 1], vmull_s8(vget_high_s8(w), ad));
-                }
-            }
-            for (int g = 0; g < 4; g++)
-                acc[g] = vcombine_s32(vpadd_s32(vget_low_s32(pairs[2 * g]), vget_high_s32(pairs[2 * g])),
-                                      vpadd_s32(vget_low_s32(pairs[2 * g + 1]), vget_high_s32(pairs[2 * g + 1])));
-#endif
-            const size_t n0 = p * PYBNN_IGEMM_NP;
-            pybnn_igemm_store_neon(acc, sums, n0, PYBNN_MIN(PYBNN_IGEMM_NP, cout - n0), a_zp, out + i * ldo + n0);
+            const size_t n0 = p * PYBNN_IGEMM_NP, cnt = PYBNN_MIN(PYBNN_IGEMM_NP, cout - n0);
+            if (mr == 2 && i + 1 < m)
+                pybnn_igemm_neon_tile(a + i * lda, lda, blk, sums, k, n0, cnt, a_zp, out + i * ldo, ldo, 2);
+            else
+                pybnn_igemm_neon_tile(a + i * lda, lda, blk, sums, k, n0, cnt, a_zp, out + i * ldo, ldo, 1);
         }
     }
 }
@@ -1043,26 +1082,12 @@ static void pybnn_ibgemm_neon(const int8_t *a, size_t lda, size_t m, const uint8
     for (int g = 0; g < 4; g++) sel[g] = vcombine_u8(vdup_n_u8((uint8_t)(1u << (2 * g))), vdup_n_u8((uint8_t)(2u << (2 * g))));
     for (size_t i = 0; i < m; i++) {
         const int8_t *row = a + i * lda;
-#if !defined(__ARM_FEATURE_DOTPROD)
         int32_t asum = 0;
         for (size_t kk = 0; kk < k; kk++) asum += row[kk];
-#endif
         for (size_t p = 0; p < np; p++) {
             const uint8_t *bits = panels + p * pb;
             int32x4_t acc[4];
             for (int g = 0; g < 4; g++) acc[g] = vdupq_n_s32(0);
-#if defined(__ARM_FEATURE_DOTPROD)
-            for (size_t q = 0; q < kq; q++) {
-                const int8x16_t ad = vreinterpretq_s8_u32(vdupq_n_u32(pybnn_igemm_quad(row, q, k)));
-                const uint8x16_t wv = vreinterpretq_u8_u64(vdupq_n_u64(pybnn_igemm_load_u64(bits + 8 * q)));
-                for (int g = 0; g < 4; g++) {
-                    const int8x16_t s = vorrq_s8(vreinterpretq_s8_u8(vtstq_u8(wv, sel[g])), vdupq_n_s8(1));
-                    acc[g] = vdotq_s32(acc[g], ad, s);
-                }
-            }
-            pybnn_igemm_store_neon(acc, sums, p * PYBNN_IGEMM_NP, PYBNN_MIN(PYBNN_IGEMM_NP, cout - p * PYBNN_IGEMM_NP),
-                                   a_zp, out + i * ldo + p * PYBNN_IGEMM_NP);
-#else
             for (size_t q0 = 0; q0 < kq; q0 += PYBNN_IBGEMM_FLUSH_NEON) {
                 int16x8_t acc16[4];
                 for (int g = 0; g < 4; g++) acc16[g] = vdupq_n_s16(0);
@@ -1078,10 +1103,83 @@ static void pybnn_ibgemm_neon(const int8_t *a, size_t lda, size_t m, const uint8
             for (int g = 0; g < 4; g++) acc[g] = vsubq_s32(vdupq_n_s32(asum), vshlq_n_s32(acc[g], 1));
             pybnn_igemm_store_neon(acc, sums, p * PYBNN_IGEMM_NP, PYBNN_MIN(PYBNN_IGEMM_NP, cout - p * PYBNN_IGEMM_NP),
                                    a_zp, out + i * ldo + p * PYBNN_IGEMM_NP);
-#endif
         }
     }
 }
+
+#if PYBNN_DOTPROD
+/* One quad q of a tile (below): weights of the panel at w (igemm bytes, or ibgemm bits when
+ * BITS) against rows a .. a+(MR-1)*lda; TAIL: the last quad of a k that is not a multiple
+ * of 4 (its missing activations read as 0). */
+PYBNN_TARGET_DOTPROD static inline __attribute__((always_inline)) void
+pybnn_igemm_dot_step(int32x4_t acc[][4], const int8_t *a, size_t lda, const uint8_t *w, size_t q, size_t k,
+                     const int MR, const int BITS, const int TAIL) {
+    int8x16_t wv[4];
+    if (BITS) { /* +-1 bytes: -1 (all ones) where the bit is set, else +1 */
+        const uint8x16_t bv = vreinterpretq_u8_u64(vdupq_n_u64(pybnn_igemm_load_u64(w + 8 * q)));
+        for (int g = 0; g < 4; g++) {
+            const uint8x16_t sel = vcombine_u8(vdup_n_u8((uint8_t)(1u << (2 * g))), vdup_n_u8((uint8_t)(2u << (2 * g))));
+            wv[g] = vreinterpretq_s8_u8(vorrq_u8(vtstq_u8(bv, sel), vdupq_n_u8(1)));
+        }
+    } else {
+        for (int g = 0; g < 4; g++) wv[g] = vld1q_s8((const int8_t *)w + 64 * q + 16 * g);
+    }
+    for (int r = 0; r < MR; r++) {
+        const uint32_t quad = TAIL ? pybnn_igemm_quad(a + r * lda, q, k) : pybnn_igemm_load_u32(a + r * lda + 4 * q);
+        const int8x16_t ad = vreinterpretq_s8_u32(vdupq_n_u32(quad));
+        for (int g = 0; g < 4; g++) acc[r][g] = vdotq_s32(acc[r][g], wv[g], ad);
+    }
+}
+
+/* Rows a .. a+(MR-1)*lda x one panel -> the int32 sums minus a_zp * wsum, channels
+ * [n0, n0 + cnt).  MR and BITS are compile-time constants after inlining. */
+PYBNN_TARGET_DOTPROD static inline __attribute__((always_inline)) void
+pybnn_igemm_dot_tile(const int8_t *a, size_t lda, const uint8_t *w, const uint8_t *sums, size_t k, size_t n0,
+                     size_t cnt, int a_zp, int32_t *out, size_t ldo, const int MR, const int BITS) {
+    const size_t kfull = k / 4;
+    int32x4_t acc[4][4];
+    for (int r = 0; r < MR; r++)
+        for (int g = 0; g < 4; g++) acc[r][g] = vdupq_n_s32(0);
+    for (size_t q = 0; q < kfull; q++)
+        pybnn_igemm_dot_step(acc, a, lda, w, q, k, MR, BITS, 0);
+    if (k % 4)
+        pybnn_igemm_dot_step(acc, a, lda, w, kfull, k, MR, BITS, 1);
+    for (int r = 0; r < MR; r++) pybnn_igemm_store_neon(acc[r], sums, n0, cnt, a_zp, out + r * ldo + n0);
+}
+
+/* Row tiles of 4 outside (their activations stay in L1), panels inside. */
+PYBNN_TARGET_DOTPROD static inline __attribute__((always_inline)) void
+pybnn_igemm_dot_run(const int8_t *a, size_t lda, size_t m, const uint8_t *panels, const uint8_t *sums, size_t k,
+                    size_t cout, int a_zp, int32_t *out, size_t ldo, const int BITS) {
+    const size_t pb = pybnn_igemm_panel_bytes(k, BITS), np = pybnn_igemm_npanels(cout);
+    for (size_t i = 0; i < m; i += 4) {
+        const int8_t *ai = a + i * lda;
+        int32_t *oi = out + i * ldo;
+        for (size_t p = 0; p < np; p++) {
+            const uint8_t *w = panels + p * pb;
+            const size_t n0 = p * PYBNN_IGEMM_NP, cnt = PYBNN_MIN(PYBNN_IGEMM_NP, cout - n0);
+            switch (PYBNN_MIN((size_t)4, m - i)) {
+            case 4: pybnn_igemm_dot_tile(ai, lda, w, sums, k, n0, cnt, a_zp, oi, ldo, 4, BITS); break;
+            case 3: pybnn_igemm_dot_tile(ai, lda, w, sums, k, n0, cnt, a_zp, oi, ldo, 3, BITS); break;
+            case 2: pybnn_igemm_dot_tile(ai, lda, w, sums, k, n0, cnt, a_zp, oi, ldo, 2, BITS); break;
+            default: pybnn_igemm_dot_tile(ai, lda, w, sums, k, n0, cnt, a_zp, oi, ldo, 1, BITS); break;
+            }
+        }
+    }
+}
+
+PYBNN_TARGET_DOTPROD static void pybnn_igemm_neon_dotprod(const int8_t *a, size_t lda, size_t m, const uint8_t *panels,
+                                                          const uint8_t *sums, size_t k, size_t cout, int a_zp,
+                                                          int32_t *out, size_t ldo) {
+    pybnn_igemm_dot_run(a, lda, m, panels, sums, k, cout, a_zp, out, ldo, 0);
+}
+
+PYBNN_TARGET_DOTPROD static void pybnn_ibgemm_neon_dotprod(const int8_t *a, size_t lda, size_t m, const uint8_t *panels,
+                                                           const uint8_t *sums, size_t k, size_t cout, int a_zp,
+                                                           int32_t *out, size_t ldo) {
+    pybnn_igemm_dot_run(a, lda, m, panels, sums, k, cout, a_zp, out, ldo, 1);
+}
+#endif /* PYBNN_DOTPROD */
 #endif /* PYBNN_NEON */
 
 /* ---------------------------------------------------------------- drivers
@@ -1094,6 +1192,12 @@ typedef void (*pybnn_igemm_fn)(const int8_t *a, size_t lda, size_t m, const uint
 
 /* The variant for `isa` (walking down to scalar); *used receives its ISA number. */
 static inline pybnn_igemm_fn pybnn_igemm_pick_any(int isa, int binary, int *used) {
+#if PYBNN_DOTPROD
+    if (isa >= PYBNN_ISA_NEON_DOTPROD && pybnn_isa_supported(PYBNN_ISA_NEON_DOTPROD)) {
+        *used = PYBNN_ISA_NEON_DOTPROD;
+        return binary ? pybnn_ibgemm_neon_dotprod : pybnn_igemm_neon_dotprod;
+    }
+#endif
 #if PYBNN_NEON
     if (isa >= PYBNN_ISA_NEON) { *used = PYBNN_ISA_NEON; return binary ? pybnn_ibgemm_neon : pybnn_igemm_neon; }
 #endif

@@ -283,6 +283,117 @@ PYBNN_TARGET_AVX512 static void pybnn_to_float_i32_avx512(const int32_t *acc, si
 }
 #endif /* PYBNN_X86 */
 
+#if PYBNN_NEON
+/* ================================================================ NEON
+ * Channels go 4 (float) or 8 (int8) at a time, the rest through the scalar code, which does
+ * the same operations.  The clamps compare and select (vbsl): FMAX/FMIN would turn a NaN
+ * into a bound only sometimes and order -0.0 below +0.0, NumPy's clip does neither.
+ * The float transforms are aarch64 only: armv7's NEON flushes denormals to zero, NumPy on
+ * the same CPU (VFP) does not, so armv7 keeps the scalar code for them.  int8 and bits are
+ * exact there too: a requantized product is rounded to an integer (a denormal would round
+ * to 0 either way) and thresholds are integer compares. */
+
+#if defined(__aarch64__)
+#define PYBNN_OT_NEON_FLOAT 1
+
+static inline float32x4_t pybnn_ot_clip_neon(float32x4_t y, float32x4_t lo, float32x4_t hi) {
+    y = vbslq_f32(vcgtq_f32(lo, y), lo, y);
+    return vbslq_f32(vcltq_f32(hi, y), hi, y);
+}
+
+static void pybnn_to_float_i32_neon(const int32_t *acc, size_t lda, size_t m, size_t c, const int32_t *ibias,
+                                    const float *mult, const float *bias, float lo, float hi, float *out,
+                                    size_t ldo) {
+    const float32x4_t vlo = vdupq_n_f32(lo), vhi = vdupq_n_f32(hi);
+    for (size_t i = 0; i < m; i++) {
+        const int32_t *row = acc + i * lda;
+        float *dst = out + i * ldo;
+        size_t j = 0;
+        for (; j + 4 <= c; j += 4) {
+            int32x4_t a = vld1q_s32(row + j);
+            if (ibias)
+                a = vaddq_s32(a, vld1q_s32(ibias + j)); /* wraps */
+            const float32x4_t y = vaddq_f32(vmulq_f32(vcvtq_f32_s32(a), vld1q_f32(mult + j)), vld1q_f32(bias + j));
+            vst1q_f32(dst + j, pybnn_ot_clip_neon(y, vlo, vhi));
+        }
+        if (j < c)
+            pybnn_to_float_i32_scalar(row + j, lda, 1, c - j, ibias ? ibias + j : NULL, mult + j, bias + j,
+                                      lo, hi, dst + j, ldo);
+    }
+}
+
+static void pybnn_to_float_f32_neon(const float *acc, size_t lda, size_t m, size_t c, const float *mult,
+                                    const float *bias, float lo, float hi, float *out, size_t ldo) {
+    const float32x4_t vlo = vdupq_n_f32(lo), vhi = vdupq_n_f32(hi);
+    for (size_t i = 0; i < m; i++) {
+        const float *row = acc + i * lda;
+        float *dst = out + i * ldo;
+        size_t j = 0;
+        for (; j + 4 <= c; j += 4) {
+            const float32x4_t y = vaddq_f32(vmulq_f32(vld1q_f32(row + j), vld1q_f32(mult + j)), vld1q_f32(bias + j));
+            vst1q_f32(dst + j, pybnn_ot_clip_neon(y, vlo, vhi));
+        }
+        for (; j < c; j++) dst[j] = pybnn_ot_clip_f32(row[j] * mult[j] + bias[j], lo, hi);
+    }
+}
+#else
+#define PYBNN_OT_NEON_FLOAT 0
+#endif
+
+/* 4 channels: clamp(rint(float(acc + bias) * mult) + zp, qmin, qmax) as int32, exactly as
+ * pybnn_ot_requant (NaN to -limit first, then round half to even by adding 1.5 * 2^23). */
+static inline int32x4_t pybnn_ot_requant_neon(int32x4_t s, float32x4_t mult, int32x4_t zp, int32x4_t qmin,
+                                              int32x4_t qmax) {
+    const float32x4_t lim_lo = vdupq_n_f32(-PYBNN_OT_REQ_LIMIT), lim_hi = vdupq_n_f32(PYBNN_OT_REQ_LIMIT);
+    const float32x4_t magic = vdupq_n_f32(12582912.0f);
+    float32x4_t x = vmulq_f32(vcvtq_f32_s32(s), mult);
+    x = vbslq_f32(vcgeq_f32(x, lim_lo), x, lim_lo); /* false for NaN */
+    x = vbslq_f32(vcgtq_f32(x, lim_hi), lim_hi, x);
+    const int32x4_t q = vaddq_s32(vcvtq_s32_f32(vsubq_f32(vaddq_f32(x, magic), magic)), zp);
+    return vminq_s32(vmaxq_s32(q, qmin), qmax);
+}
+
+static void pybnn_to_int8_neon(const int32_t *acc, size_t lda, size_t m, size_t c, const int32_t *bias,
+                               const float *mult, int zp, int qmin, int qmax, int8_t *out, size_t ldo) {
+    const int32x4_t vzp = vdupq_n_s32(zp), vqmin = vdupq_n_s32(qmin), vqmax = vdupq_n_s32(qmax);
+    for (size_t i = 0; i < m; i++) {
+        const int32_t *row = acc + i * lda;
+        int8_t *dst = out + i * ldo;
+        size_t j = 0;
+        for (; j + 8 <= c; j += 8) {
+            const int32x4_t q0 = pybnn_ot_requant_neon(vaddq_s32(vld1q_s32(row + j), vld1q_s32(bias + j)),
+                                                       vld1q_f32(mult + j), vzp, vqmin, vqmax);
+            const int32x4_t q1 = pybnn_ot_requant_neon(vaddq_s32(vld1q_s32(row + j + 4), vld1q_s32(bias + j + 4)),
+                                                       vld1q_f32(mult + j + 4), vzp, vqmin, vqmax);
+            /* already within int8: the narrowing moves only narrow */
+            vst1_s8(dst + j, vmovn_s16(vcombine_s16(vmovn_s32(q0), vmovn_s32(q1))));
+        }
+        for (; j < c; j++) dst[j] = pybnn_ot_requant(row[j], bias[j], mult[j], zp, qmin, qmax);
+    }
+}
+
+/* One output word (32 channels) at a time, its thresholds and directions loaded once for all
+ * rows; a partial last word through the scalar code. */
+static void pybnn_to_bits_neon(const int32_t *acc, size_t lda, size_t m, size_t c, const int32_t *thr,
+                               const int8_t *dir, uint32_t *out, size_t ldo) {
+    const size_t full = c / 32;
+    for (size_t w = 0; w < full; w++) {
+        int32x4_t t[8], x[8];
+        for (int g = 0; g < 8; g++) t[g] = vld1q_s32(thr + 32 * w + 4 * g);
+        const uint32_t neg = pybnn_neon_dirneg(dir + 32 * w);
+        for (size_t i = 0; i < m; i++) {
+            for (int g = 0; g < 8; g++) x[g] = vld1q_s32(acc + i * lda + 32 * w + 4 * g);
+            out[i * ldo + w] = pybnn_neon_thr_word(x, t, neg);
+        }
+    }
+    if (full * 32 < c)
+        pybnn_to_bits_scalar(acc + full * 32, lda, m, c - full * 32, thr + full * 32, dir + full * 32, out + full, ldo);
+}
+#endif /* PYBNN_NEON */
+#ifndef PYBNN_OT_NEON_FLOAT
+#define PYBNN_OT_NEON_FLOAT 0
+#endif
+
 /* ================================================================ fused use
  * The parameters of one transform of int32 accumulators, for kernels that apply it to each
  * block of rows while the block is still in cache (pybnn_bconv2d).  Per-channel arrays are
@@ -302,7 +413,7 @@ typedef struct {
 
 /* Variant levels of pybnn_ot_apply (PYBNN_OT_AVX512_ALL: every transform at 512 bits, for
  * callers on the AVX-512 path whose own kernel runs heavy 512-bit instructions). */
-enum { PYBNN_OT_SCALAR, PYBNN_OT_AVX2, PYBNN_OT_AVX512, PYBNN_OT_AVX512_ALL };
+enum { PYBNN_OT_SCALAR, PYBNN_OT_AVX2, PYBNN_OT_AVX512, PYBNN_OT_NEON, PYBNN_OT_AVX512_ALL };
 
 #if PYBNN_X86
 #define PYBNN_OT_USE_AVX2(isa) ((isa) >= PYBNN_ISA_AVX2 && pybnn_isa_supported(PYBNN_ISA_AVX2))
@@ -312,6 +423,10 @@ enum { PYBNN_OT_SCALAR, PYBNN_OT_AVX2, PYBNN_OT_AVX512, PYBNN_OT_AVX512_ALL };
 
 /* The level pybnn_ot_apply runs for instruction set `isa` (walking down as selectors do). */
 static inline int pybnn_ot_level(int isa) {
+#if PYBNN_NEON
+    if (isa >= PYBNN_ISA_NEON)
+        return PYBNN_OT_NEON;
+#endif
 #if PYBNN_X86
     if (isa >= PYBNN_ISA_AVX512 && pybnn_isa_supported(PYBNN_ISA_AVX512))
         return PYBNN_OT_AVX512;
@@ -330,8 +445,9 @@ static inline size_t pybnn_ot_ldo(const pybnn_ot *t, size_t c) {
 /* Transforms m rows of channels c0 .. c1-1 (acc: row stride lda, first element = channel
  * c0; float accumulators for PYBNN_OT_FLOAT_F32, which may transform in place) into output
  * rows at `out` (row stride ldo; channel j lands at element j, or bit j%32 of word j/32 for
- * bits, whose c0 must be a multiple of 32).  level: PYBNN_OT_SCALAR, PYBNN_OT_AVX2 or
- * PYBNN_OT_AVX512 (pybnn_ot_level), or PYBNN_OT_AVX512_ALL (see pybnn_to_int8_avx512). */
+ * bits, whose c0 must be a multiple of 32).  level: PYBNN_OT_SCALAR, PYBNN_OT_AVX2,
+ * PYBNN_OT_AVX512 or PYBNN_OT_NEON (pybnn_ot_level), or PYBNN_OT_AVX512_ALL (see
+ * pybnn_to_int8_avx512). */
 static void pybnn_ot_apply(const pybnn_ot *t, int level, const void *accv, size_t lda, size_t m,
                            size_t c0, size_t c1, void *out, size_t ldo) {
     const size_t c = c1 - c0;
@@ -340,6 +456,9 @@ static void pybnn_ot_apply(const pybnn_ot *t, int level, const void *accv, size_
     switch (t->kind) {
     case PYBNN_OT_FLOAT_F32: {
         float *o = (float *)out + c0;
+#if PYBNN_NEON && PYBNN_OT_NEON_FLOAT
+        if (level == PYBNN_OT_NEON) { pybnn_to_float_f32_neon((const float *)accv, lda, m, c, t->mult + c0, t->bias + c0, t->lo, t->hi, o, ldo); break; }
+#endif
 #if PYBNN_X86
         if (level >= PYBNN_OT_AVX2) { pybnn_to_float_f32_avx2((const float *)accv, lda, m, c, t->mult + c0, t->bias + c0, t->lo, t->hi, o, ldo); break; }
 #endif
@@ -349,6 +468,9 @@ static void pybnn_ot_apply(const pybnn_ot *t, int level, const void *accv, size_
     case PYBNN_OT_FLOAT_I32: {
         const int32_t *ib = t->ibias ? t->ibias + c0 : NULL;
         float *o = (float *)out + c0;
+#if PYBNN_NEON && PYBNN_OT_NEON_FLOAT
+        if (level == PYBNN_OT_NEON) { pybnn_to_float_i32_neon(acc, lda, m, c, ib, t->mult + c0, t->bias + c0, t->lo, t->hi, o, ldo); break; }
+#endif
 #if PYBNN_X86
         if (level == PYBNN_OT_AVX512_ALL) { pybnn_to_float_i32_avx512(acc, lda, m, c, ib, t->mult + c0, t->bias + c0, t->lo, t->hi, o, ldo); break; }
         if (level >= PYBNN_OT_AVX2) { pybnn_to_float_i32_avx2(acc, lda, m, c, ib, t->mult + c0, t->bias + c0, t->lo, t->hi, o, ldo); break; }
@@ -358,6 +480,9 @@ static void pybnn_ot_apply(const pybnn_ot *t, int level, const void *accv, size_
     }
     case PYBNN_OT_INT8: {
         int8_t *o = (int8_t *)out + c0;
+#if PYBNN_NEON
+        if (level == PYBNN_OT_NEON) { pybnn_to_int8_neon(acc, lda, m, c, t->ibias + c0, t->mult + c0, t->zp, t->qmin, t->qmax, o, ldo); break; }
+#endif
 #if PYBNN_X86
         if (level == PYBNN_OT_AVX512_ALL) { pybnn_to_int8_avx512(acc, lda, m, c, t->ibias + c0, t->mult + c0, t->zp, t->qmin, t->qmax, o, ldo); break; }
         if (level >= PYBNN_OT_AVX2) { pybnn_to_int8_avx2(acc, lda, m, c, t->ibias + c0, t->mult + c0, t->zp, t->qmin, t->qmax, o, ldo); break; }
@@ -367,6 +492,9 @@ static void pybnn_ot_apply(const pybnn_ot *t, int level, const void *accv, size_
     }
     default: {
         uint32_t *o = (uint32_t *)out + c0 / 32;
+#if PYBNN_NEON
+        if (level == PYBNN_OT_NEON) { pybnn_to_bits_neon(acc, lda, m, c, t->thr + c0, t->dir + c0, o, ldo); break; }
+#endif
 #if PYBNN_X86
         if (level >= PYBNN_OT_AVX512) { pybnn_to_bits_avx512(acc, lda, m, c, t->thr + c0, t->dir + c0, o, ldo); break; }
         if (level == PYBNN_OT_AVX2) { pybnn_to_bits_avx2(acc, lda, m, c, t->thr + c0, t->dir + c0, o, ldo); break; }
@@ -385,7 +513,7 @@ static void pybnn_ot_apply(const pybnn_ot *t, int level, const void *accv, size_
 
 typedef struct {
     pybnn_ot t;       /* kind PYBNN_OT_FLOAT_F32: float accumulators, mult/bias/lo/hi only */
-    int avx2;
+    int level;        /* PYBNN_OT_SCALAR, _AVX2 or _NEON: the standalone drivers stop at AVX2 */
     const void *acc;
     size_t m, c;
     void *out;
@@ -398,15 +526,18 @@ static void pybnn_ot_part(void *ctx, int part, int nparts) {
     pybnn_par_range(j->m, part, nparts, &r0, &r1);
     if (r0 >= r1)
         return;
-    pybnn_ot_apply(t, j->avx2 ? PYBNN_OT_AVX2 : PYBNN_OT_SCALAR, (const int32_t *)j->acc + r0 * c, c, r1 - r0, 0, c,
+    pybnn_ot_apply(t, j->level, (const int32_t *)j->acc + r0 * c, c, r1 - r0, 0, c,
                    (char *)j->out + r0 * ldo * pybnn_ot_esize(t), ldo);
 }
 
 static inline int pybnn_ot_run(int isa, int threads, pybnn_ot_job *j) {
-    j->avx2 = PYBNN_OT_USE_AVX2(isa);
+    const int level = pybnn_ot_level(isa);
+    j->level = level == PYBNN_OT_AVX512 ? PYBNN_OT_AVX2 : level;
     /* Work (common.h units): two per element. */
     pybnn_par_run(pybnn_par_parts(threads, j->m, 2.0 * (double)j->m * (double)j->c), pybnn_ot_part, j);
-    return j->avx2 ? PYBNN_ISA_AVX2 : PYBNN_ISA_SCALAR;
+    if (j->level == PYBNN_OT_NEON) /* armv7 keeps the scalar float transforms */
+        return j->t.kind <= PYBNN_OT_FLOAT_F32 && !PYBNN_OT_NEON_FLOAT ? PYBNN_ISA_SCALAR : PYBNN_ISA_NEON;
+    return j->level == PYBNN_OT_AVX2 ? PYBNN_ISA_AVX2 : PYBNN_ISA_SCALAR;
 }
 
 static inline int pybnn_to_float_i32(int isa, int threads, const int32_t *acc, size_t m, size_t c,

@@ -18,6 +18,27 @@ cdef extern from "pybnn/output_transform.h" nogil:
         PYBNN_OT_BITS
 
 
+def _empty_aligned(Py_ssize_t size):
+    """Uninitialised uint8 array of `size` bytes starting on a multiple of 64 bytes, where a
+    model file places every tensor: packed weights then have their panels (after a 64-byte
+    header, or none) on cache lines, as the AVX-512 kernels' 64-byte loads want (a view into
+    a slightly larger array)."""
+    raw = np.empty(size + 63, dtype=np.uint8)
+    offset = (-raw.ctypes.data) % 64
+    return raw[offset:offset + size]
+
+
+def _check_bits(const uint8_t[::1] bits, Py_ssize_t n, Py_ssize_t k, Py_ssize_t sn, Py_ssize_t sk, str who):
+    """`bits` must hold element (n - 1, k - 1) of a bit matrix with strides sn, sk >= 0."""
+    if sn < 0 or sk < 0:
+        raise ValueError(f"{who}: bit strides must be >= 0, got {sn}, {sk}")
+    cdef object last = (n - 1) * sn + (k - 1) * sk  # a Python int: no overflow
+    if n < 1 or k < 1 or last >= 8 * bits.shape[0] or last > <size_t>-1:  # (C indexes bits in size_t)
+        raise ValueError(f"{who}: {bits.shape[0]} bytes of bits do not hold a {n} x {k} matrix "
+                         f"with strides {sn}, {sk}")
+    return 0
+
+
 _TYPE_NAMES = {cnp.NPY_INT32: "int32", cnp.NPY_UINT32: "uint32", cnp.NPY_FLOAT32: "float32",
                cnp.NPY_INT8: "int8", cnp.NPY_UINT8: "uint8"}
 

@@ -9,7 +9,7 @@ the variant that ran.  The C side is include/pybnn/bconv.h, bgemm.h and bpool.h.
 import numpy as np
 
 cimport numpy as cnp
-from libc.stdint cimport int8_t, int32_t, uint32_t
+from libc.stdint cimport int8_t, int32_t, uint8_t, uint32_t
 
 cnp.import_array()
 
@@ -22,9 +22,11 @@ cdef extern from "pybnn/bconv.h" nogil:
     size_t pybnn_xgemm_k64(size_t kwords)
     size_t pybnn_xgemm_cblocks(size_t n)
     size_t pybnn_xgemm_wsize(size_t n, size_t kwords)
-    void pybnn_bconv_pack_weights(const float *wf, size_t cout, size_t taps, size_t c,
-                                  uint32_t *rows, uint32_t *wp)
+    void pybnn_xgemm_pack_bits(const uint8_t *bits, size_t sn, size_t sk, size_t n, size_t taps, size_t c,
+                               uint32_t *wp)
+    void pybnn_bconv_tap_sums(const uint32_t *wp, size_t cout, size_t taps, size_t c, int32_t *tapsum)
     long pybnn_bconv_corrections_size(const pybnn_conv_geom *g)
+    int pybnn_bconv_needs_fix(const pybnn_conv_geom *g)
     int pybnn_bconv_corrections(const pybnn_conv_geom *g, const int32_t *tapsum, int32_t *corr)
     int pybnn_bconv2d(int isa, int threads, const pybnn_conv_geom *g, const uint32_t *x,
                       const uint32_t *wp, const int32_t *tapsum, const int32_t *corr,
@@ -53,16 +55,41 @@ def pack_weights(const float[:, :, :, ::1] w):
     """Binarize (bit = w < 0) and pack float32 weights (Cout, KH, KW, C) into the layout
     bconv2d streams: uint32 (ceil(Cout/8), ceil(KH*KW*words/2), 16), i.e. per block of 8
     output channels and per 64-bit step of the tap-major (KH*KW*words) bit row, the eight
-    channels' 64-bit words side by side.  Every instruction-set path reads this one layout.
-    Treat it as opaque."""
+    channels' 64-bit words side by side (bgemm.h).  Every instruction-set path reads this
+    one layout."""
     cdef Py_ssize_t cout = w.shape[0], kh = w.shape[1], kw = w.shape[2], c = w.shape[3]
-    shape = packed_weights_shape(c, cout, kh, kw)
-    cdef uint32_t[::1] rows = np.empty(cout * kh * kw * ((c + 31) // 32), dtype=np.uint32)
-    wp = np.empty(shape, dtype=np.uint32)
+    packed_weights_shape(c, cout, kh, kw)  # validates the sizes
+    bits = np.packbits(np.asarray(w) < 0, axis=None, bitorder="little")
+    return pack_weights_bits(bits, c, cout, kh, kw, kh * kw * c, 1)
+
+
+def pack_weights_bits(const uint8_t[::1] bits, int channels, int cout, int kh, int kw, Py_ssize_t sn,
+                      Py_ssize_t sk):
+    """pack_weights from signs stored as bits: the weight of output channel co at tap (i, j),
+    input channel c is -1 where bit co*sn + ((i*kw + j)*channels + c)*sk of `bits` is 1 (bit e
+    is bit e % 8 of byte e // 8).  An HWIO kernel's bits (a model file's plain `bits` tensor,
+    or np.packbits(kernel < 0, bitorder="little")) have sn = 1, sk = cout.  The result starts
+    on a multiple of 64 bytes."""
+    shape = packed_weights_shape(channels, cout, kh, kw)
+    _check_bits(bits, cout, <Py_ssize_t>kh * kw * channels, sn, sk, "pack_weights_bits")
+    wp = _empty_aligned(4 * shape[0] * shape[1] * shape[2]).view(np.uint32).reshape(shape)
     cdef uint32_t[:, :, ::1] wpv = wp
     with nogil:
-        pybnn_bconv_pack_weights(&w[0, 0, 0, 0], cout, kh * kw, c, &rows[0], &wpv[0, 0, 0])
+        pybnn_xgemm_pack_bits(&bits[0], sn, sk, cout, <size_t>kh * kw, channels, &wpv[0, 0, 0])
     return wp
+
+
+def tap_sums_packed(wpacked, int channels, int cout, int kh, int kw):
+    """tap_sums of packed weights (from pack_weights or a model file), not counting padding
+    bits: int32 (KH*KW, Cout)."""
+    cdef cnp.npy_intp dims[3]
+    dims[0], dims[1], dims[2] = packed_weights_shape(channels, cout, kh, kw)
+    cdef const uint32_t *wp = <const uint32_t *>_data(wpacked, cnp.NPY_UINT32, 3, dims, "tap_sums_packed: wpacked")
+    tapsum = np.empty((kh * kw, cout), np.int32)
+    cdef int32_t[:, ::1] ts = tapsum
+    with nogil:
+        pybnn_bconv_tap_sums(wp, cout, <size_t>kh * kw, channels, &ts[0, 0])
+    return tapsum
 
 
 def tap_sums(w):
@@ -116,6 +143,16 @@ cdef int _geometry(pybnn_conv_geom *g, Py_ssize_t n, Py_ssize_t h, Py_ssize_t wd
     g.cout, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw = cout, kh, kw, sh, sw, dh, dw
     g.pad_top, g.pad_left, g.hout, g.wout, g.pad_value = pad_top, pad_left, hout, wout, pad_value
     return 0
+
+
+def needs_pad_corrections(int h, int w, int channels, int cout, int kh, int kw, int sh, int sw, int dh,
+                          int dw, int pad_top, int pad_left, int hout, int wout, int pad_value):
+    """True if bconv2d corrects the border for this geometry (some tap falls outside the input
+    and pad_value != +1): only then does it read the tap sums."""
+    cdef pybnn_conv_geom g
+    _geometry(&g, 1, h, w, (channels + 31) // 32, channels, cout, kh, kw, sh, sw, dh, dw, pad_top,
+              pad_left, hout, wout, pad_value)
+    return bool(pybnn_bconv_needs_fix(&g))
 
 
 def pad_corrections(int h, int w, int channels, int cout, int kh, int kw, int sh, int sw, int dh,

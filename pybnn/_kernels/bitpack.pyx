@@ -16,6 +16,8 @@ cdef extern from "pybnn/bitpack.h" nogil:
     int pybnn_pack_int8(int isa, int threads, const int8_t *q, size_t m, size_t c, const int32_t *thr,
                         const int8_t *dir, uint32_t *out)
     int pybnn_unpack(int isa, int threads, const uint32_t *bits, size_t m, size_t c, float *out)
+    void pybnn_copy_bits(const uint32_t *src, size_t m, size_t src_words, size_t c0, uint32_t *dst,
+                         size_t dst_words, size_t d0, size_t n)
 
 
 include "_checks.pxi"
@@ -94,3 +96,18 @@ def unpack(const uint32_t[:, ::1] bits, int channels, float[:, ::1] out, int isa
     with nogil:
         used = pybnn_unpack(isa, threads, &bits[0, 0], m, channels, &out[0, 0])
     return used
+
+
+def copy_bits(const uint32_t[:, ::1] src, Py_ssize_t c0, uint32_t[:, ::1] dst, Py_ssize_t d0, Py_ssize_t n):
+    """Channels [c0, c0 + n) of each packed row of src (M, words) into channels [d0, d0 + n) of
+    the same row of dst (M, words'); dst's other bits are kept."""
+    cdef Py_ssize_t m = src.shape[0]
+    if dst.shape[0] != m:
+        raise ValueError(f"src has {m} rows, dst {dst.shape[0]}")
+    if min(c0, d0, n) < 0 or c0 + n > 32 * src.shape[1] or d0 + n > 32 * dst.shape[1]:
+        raise ValueError(f"channel range out of bounds: [{c0}, {c0 + n}) of {32 * src.shape[1]} bits -> "
+                         f"[{d0}, {d0 + n}) of {32 * dst.shape[1]} bits")
+    if m == 0 or n == 0:
+        return
+    with nogil:
+        pybnn_copy_bits(&src[0, 0], m, src.shape[1], c0, &dst[0, 0], dst.shape[1], d0, n)

@@ -8,11 +8,12 @@ for every thread count, floats included), and returns the ISA number (pybnn.cpu)
 ran: the best one at or below `isa` that this build has and this CPU supports.
 
 Packed weights are 1-D uint8 arrays made once by pack_int8_weights (igemm),
-pack_int8_binary_weights (ibgemm), pack_float_binary_weights (fbgemm) or pack_float_weights
-(sgemm); they start with a
-16-byte header (magic, K, cout) that the GEMMs check, and every ISA variant of a GEMM reads
-the same layout (documented in include/pybnn/igemm.h and fbgemm.h).
+pack_int8_binary_weights (ibgemm), pack_float_binary_weights (fbgemm), pack_float_weights
+(sgemm) or pack_binary_bits (either binary one, from bits), or read from a model file;
+they start with a 64-byte header (magic, K, cout) that the GEMMs check, and every ISA
+variant of a GEMM reads the same layout (documented in include/pybnn/igemm.h and fbgemm.h).
 """
+from libc.stddef cimport ptrdiff_t
 from libc.stdint cimport int8_t, int32_t, uint8_t, uint32_t
 
 import numpy as np
@@ -34,19 +35,19 @@ cdef extern from "pybnn/im2col.h" nogil:
 cdef extern from "pybnn/igemm.h" nogil:
     size_t pybnn_igemm_packed_size(size_t k, size_t cout)
     int pybnn_igemm_check(const uint8_t *wp, size_t size, size_t k, size_t cout)
-    void pybnn_igemm_pack(const int8_t *w, size_t k, size_t cout, uint8_t *dst)
+    void pybnn_igemm_pack(const int8_t *w, ptrdiff_t sn, ptrdiff_t sk, size_t k, size_t cout, uint8_t *dst)
     int pybnn_igemm(int isa, int threads, const int8_t *a, size_t lda, size_t m, const uint8_t *wp, size_t k,
                     size_t cout, int a_zp, int32_t *out, size_t ldo)
     size_t pybnn_ibgemm_packed_size(size_t k, size_t cout)
     int pybnn_ibgemm_check(const uint8_t *wp, size_t size, size_t k, size_t cout)
-    void pybnn_ibgemm_pack(const float *w, size_t k, size_t cout, uint8_t *dst)
+    void pybnn_ibgemm_pack_bits(const uint8_t *bits, size_t sn, size_t sk, size_t k, size_t cout, uint8_t *dst)
     int pybnn_ibgemm(int isa, int threads, const int8_t *a, size_t lda, size_t m, const uint8_t *wp, size_t k,
                    size_t cout, int a_zp, int32_t *out, size_t ldo)
 
 cdef extern from "pybnn/fbgemm.h" nogil:
     size_t pybnn_fbgemm_packed_size(size_t k, size_t cout)
     int pybnn_fbgemm_check(const uint8_t *wp, size_t size, size_t k, size_t cout)
-    void pybnn_fbgemm_pack(const float *w, size_t k, size_t cout, uint8_t *dst)
+    void pybnn_fbgemm_pack_bits(const uint8_t *bits, size_t sn, size_t sk, size_t k, size_t cout, uint8_t *dst)
     size_t pybnn_sgemm_packed_size(size_t k, size_t cout)
     void pybnn_sgemm_pack(const float *w, size_t k, size_t cout, uint8_t *dst)
     int pybnn_fgemm_check(int fw, const uint8_t *wp, size_t size, size_t k, size_t cout)
@@ -148,25 +149,119 @@ cdef int _check_zp(int a_zp) except -1:
     return 0
 
 
-def _empty_panels_aligned(Py_ssize_t size):
-    """Uninitialised uint8 array of `size` bytes whose byte 16 (after the header: the first
-    weight panel) is 64-byte aligned, so the AVX-512 kernel's 64-byte weight loads never
-    straddle cache lines (a view into a slightly larger array)."""
-    raw = np.empty(size + 64, dtype=np.uint8)
-    offset = (48 - raw.ctypes.data) % 64
-    return raw[offset:offset + size]
+# ---------------------------------------------------------------- packed weights
+
+_GEMMS = {"sgemm": PYBNN_GC_SGEMM, "fbgemm": PYBNN_GC_FBGEMM, "igemm": PYBNN_GC_IGEMM, "ibgemm": PYBNN_GC_IBGEMM}
 
 
-def pack_int8_weights(const int8_t[:, ::1] w):
-    """Pack int8 weights w (cout, K) for igemm: a 1-D uint8 array (layout in igemm.h)."""
+cdef int _gemm_id(str gemm) except -1:
+    if gemm not in _GEMMS:
+        raise ValueError(f"gemm must be one of {sorted(_GEMMS)}, got {gemm!r}")
+    return _GEMMS[gemm]
+
+
+cdef size_t _packed_size(int g, size_t k, size_t cout) noexcept nogil:
+    if g == PYBNN_GC_IGEMM:
+        return pybnn_igemm_packed_size(k, cout)
+    if g == PYBNN_GC_IBGEMM:
+        return pybnn_ibgemm_packed_size(k, cout)
+    if g == PYBNN_GC_FBGEMM:
+        return pybnn_fbgemm_packed_size(k, cout)
+    return pybnn_sgemm_packed_size(k, cout)
+
+
+cdef bint _packed_ok(int g, const uint8_t *wp, size_t size, size_t k, size_t cout) noexcept nogil:
+    """The GEMM's own check of a packed buffer: size, magic, K, cout (igemm.h, fbgemm.h)."""
+    if g == PYBNN_GC_IGEMM:
+        return pybnn_igemm_check(wp, size, k, cout)
+    if g == PYBNN_GC_IBGEMM:
+        return pybnn_ibgemm_check(wp, size, k, cout)
+    return pybnn_fgemm_check(g == PYBNN_GC_SGEMM, wp, size, k, cout)
+
+
+def packed_size(str gemm, Py_ssize_t k, Py_ssize_t cout):
+    """Bytes of `gemm`'s packed weights ("igemm", "ibgemm", "fbgemm" or "sgemm") for K, cout."""
+    cdef int g = _gemm_id(gemm)
+    _check_kc(k, cout, MAX_K_INT8 if g == PYBNN_GC_IGEMM else MAX_K_BINARY)
+    return _packed_size(g, k, cout)
+
+
+def packed_ok(str gemm, const uint8_t[::1] wpacked, k, cout):
+    """True if `wpacked` passes `gemm`'s check for this K and cout (what every GEMM call checks
+    first): its size, and a header of the gemm's magic, K and cout with zero reserved bytes."""
+    cdef int g = _gemm_id(gemm)
+    if not (1 <= k <= MAX_K_BINARY and 1 <= cout <= MAX_COUT) or wpacked.shape[0] < 64:
+        return False
+    return bool(_packed_ok(g, &wpacked[0], wpacked.shape[0], k, cout))
+
+
+def pack_int8_weights(const int8_t[:, :] w):
+    """Pack int8 weights w (cout, K) for igemm: a 1-D uint8 array (layout in igemm.h).  `w`
+    may have any strides: the (K, cout) matrix of an HWIO kernel, transposed, packs as it is."""
     cdef Py_ssize_t cout = w.shape[0], k = w.shape[1]
     _check_kc(k, cout, MAX_K_INT8)
-    packed = _empty_panels_aligned(pybnn_igemm_packed_size(k, cout))
+    packed = _empty_aligned(pybnn_igemm_packed_size(k, cout))
     cdef uint8_t[::1] dst = packed
     with nogil:
-        pybnn_igemm_pack(&w[0, 0], k, cout, &dst[0])
+        pybnn_igemm_pack(&w[0, 0], w.strides[0], w.strides[1], k, cout, &dst[0])
     return packed
 
+
+def pack_binary_bits(str gemm, const uint8_t[::1] bits, Py_ssize_t K, Py_ssize_t cout, Py_ssize_t sn,
+                     Py_ssize_t sk):
+    """Pack the signs s[n, k] (n < cout, k < K) of a bit matrix for "fbgemm" or "ibgemm": s is -1
+    where bit n*sn + k*sk of `bits` is 1 (bit e is bit e % 8 of byte e // 8).  An HWIO kernel's
+    bits (a model file's plain `bits` tensor, or np.packbits(kernel < 0, bitorder="little"))
+    have sn = 1, sk = cout.  Returns a 1-D uint8 array starting on a multiple of 64 bytes."""
+    cdef int g = _gemm_id(gemm)
+    if g != PYBNN_GC_FBGEMM and g != PYBNN_GC_IBGEMM:
+        raise ValueError(f"pack_binary_bits: gemm must be 'fbgemm' or 'ibgemm', got {gemm!r}")
+    _check_kc(K, cout, MAX_K_BINARY)
+    _check_bits(bits, cout, K, sn, sk, "pack_binary_bits")
+    packed = _empty_aligned(_packed_size(g, K, cout))
+    cdef uint8_t[::1] dst = packed
+    with nogil:
+        if g == PYBNN_GC_FBGEMM:
+            pybnn_fbgemm_pack_bits(&bits[0], sn, sk, K, cout, &dst[0])
+        else:
+            pybnn_ibgemm_pack_bits(&bits[0], sn, sk, K, cout, &dst[0])
+    return packed
+
+
+def _pack_float_signs(str gemm, w):
+    """Binarize float32 w (cout, K), -1 unless w >= 0 (so NaN gives -1), and pack it."""
+    a = np.asarray(w)
+    return pack_binary_bits(gemm, np.packbits(~(a >= 0), axis=None, bitorder="little"), a.shape[1], a.shape[0],
+                            a.shape[1], 1)
+
+
+def pack_int8_binary_weights(const float[:, ::1] w):
+    """Binarize w (cout, K) (+1 where w >= 0, else -1) and pack it for ibgemm: 1 bit per
+    weight, in 16-channel panels (layout in igemm.h)."""
+    _check_kc(w.shape[1], w.shape[0], MAX_K_BINARY)
+    return _pack_float_signs("ibgemm", w)
+
+
+def pack_float_binary_weights(const float[:, ::1] w):
+    """Binarize w (cout, K) like pack_int8_binary_weights and pack it for fbgemm (its own layout:
+    panels of 32 channels, one 32-bit word per k; see include/pybnn/fbgemm.h)."""
+    _check_kc(w.shape[1], w.shape[0], MAX_K_BINARY)
+    return _pack_float_signs("fbgemm", w)
+
+
+def pack_float_weights(const float[:, ::1] w):
+    """Pack float32 weights w (K, cout) (a HWIO kernel reshaped; note: K first) for sgemm:
+    panels of 32 channels, K rows of 32 floats each (layout in include/pybnn/fbgemm.h)."""
+    cdef Py_ssize_t k = w.shape[0], cout = w.shape[1]
+    _check_kc(k, cout, MAX_K_BINARY)
+    packed = _empty_aligned(pybnn_sgemm_packed_size(k, cout))
+    cdef uint8_t[::1] dst = packed
+    with nogil:
+        pybnn_sgemm_pack(&w[0, 0], k, cout, &dst[0])
+    return packed
+
+
+# ---------------------------------------------------------------- GEMMs
 
 def igemm(const int8_t[:, ::1] a, const uint8_t[::1] wpacked, int K, int cout, int a_zp,
           int32_t[:, ::1] out, int isa=0, int threads=1):
@@ -184,18 +279,6 @@ def igemm(const int8_t[:, ::1] a, const uint8_t[::1] wpacked, int K, int cout, i
     return used
 
 
-def pack_int8_binary_weights(const float[:, ::1] w):
-    """Binarize w (cout, K) (+1 where w >= 0, else -1) and pack it for ibgemm: 1 bit per
-    weight, in 16-channel panels (layout in igemm.h)."""
-    cdef Py_ssize_t cout = w.shape[0], k = w.shape[1]
-    _check_kc(k, cout, MAX_K_BINARY)
-    packed = np.empty(pybnn_ibgemm_packed_size(k, cout), dtype=np.uint8)
-    cdef uint8_t[::1] dst = packed
-    with nogil:
-        pybnn_ibgemm_pack(&w[0, 0], k, cout, &dst[0])
-    return packed
-
-
 def ibgemm(const int8_t[:, ::1] a, const uint8_t[::1] wpacked, int K, int cout, int a_zp,
            int32_t[:, ::1] out, int isa=0, int threads=1):
     """out[m, n] = sum_k (a[m, k] - a_zp) * s[n, k] (s = +-1), exact int32; returns the ISA."""
@@ -210,18 +293,6 @@ def ibgemm(const int8_t[:, ::1] a, const uint8_t[::1] wpacked, int K, int cout, 
         used = pybnn_ibgemm(isa, threads, &a[0, 0] if m else NULL, K, m, &wpacked[0], K, cout, a_zp,
                           &out[0, 0] if m else NULL, cout)
     return used
-
-
-def pack_float_binary_weights(const float[:, ::1] w):
-    """Binarize w (cout, K) like pack_binary_weights and pack it for fbgemm (its own layout:
-    panels of 32 channels, one 32-bit word per k; see include/pybnn/fbgemm.h)."""
-    cdef Py_ssize_t cout = w.shape[0], k = w.shape[1]
-    _check_kc(k, cout, MAX_K_BINARY)
-    packed = np.empty(pybnn_fbgemm_packed_size(k, cout), dtype=np.uint8)
-    cdef uint8_t[::1] dst = packed
-    with nogil:
-        pybnn_fbgemm_pack(&w[0, 0], k, cout, &dst[0])
-    return packed
 
 
 cdef int _fgemm(bint fw, str name, str packer, const float[:, ::1] a, const uint8_t[::1] wpacked, int K,
@@ -246,26 +317,11 @@ def fbgemm(const float[:, ::1] a, const uint8_t[::1] wpacked, int K, int cout,
     return _fgemm(False, "fbgemm", "pack_float_binary_weights", a, wpacked, K, cout, out, isa, threads)
 
 
-def pack_float_weights(const float[:, ::1] w):
-    """Pack float32 weights w (K, cout) (a HWIO kernel reshaped; note: K first) for sgemm:
-    panels of 32 channels, K rows of 32 floats each (layout in include/pybnn/fbgemm.h)."""
-    cdef Py_ssize_t k = w.shape[0], cout = w.shape[1]
-    _check_kc(k, cout, MAX_K_BINARY)
-    packed = _empty_panels_aligned(pybnn_sgemm_packed_size(k, cout))
-    cdef uint8_t[::1] dst = packed
-    with nogil:
-        pybnn_sgemm_pack(&w[0, 0], k, cout, &dst[0])
-    return packed
-
-
 def sgemm(const float[:, ::1] a, const uint8_t[::1] wpacked, int K, int cout,
           float[:, ::1] out, int isa=0, int threads=1):
     """out[m, n] = sum_k a[m, k] * w[k, n], float32, each sum in k order (one FMA per k where
     the ISA has FMA: the same bits for every thread count); returns the ISA used."""
     return _fgemm(True, "sgemm", "pack_float_weights", a, wpacked, K, cout, out, isa, threads)
-
-
-_GEMM_CONV = {"sgemm": PYBNN_GC_SGEMM, "fbgemm": PYBNN_GC_FBGEMM, "igemm": PYBNN_GC_IGEMM, "ibgemm": PYBNN_GC_IBGEMM}
 
 
 cdef class GemmConv:
@@ -293,9 +349,7 @@ cdef class GemmConv:
                  int dh, int dw, int pad_top, int pad_left, int hout, int wout, out_dtype, *, int a_zp=0,
                  mult=None, bias=None, float lo=-np.inf, float hi=np.inf, ibias=None, int zp=0,
                  int qmin=-128, int qmax=127, thr=None, dir=None):
-        if gemm not in _GEMM_CONV:
-            raise ValueError(f"gemm_conv: gemm must be one of {sorted(_GEMM_CONV)}, got {gemm!r}")
-        cdef int g = _GEMM_CONV[gemm]
+        cdef int g = _gemm_id(gemm)
         cdef bint int8 = g == PYBNN_GC_IGEMM or g == PYBNN_GC_IBGEMM
         cdef str who = f"gemm_conv ({gemm})"
         if c < 1 or h < 1 or w < 1:
@@ -309,14 +363,7 @@ cdef class GemmConv:
         dims[0] = -1
         self.wp = <const uint8_t *>_data(wpacked, cnp.NPY_UINT8, 1, dims, f"{who}: wpacked")
         self.wsize = wpacked.shape[0]
-        cdef bint ok
-        if g == PYBNN_GC_IGEMM:
-            ok = pybnn_igemm_check(self.wp, self.wsize, k, cout)
-        elif g == PYBNN_GC_IBGEMM:
-            ok = pybnn_ibgemm_check(self.wp, self.wsize, k, cout)
-        else:
-            ok = pybnn_fgemm_check(g == PYBNN_GC_SGEMM, self.wp, self.wsize, k, cout)
-        if not ok:
+        if not _packed_ok(g, self.wp, self.wsize, k, cout):
             raise ValueError(f"{who}: wpacked was not packed for {gemm} with K={k}, cout={cout}")
         self.out_type = np.dtype(out_dtype).num
         if self.out_type == cnp.NPY_INT32:

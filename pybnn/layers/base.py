@@ -3,12 +3,14 @@
 A layer is config + weights + build(input spec) -> output spec + call (compiled kernels) +
 reference (NumPy, the semantics).  Python validates and allocates; kernels fill outputs.
 """
+import itertools
 import re
 
 import numpy as np
 
 from .. import reference as ref
 from ..errors import ConfigError, ShapeError, WeightsError
+from ..layouts import Packed
 from ..shapes import words
 
 KINDS = ("float32", "int8", "binary")
@@ -55,6 +57,23 @@ class TensorSpec:
         return f"{self.kind}{list(self.shape)}"
 
 
+_order = itertools.count()  # creation / call order: a valid topological order of functional graphs
+
+
+class Node:
+    """A symbolic tensor of the functional API: the output of `layer`.  Calling a layer on
+    nodes (or on Input layers) connects it; pybnn.Model(inputs, outputs) collects the graph."""
+
+    __slots__ = ("layer",)
+
+    def __init__(self, layer):
+        self.layer = layer
+
+    def __repr__(self):
+        spec = self.layer.output_spec
+        return f"Node({self.layer.name or type(self.layer).__name__}{'' if spec is None else ': ' + spec.describe()})"
+
+
 def _snake(name):
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z][a-z])", "_", name).lower()
 
@@ -64,6 +83,7 @@ class Layer:
     _build(spec) -> output spec, weight_specs(), call(x) and reference(x)."""
 
     input_kinds = ("float32",)
+    n_inputs = 1  # tensors the layer takes; None: two or more (Add, Concatenate)
 
     def __init__(self, name=None):
         if name is not None and (not isinstance(name, str) or not name):
@@ -73,6 +93,47 @@ class Layer:
         self._weights = None
         self.version = 0  # bumped by set_weights so models know to re-fold
         self.last_isa = None  # instruction-set path the last call ran (for profiling)
+        self.inbound = None  # functional API: the layers whose outputs this one takes
+        self._order = next(_order)
+
+    # ------------------------------------------------------------ functional API
+    def __call__(self, inputs):
+        """Connect this layer to earlier outputs (a Node, an Input layer, or a list of them
+        for layers taking several tensors); returns this layer's output Node."""
+        who = self.name or type(self).__name__
+        many = isinstance(inputs, (list, tuple))
+        nodes = list(inputs) if many else [inputs]
+        for node in nodes:
+            if not (isinstance(node, Node) or isinstance(node, Input)):
+                raise ConfigError(f"{who}: layers are called on the outputs of other layers (or on an "
+                                  f"Input layer), got {node!r}")
+        if self.n_inputs is None and (not many or len(nodes) < 2):
+            raise ConfigError(f"{who}: takes a list of two or more tensors, got {inputs!r}")
+        if self.n_inputs == 1 and (many or isinstance(self, Input)):
+            raise ConfigError(f"{who}: takes one tensor, got {inputs!r}" if not isinstance(self, Input)
+                              else "Input layers are not called: call other layers on them")
+        if self.inbound is not None:
+            raise ConfigError(f"{who}: this layer is already connected; a layer instance is used once "
+                              f"(make another layer for another place in the graph)")
+        self.inbound = [node.layer if isinstance(node, Node) else node for node in nodes]
+        self._order = next(_order)
+        return Node(self)
+
+    def input_kinds_for(self, specs):
+        """The kind each input must have (the model inserts the documented conversions).
+        Layers taking several tensors override this."""
+        spec = specs[0]
+        if spec.kind in self.input_kinds:
+            return [spec.kind]
+        if "float32" in self.input_kinds:
+            return ["float32"]
+        if "binary" in self.input_kinds and spec.kind in ("float32", "int8"):
+            return ["binary"]
+        return [None]  # no documented conversion: the model says what to insert
+
+    def aliases_input(self):
+        """True when call() returns a view of its input (no output buffer needed)."""
+        return False
 
     # ------------------------------------------------------------ config
     def get_config(self):
@@ -91,6 +152,7 @@ class Layer:
 
     # ------------------------------------------------------------ building
     def build(self, spec):
+        """spec: the input's TensorSpec (a list of them for layers taking several tensors)."""
         if spec.kind not in self.input_kinds:
             raise ShapeError(f"{self.name}: takes {' or '.join(self.input_kinds)} input, got {spec.describe()}")
         self.input_spec = spec
@@ -102,27 +164,43 @@ class Layer:
 
     # ------------------------------------------------------------ weights
     def weight_specs(self):
-        """[(name, shape, dtype kind)] that set_weights expects; dtype kind is 'float', 'int8' or 'int32'."""
+        """[(name, shape, dtype kind)] that set_weights expects; dtype kind is 'float', 'int8',
+        'int32' or 'bits' (a binary kernel, given as floats)."""
         return []
+
+    def stored_specs(self, packed=True):
+        """[(name, shape, dtype)] of the weights as a model file stores them (docs/format.md):
+        dtype float32, int8, int32, or a kernel layout (pybnn.layouts) with its own shape;
+        packed=False: as formats 1.0/1.1 did, every kernel plain (binary ones as bits)."""
+        plain = {"float": "float32", "int8": "int8", "int32": "int32", "bits": "bits"}
+        return [(name, tuple(shape), plain[kind]) for name, shape, kind in self.weight_specs()]
 
     def set_weights(self, weights, check_values=True):
         """Set the weights (arrays in weight_specs order; binary kernels as any float array,
-        binarized).  check_values=False skips the value checks (finite floats, int8 in
-        [-127, 127]), which read every weight: the model-file loader uses it so that a
-        memory-mapped load does not touch the weight bytes (a bad value cannot make a
-        kernel misbehave, only give a wrong result; load(verify=True) checks them)."""
+        binarized: -1 where w < 0).  check_values=False skips the value checks (finite
+        floats, int8 in [-127, 127]), which read every weight: the model-file loader uses it
+        so that a memory-mapped load does not touch the weight bytes (a bad value cannot
+        make a kernel misbehave, only give a wrong result; load(verify=True) checks them)."""
         specs = self._require_built("set_weights").weight_specs()
         if not isinstance(weights, (list, tuple)):
             raise WeightsError(f"{self.name}: set_weights takes a list of arrays, got {type(weights).__name__}")
         if len(weights) != len(specs):
             names = ", ".join(f"{n}{tuple(s)}" for n, s, _ in specs) or "none"
             raise WeightsError(f"{self.name}: expected {len(specs)} weight arrays ({names}), got {len(weights)}")
-        self._weights = [_check_weight(self.name, spec, w, check_values) for spec, w in zip(specs, weights)]
+        self._weights = [self._check_weight(spec, w, check_values) for spec, w in zip(specs, weights)]
         self.version += 1
         self._prepare()
 
+    def _check_weight(self, spec, w, check_values):
+        return _check_weight(self.name, spec, w, check_values)
+
     def get_weights(self):
-        return [w.copy() for w in self._weights] if self._weights is not None else []
+        """The weights as set_weights takes them (new arrays; a kernel kept in a layout is
+        unpacked, binary kernels as float32 +-1)."""
+        if self._weights is None:
+            return []
+        return [w.unpack().reshape(shape) if isinstance(w, Packed) else w.copy()
+                for (_, shape, _), w in zip(self.weight_specs(), self._weights)]
 
     def _prepare(self):
         """Lay weights out for the kernels, once (called by set_weights)."""
@@ -135,9 +213,10 @@ class Layer:
         return sum(int(np.prod(shape)) for _, shape, _ in self.weight_specs())
 
     def weight_bytes(self):
-        """Bytes the weights take in a model file (binary kernels at 1 bit per weight)."""
-        sizes = {"float": 4, "int8": 1, "int32": 4, "bits": 1 / 8}
-        return int(sum(np.ceil(np.prod(shape) * sizes[kind]) for _, shape, kind in self.weight_specs()))
+        """Bytes the weights take in a model file (binary kernels at 1 bit per weight, plus
+        the padding of their layout; docs/format.md)."""
+        from ..io import tensor_nbytes
+        return sum(tensor_nbytes(dtype, shape) for _, shape, dtype in self.stored_specs())
 
     def mops(self):
         """Millions of operations per sample (2 per multiply-add)."""
@@ -150,11 +229,18 @@ class Layer:
         return self
 
     # ------------------------------------------------------------ running
-    def call(self, x):
+    def call(self, x, out=None):
+        """Compute the output for a batch.  out: an array of the output's array shape and dtype
+        to write into (the model's activation arena), or None to allocate one."""
         return x
 
     def reference(self, x):
         return self.call(x)
+
+    def _output(self, out, n):
+        """`out`, or a new array for a batch of n (output_spec.array_shape)."""
+        spec = self.output_spec
+        return np.empty(spec.array_shape(n), spec.dtype) if out is None else out
 
 
 def _check_weight(layer, spec, w, check_values=True):
@@ -168,8 +254,8 @@ def _check_weight(layer, spec, w, check_values=True):
         w = w.astype(np.float32, copy=False)  # a float32 file tensor is used in place
         if check_values and not np.all(np.isfinite(w)):
             raise WeightsError(f"{layer}: weight '{name}' contains NaN or infinity")
-        # A binary kernel keeps only signs (what the file stores): get_weights returns ±1.
-        return np.ascontiguousarray(ref.binarize(w) if kind == "bits" else w)
+        # A binary kernel keeps only its signs, packed by the layer: get_weights returns ±1.
+        return np.ascontiguousarray(w)
     if check_values:
         lo, hi = (-127, 127) if kind == "int8" else (-2**31, 2**31 - 1)
         if w.dtype.kind == "f" and not np.all(np.isfinite(w) & (w == np.round(w))):

@@ -12,14 +12,19 @@ Every kind computes an accumulator per output, then one output transform (see
 reference.py): float  y = float32(acc [+ int bias]) * mult + bias, clamped by the activation;
 int8 (int-accumulator kinds) the requantize rule; bits (after folding a Sign) a per-channel
 threshold.  Dense layers are convolutions whose kernel covers the whole input grid.
+
+Each kind keeps its kernel in the layout its GEMM reads (pybnn.layouts): packed once from
+set_weights, or used in place from a model file's map; Dense keeps a float32 matrix (BLAS).
 """
+import copy
+
 import numpy as np
 
-from .. import cpu
+from .. import cpu, layouts
 from .. import reference as ref
-from .._kernels import bconv as kbin, gemm as kgemm, transform as ktr
+from .._kernels import bconv as kbin, bitpack as kpack, dwconv as kdw, gemm as kgemm, transform as ktr
 from ..errors import ConfigError, ShapeError, WeightsError
-from ..shapes import as_pair, as_padding, conv_output
+from ..shapes import as_pair, as_padding, conv_output, words
 from .base import Layer, TensorSpec
 
 ACTIVATIONS = {None: (-np.inf, np.inf), "linear": (-np.inf, np.inf), "relu": (0.0, np.inf)}
@@ -27,14 +32,23 @@ ACTIVATIONS = {None: (-np.inf, np.inf), "linear": (-np.inf, np.inf), "relu": (0.
 
 class _Conv(Layer):
     acc = "float"          # what the accumulator holds: "float" or "int"
-    kernel_kind = "float"  # how the kernel is stored: "float", "int8" or "bits"
+    kernel_kind = "float"  # what set_weights takes for the kernel: "float", "int8" or "bits"
+    layout = None          # how the layer keeps it (pybnn.layouts); None: a float32 (K, cout) matrix
     dense = False
     gemm = None            # the GEMM of the fused im2col + GEMM + transform driver (gemm_conv)
 
     def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1,
-                 use_bias=True, activation=None, name=None):
+                 use_bias=True, activation=None, name=None, groups=1):
         super().__init__(name)
         who = name or type(self).__name__
+        if isinstance(groups, bool) or not isinstance(groups, (int, np.integer)) or groups < 1:
+            raise ConfigError(f"{who}: groups must be a positive int, got {groups!r}")
+        if self.dense and groups != 1:
+            raise ConfigError(f"{who}: dense layers have no groups")
+        if filters is not None and not isinstance(filters, bool) and isinstance(filters, (int, np.integer)) \
+                and filters % groups:
+            raise ConfigError(f"{who}: filters ({filters}) must be a multiple of groups ({groups})")
+        self.groups = int(groups)
         if isinstance(filters, bool) or not isinstance(filters, (int, np.integer)) or filters < 1:
             raise ConfigError(f"{who}: {'units' if self.dense else 'filters'} must be a positive int, got {filters!r}")
         self.filters = int(filters)
@@ -58,6 +72,8 @@ class _Conv(Layer):
             config["units"] = config.pop("filters")
             for key in ("kernel_size", "strides", "padding", "dilation_rate"):
                 del config[key]
+        elif self.groups != 1:  # absent when 1: files written before groups existed stay equal
+            config["groups"] = self.groups
         return config
 
     # ------------------------------------------------------------ geometry
@@ -78,6 +94,8 @@ class _Conv(Layer):
             kh, kw = self.kernel_size
             pt, pb, hout = conv_output(h, kh, self.strides[0], self.dilation_rate[0], self.padding, 0, self.name)
             pl, pr, wout = conv_output(w, kw, self.strides[1], self.dilation_rate[1], self.padding, 1, self.name)
+            if c % self.groups:
+                raise ShapeError(f"{self.name}: input channels ({c}) must be a multiple of groups ({self.groups})")
             self._geom = (h, w, c, pt, pb, pl, pr, hout, wout)
             out_shape = (hout, wout, self.filters)
         self._check_input(spec)
@@ -96,7 +114,7 @@ class _Conv(Layer):
     @property
     def depth(self):
         """K: inputs summed per output."""
-        return self.kernel_size[0] * self.kernel_size[1] * self.in_channels
+        return self.kernel_size[0] * self.kernel_size[1] * self.in_channels // self.groups
 
     def _pads(self):
         _, _, _, pt, pb, pl, pr, _, _ = self._geom
@@ -107,7 +125,7 @@ class _Conv(Layer):
         kh, kw = self.kernel_size
         if self.dense:
             return (kh * kw * self.in_channels, self.filters)
-        return (kh, kw, self.in_channels, self.filters)
+        return (kh, kw, self.in_channels // self.groups, self.filters)
 
     def _extra_weights(self):
         return [("bias", (self.filters,), "float")] if self.use_bias else []
@@ -116,18 +134,145 @@ class _Conv(Layer):
         self._require_built("weight_specs")
         return [("kernel", self._kernel_shape(), self.kernel_kind)] + self._extra_weights()
 
+    def _kernel4_shape(self):
+        """The kernel as the convolution sees it: (KH, KW, Cin / groups, Cout); dense layers
+        (1, 1, K, units), or (H, W, C, units) over a binary grid."""
+        return (*self.kernel_size, self.in_channels // self.groups, self.filters)
+
+    def _depthwise(self):
+        """Grouped with one input channel per group, on float or int8 input: the depthwise
+        kernel runs it, from a plain (KH*KW, Cout) copy of the kernel."""
+        return self.groups > 1 and self.in_channels == self.groups and self.input_kinds != ("binary",)
+
+    def _packed_shape(self):
+        """Shape of the kernel in this layer's layout: (KH, KW, Cin, Cout), or one kernel per
+        group (G, KH, KW, Cin/G, Cout/G); None when the layer keeps it plain."""
+        if not self.layout or self._depthwise():
+            return None
+        kh, kw, cg, cout = self._kernel4_shape()
+        return (kh, kw, cg, cout) if self.groups == 1 else (self.groups, kh, kw, cg, cout // self.groups)
+
+    def stored_specs(self, packed=True):
+        specs = super().stored_specs()
+        shape = self._packed_shape()
+        if shape and packed:
+            specs[0] = ("kernel", shape, self.layout)
+        return specs
+
+    def _check_weight(self, spec, w, check_values):
+        """A kernel may also come packed (a model file's tensor, in this layer's layout)."""
+        if spec[0] != "kernel" or not isinstance(w, layouts.Packed):
+            return super()._check_weight(spec, w, check_values)
+        shape = self._packed_shape()
+        if (w.layout, w.shape) != (self.layout, shape):
+            raise WeightsError(f"{self.name}: kernel is {w.layout}{list(w.shape)}, expected {self.layout}{list(shape)}")
+        problem = w.problem()
+        if problem:
+            raise WeightsError(f"{self.name}: kernel: {problem}")
+        if check_values and not w.values_ok():
+            raise WeightsError(f"{self.name}: kernel holds values outside the layer's range (int8 -128, NaN or inf)")
+        return w
+
     def _named(self):
         return {spec[0]: w for spec, w in zip(self.weight_specs(), self._weights)}
 
     def _prepare(self):
         named = self._named()
-        kh, kw = self.kernel_size
-        self._kernel4 = named["kernel"].reshape(kh, kw, self.in_channels, self.filters)
-        self._pack(self._kernel4)
+        kernel = named["kernel"]
+        if self.groups > 1:
+            self._prepare_groups(kernel)
+        elif not self.layout:
+            self._wmat = kernel.reshape(self.depth, self.filters)  # in place: BLAS reads it as it is
+        else:
+            if not isinstance(kernel, layouts.Packed):  # kept packed only: get_weights unpacks it
+                kernel = self._weights[0] = layouts.pack(self.layout, kernel.reshape(self._kernel4_shape()))
+            self._wpacked = kernel.array
         self._out = self._default_output(named)
 
-    def _pack(self, kernel4):
-        raise NotImplementedError
+    @property
+    def _kernel4(self):
+        """The logical kernel (KH, KW, Cin / groups, Cout) for the NumPy reference (unpacked:
+        a new array)."""
+        kernel = self._weights[0]
+        return kernel.unpack() if isinstance(kernel, layouts.Packed) else kernel.reshape(self._kernel4_shape())
+
+    # ------------------------------------------------------------ groups
+    def _prepare_groups(self, kernel):
+        """Depthwise layers (see _depthwise) run the depthwise kernel on the whole tensor; any
+        other grouping runs one ungrouped layer per group (`_parts`), each on its slice of the
+        channels with its group's kernel (a view of the grouped layout)."""
+        h, w, c = self._geom[:3]
+        kh, kw = self.kernel_size
+        self._dw = self._parts = None
+        if self._depthwise():
+            if self.kernel_kind == "bits":  # a binary kernel keeps its signs only (get_weights: +-1)
+                kernel = self._weights[0] = ref.binarize(kernel)
+            self._dw = np.ascontiguousarray(kernel.reshape(kh * kw, self.filters),
+                                            np.int32 if self.acc == "int" else np.float32)
+            return
+        if not isinstance(kernel, layouts.Packed):
+            kernel = self._weights[0] = layouts.pack_groups(self.layout, kernel.reshape(self._kernel4_shape()),
+                                                            self.groups)
+        cg, fg = c // self.groups, self.filters // self.groups
+        spec = self.input_spec
+        part_spec = TensorSpec(spec.kind, (h, w, cg), spec.scale, spec.zero_point)
+        self._parts = []
+        for g in range(self.groups):
+            config = dict(self.get_config(), name=f"{self.name}/group{g}", filters=fg)
+            config.pop("groups")
+            part = type(self).from_config(config)
+            part.build(part_spec)
+            sl = slice(g * fg, (g + 1) * fg)
+            part.set_weights([kernel.group(g)] + [v[sl] for v in self._weights[1:]], check_values=False)
+            self._parts.append(part)
+
+    def _bound_parts(self):
+        """The per-group layers with their slices of the current output transform (which
+        folding may have replaced); made again only when it changes."""
+        cached = self.__dict__.get("_parts_for")
+        if cached is None or cached[0] is not self._out:
+            fg = self.filters // self.groups
+            hout, wout = self._geom[7:]
+            kind = {"float": "float32", "int8": "int8", "bits": "binary"}[self._out["kind"]]
+            spec = self.output_spec
+            parts = []
+            for g, part in enumerate(self._parts):
+                bound = copy.copy(part)
+                bound._out = {k: v[g * fg:(g + 1) * fg] if isinstance(v, np.ndarray) and v.ndim == 1 else v
+                              for k, v in self._out.items()}
+                bound.output_spec = TensorSpec(kind, (hout, wout, fg), spec.scale, spec.zero_point)
+                parts.append(bound)
+            self._parts_for = cached = (self._out, parts)
+        return cached[1]
+
+    def _call_groups(self, x, y):
+        h, w, c, pt, _, pl, _, hout, wout = self._geom
+        n = x.shape[0]
+        if self._dw is not None:
+            acc = np.empty((n * hout * wout, self.filters), np.int32 if self.acc == "int" else np.float32)
+            zp = self.input_spec.zero_point if self.acc == "int" else 0
+            isa = kdw.depthwise(x.reshape(n, h, w, c), self._dw, *self.kernel_size, *self.strides,
+                                *self.dilation_rate, pt, pl, hout, wout, zp, acc, cpu.active(), cpu.num_threads())
+            self._transform(acc, y)
+            return isa
+        cg, fg = c // self.groups, self.filters // self.groups
+        bits_in, bits_out = self.input_spec.kind == "binary", self._out["kind"] == "bits"
+        if bits_out:
+            y[...] = 0  # padding bits of the last word stay 0
+        rows_out = y.reshape(n * hout * wout, -1)
+        for g, part in enumerate(self._bound_parts()):
+            if bits_in:
+                xg = np.zeros((n, h, w, words(cg)), np.uint32)
+                kpack.copy_bits(x.reshape(n * h * w, -1), g * cg, xg.reshape(n * h * w, -1), 0, cg)
+            else:
+                xg = np.ascontiguousarray(x.reshape(n, h, w, c)[..., g * cg:(g + 1) * cg])
+            yg = part.call(xg).reshape(n * hout * wout, -1)
+            if bits_out:
+                kpack.copy_bits(yg, 0, rows_out, g * fg, fg)
+            else:
+                rows_out[:, g * fg:(g + 1) * fg] = yg
+        return part.last_isa
+
 
     def _default_output(self, named):
         lo, hi = ACTIVATIONS[self.activation]
@@ -144,17 +289,23 @@ class _Conv(Layer):
         """Bounds of the integer accumulator (int kinds), used to fold thresholds."""
         raise NotImplementedError
 
-    def call(self, x):
+    def call(self, x, out=None):
         if self._weights is None:
             raise ShapeError(f"{self.name}: has no weights; call set_weights() or load a weights file")
-        return self._run(x)
+        y = self._output(out, x.shape[0])
+        if self.groups > 1:
+            self.last_isa = self._call_groups(x, y)
+            return y
+        return self._run(x, y)
 
-    def _run(self, x):
+    def _run(self, x, y):
         """One C call: im2col (or the bit copy), GEMM and output transform fused per block of
         rows, the transform applied while the block is in cache (no accumulator array, no
         second pass; bit-identical to transforming the whole accumulator matrix)."""
-        y, self.last_isa = self._kernel()(x, cpu.active(), cpu.num_threads())
-        return y.reshape(self.output_spec.array_shape(x.shape[0])) if self.dense else y
+        hout, wout = self._geom[7:]
+        _, self.last_isa = self._kernel()(x, cpu.active(), cpu.num_threads(),
+                                          y.reshape(x.shape[0], hout, wout, y.shape[-1]))
+        return y
 
     def _kernel(self, dtype=None):
         """The layer's C call with its weights, geometry and output transform checked once
@@ -204,6 +355,24 @@ class _Conv(Layer):
             y = ref.pack_bits(ref.threshold_negative(acc, out["thr"], out["dir"]))
         return y.reshape(self.output_spec.array_shape(n))
 
+    def _transform(self, acc, y):
+        """The output transform of the accumulators (rows, filters) into y (dense layers;
+        convolutions fuse it into their kernel)."""
+        out, isa, threads = self._out, cpu.active(), self._threads()
+        rows = y.reshape(acc.shape[0], -1)
+        if out["kind"] == "float":
+            if self.acc == "float":  # acc is y itself (see _accumulate)
+                ktr.to_float_f32(acc, out["mult"], out["bias"], out["lo"], out["hi"], rows, isa, threads)
+            else:
+                if out["ibias"] is not None:
+                    np.add(acc, out["ibias"], out=acc)
+                ktr.to_float_i32(acc, out["mult"], out["bias"], out["lo"], out["hi"], rows, isa, threads)
+        elif out["kind"] == "int8":
+            ktr.to_int8(acc, out["ibias"], out["mult"], out["zp"], out["qmin"], out["qmax"], rows, isa, threads)
+        else:
+            ktr.to_bits(acc, out["thr"], out["dir"], rows, isa, threads)
+        return y
+
     def _columns(self, x, im2col, pad=None):
         """im2col of an NHWC batch; a 1x1/stride-1/unpadded kernel needs none."""
         h, w, c, pt, pb, pl, pr, hout, wout = self._geom
@@ -216,16 +385,19 @@ class _Conv(Layer):
             return x4.reshape(n * h * w, c)
         cols = np.empty((n * hout * wout, self.depth), x.dtype)
         args = (x4, kh, kw, *self.strides, *self.dilation_rate, pt, pl, hout, wout)
-        threads = cpu.num_threads()
+        threads = self._threads()
         im2col(*args, cols, threads) if pad is None else im2col(*args, pad, cols, threads)
         return cols
+
+    def _threads(self):
+        return cpu.num_threads()
 
     def _reference_input(self, x):
         h, w, c = self._geom[:3]
         return x.reshape(x.shape[0], h, w, c)
 
     def _reference_conv(self, x, kernel4, pad_value=0):
-        return ref.conv2d(x, kernel4, self.strides, self.dilation_rate, self._pads(), pad_value)
+        return ref.conv2d(x, kernel4, self.strides, self.dilation_rate, self._pads(), pad_value, self.groups)
 
 
 class Conv2D(_Conv):
@@ -234,27 +406,23 @@ class Conv2D(_Conv):
     Dense (batch-sized matrix-vector products, bound by weight bandwidth) keeps BLAS."""
 
     gemm = "sgemm"
+    layout = "float32_sgemm"
 
-    def _pack(self, kernel4):
-        wmat = np.ascontiguousarray(kernel4.reshape(self.depth, self.filters))
-        if self.dense:
-            self._wmat = wmat
-        else:  # a copy in 32-channel panels, which the GEMM streams contiguously
-            self._wpacked = kgemm.pack_float_weights(wmat)
+    def _threads(self):
+        # Only Dense (and depthwise) gets here: BLAS threads itself, and our OpenMP workers
+        # spinning around its call would steal its cores (measured: 2-thread float dense
+        # 3-4x slower), so the column copy and transform stay serial.
+        return 1
 
-    def _run(self, x):
+    def _run(self, x, y):
         if not self.dense:
-            return super()._run(x)
-        # The transform in place, on one thread: BLAS threads itself, and our OpenMP workers
-        # spinning around its call would steal its cores (measured: 2-thread float dense 3-4x
-        # slower).
-        acc, self.last_isa = self._accumulate(x)
-        out = self._out
-        ktr.to_float_f32(acc, out["mult"], out["bias"], out["lo"], out["hi"], acc, cpu.active(), 1)
-        return acc
+            return super()._run(x, y)
+        acc, self.last_isa = self._accumulate(x, y)
+        return self._transform(acc, y)
 
-    def _accumulate(self, x):
-        return np.matmul(x.reshape(x.shape[0], self.depth), self._wmat), "blas"  # dense only
+    def _accumulate(self, x, y=None):
+        cols = self._columns(x, kgemm.im2col_f32)  # dense only: convolutions run the fused kernel
+        return np.matmul(cols, self._wmat, out=_float_acc(y, cols.shape[0], self.filters)), "blas"
 
     def _reference_acc(self, x):
         return self._reference_conv(self._reference_input(x), self._kernel4)
@@ -266,23 +434,20 @@ class FloatBinaryConv2D(_Conv):
 
     input_kinds = ("float32",)
     kernel_kind = "bits"
+    layout = "bits_fbgemm"
     gemm = "fbgemm"
 
     def _extra_weights(self):
         return [("scale", (self.filters,), "float")] + super()._extra_weights()
-
-    def _pack(self, kernel4):
-        flat = ref.binarize(kernel4).transpose(3, 0, 1, 2).reshape(self.filters, self.depth)
-        self._wpacked = kgemm.pack_float_binary_weights(np.ascontiguousarray(flat))
 
     def _default_output(self, named):
         out = super()._default_output(named)
         out["mult"] = named["scale"]
         return out
 
-    def _accumulate(self, x):
+    def _accumulate(self, x, y=None):
         cols = self._columns(x, kgemm.im2col_f32)
-        acc = np.empty((cols.shape[0], self.filters), np.float32)
+        acc = _float_acc(y, cols.shape[0], self.filters)
         isa = kgemm.fbgemm(cols, self._wpacked, self.depth, self.filters, acc, cpu.active(), cpu.num_threads())
         return acc, isa
 
@@ -299,11 +464,12 @@ class BinaryConv2D(_Conv):
 
     input_kinds = ("binary",)
     kernel_kind = "bits"
+    layout = "bits_xgemm"
     acc = "int"
 
     def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1,
-                 pad_value=0, use_bias=False, use_scale=False, activation=None, name=None):
-        super().__init__(filters, kernel_size, strides, padding, dilation_rate, use_bias, activation, name)
+                 pad_value=0, use_bias=False, use_scale=False, activation=None, name=None, groups=1):
+        super().__init__(filters, kernel_size, strides, padding, dilation_rate, use_bias, activation, name, groups)
         if pad_value not in (-1, 0, 1) or isinstance(pad_value, bool):
             raise ConfigError(f"{name or type(self).__name__}: pad_value must be -1, 0 or 1, got {pad_value!r}")
         self.pad_value, self.use_scale = int(pad_value), bool(use_scale)
@@ -319,10 +485,28 @@ class BinaryConv2D(_Conv):
         scale = [("scale", (self.filters,), "float")] if self.use_scale else []
         return scale + super()._extra_weights()
 
-    def _pack(self, kernel4):
-        signs = ref.binarize(kernel4)
-        self._wpacked = kbin.pack_weights(np.ascontiguousarray(signs.transpose(3, 0, 1, 2)))
-        self._tapsum = kbin.tap_sums(signs.transpose(3, 0, 1, 2))
+    def _prepare(self):
+        super()._prepare()
+        h, w, c, pt, pb, pl, pr, hout, wout = self._geom
+        # bconv2d's arguments from channels to pad_value
+        self._conv_geometry = (c, self.filters, *self.kernel_size, *self.strides, *self.dilation_rate,
+                               pt, pl, hout, wout, self.pad_value)
+        self._pad_cache = {}  # shared with the folded copies of this layer (copy.copy)
+
+    def _pad_terms(self):
+        """(tapsum, corr) for bconv2d.  The border corrections depend on the geometry and the
+        weights only, so they are made once, at the first call: not at load, since the tap
+        sums read every weight bit and a mapped load reads none.  Without a border to correct
+        (dense layers, valid padding, pad_value +1) the tap sums are never read."""
+        terms = self._pad_cache.get("terms")
+        if terms is None:
+            h, w, c = self._geom[:3]
+            if kbin.needs_pad_corrections(h, w, *self._conv_geometry):
+                tapsum = kbin.tap_sums_packed(self._wpacked, c, self.filters, *self.kernel_size)
+            else:
+                tapsum = np.zeros((self.kernel_size[0] * self.kernel_size[1], self.filters), np.int32)
+            terms = self._pad_cache["terms"] = (tapsum, kbin.pad_corrections(h, w, *self._conv_geometry, tapsum))
+        return terms
 
     def _default_output(self, named):
         out = super()._default_output(named)
@@ -334,11 +518,11 @@ class BinaryConv2D(_Conv):
         return -self.depth, self.depth
 
     def _make_kernel(self, dtype, params):
-        h, w, c, pt, _, pl, _, hout, wout = self._geom
-        return kbin.BConv2D(self._wpacked, h, w, c, self.filters, *self.kernel_size, *self.strides,
-                            *self.dilation_rate, pt, pl, hout, wout, self.pad_value, self._tapsum, dtype, **params)
+        h, w = self._geom[:2]
+        tapsum, corr = self._pad_terms()
+        return kbin.BConv2D(self._wpacked, h, w, *self._conv_geometry, tapsum, dtype, corr=corr, **params)
 
-    def _accumulate(self, x):
+    def _accumulate(self, x, y=None):
         """The int32 accumulators alone (benchmark breakdowns)."""
         acc, isa = self._kernel(np.int32)(x, cpu.active(), cpu.num_threads())
         return acc.reshape(-1, self.filters), isa
@@ -347,7 +531,7 @@ class BinaryConv2D(_Conv):
         h, w, c = self._geom[:3]
         values = ref.unpack_bits(x, c)
         return ref.binary_conv2d(values, self._kernel4, self.strides, self.dilation_rate, self._pads(),
-                                 self.pad_value)
+                                 self.pad_value, self.groups)
 
 
 class Int8Conv2D(_Conv):
@@ -358,14 +542,15 @@ class Int8Conv2D(_Conv):
 
     input_kinds = ("int8",)
     kernel_kind = "int8"
+    layout = "int8_igemm"
     acc = "int"
     scale_name = "kernel_scale"
     gemm = "igemm"
 
     def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1,
                  use_bias=True, activation=None, output="float", output_scale=None,
-                 output_zero_point=0, name=None):
-        super().__init__(filters, kernel_size, strides, padding, dilation_rate, use_bias, activation, name)
+                 output_zero_point=0, name=None, groups=1):
+        super().__init__(filters, kernel_size, strides, padding, dilation_rate, use_bias, activation, name, groups)
         who = name or type(self).__name__
         if output not in ("float", "int8"):
             raise ConfigError(f"{who}: output must be 'float' or 'int8', got {output!r}")
@@ -391,10 +576,6 @@ class Int8Conv2D(_Conv):
         bias = [("bias", (self.filters,), "int32")] if self.use_bias else []
         return [(self.scale_name, (self.filters,), "float")] + bias
 
-    def _pack(self, kernel4):
-        flat = kernel4.transpose(3, 0, 1, 2).reshape(self.filters, self.depth)
-        self._wpacked = kgemm.pack_int8_weights(np.ascontiguousarray(flat))
-
     def _default_output(self, named):
         scale = named[self.scale_name]
         if self.scale_name == "kernel_scale" and not np.all(scale > 0):
@@ -414,7 +595,7 @@ class Int8Conv2D(_Conv):
     def acc_range(self):
         return -self.depth * 255 * 127, self.depth * 255 * 127
 
-    def _accumulate(self, x):
+    def _accumulate(self, x, y=None):
         zp = self.input_spec.zero_point
         cols = self._columns(x, kgemm.im2col_i8, pad=zp)
         acc = np.empty((cols.shape[0], self.filters), np.int32)
@@ -424,7 +605,7 @@ class Int8Conv2D(_Conv):
 
     def _reference_acc(self, x):
         return ref.int8_conv2d(self._reference_input(x), self.input_spec.zero_point, self._kernel4,
-                               self.strides, self.dilation_rate, self._pads())
+                               self.strides, self.dilation_rate, self._pads(), self.groups)
 
 
 class Int8BinaryConv2D(Int8Conv2D):
@@ -432,12 +613,9 @@ class Int8BinaryConv2D(Int8Conv2D):
     weights are ±1 and whose kernel scale is the binary scale (alpha)."""
 
     kernel_kind = "bits"
+    layout = "bits_ibgemm"
     scale_name = "scale"
     gemm = "ibgemm"
-
-    def _pack(self, kernel4):
-        flat = ref.binarize(kernel4).transpose(3, 0, 1, 2).reshape(self.filters, self.depth)
-        self._wpacked = kgemm.pack_int8_binary_weights(np.ascontiguousarray(flat))
 
     def acc_range(self):
         return -self.depth * 255, self.depth * 255
@@ -445,7 +623,13 @@ class Int8BinaryConv2D(Int8Conv2D):
     def _reference_acc(self, x):
         return ref.int8_conv2d(self._reference_input(x), self.input_spec.zero_point,
                                ref.binarize(self._kernel4).astype(np.int64), self.strides,
-                               self.dilation_rate, self._pads())
+                               self.dilation_rate, self._pads(), self.groups)
+
+
+def _float_acc(y, rows, filters):
+    """Float accumulators (rows, filters): the output array itself when there is one (the
+    output transform then rewrites it in place), else a new array."""
+    return np.empty((rows, filters), np.float32) if y is None else y.reshape(rows, filters)
 
 
 def _dense(conv_cls, doc):
@@ -455,7 +639,10 @@ def _dense(conv_cls, doc):
         conv_cls.__init__(self, units, 1, use_bias=use_bias, activation=activation, name=name, **kwargs)
 
     name = conv_cls.__name__.replace("Conv2D", "Dense")
-    return type(name, (conv_cls,), {"__doc__": doc, "dense": True, "__init__": __init__})
+    attrs = {"__doc__": doc, "dense": True, "__init__": __init__}
+    if conv_cls is Conv2D:  # a float32 (K, units) matrix, which BLAS reads in place
+        attrs["layout"] = None
+    return type(name, (conv_cls,), attrs)
 
 
 Dense = _dense(Conv2D, "Float32 fully connected layer (BLAS matmul).")

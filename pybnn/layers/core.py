@@ -32,20 +32,21 @@ class Sign(Layer):
     def _thresholds(self):
         return self.thresholds if self.thresholds is not None else self._default
 
-    def call(self, x):
+    def aliases_input(self):
+        return self.input_spec.kind == "binary"
+
+    def call(self, x, out=None):
         spec = self.input_spec
         if spec.kind == "binary":
             return x
         c = spec.channels
         rows = x.reshape(-1, c)
-        out = np.empty((rows.shape[0], words(c)), np.uint32)
+        y = self._output(out, x.shape[0])
         thr, direction = self._thresholds()
-        if spec.kind == "float32":
-            self.last_isa = kpack.pack_float(rows, out, thr, direction, cpu.active(), cpu.num_threads())
-        else:
-            self.last_isa = kpack.pack_int8(rows, out, thr, direction, cpu.active(),
-                                            cpu.num_threads())
-        return out.reshape(self.output_spec.array_shape(x.shape[0]))
+        pack = kpack.pack_float if spec.kind == "float32" else kpack.pack_int8
+        self.last_isa = pack(rows, y.reshape(rows.shape[0], words(c)), thr, direction, cpu.active(),
+                             cpu.num_threads())
+        return y
 
     def reference(self, x):
         if self.input_spec.kind == "binary":
@@ -73,8 +74,8 @@ class Quantize(Layer):
     def _build(self, spec):
         return TensorSpec("int8", spec.shape, self.scale, self.zero_point)
 
-    def call(self, x):
-        return ref.quantize(x, self.scale, self.zero_point)
+    def call(self, x, out=None):
+        return _into(out, ref.quantize(x, self.scale, self.zero_point))
 
 
 class Dequantize(Layer):
@@ -85,11 +86,11 @@ class Dequantize(Layer):
     def _build(self, spec):
         return TensorSpec("float32", spec.shape)
 
-    def call(self, x):
+    def call(self, x, out=None):
         spec = self.input_spec
         if spec.kind == "binary":
-            return ref.unpack_bits(x, spec.grid[2]).reshape((x.shape[0],) + spec.shape)
-        return ref.dequantize(x, spec.scale, spec.zero_point)
+            return _into(out, ref.unpack_bits(x, spec.grid[2]).reshape((x.shape[0],) + spec.shape))
+        return _into(out, ref.dequantize(x, spec.scale, spec.zero_point))
 
 
 class BatchNormalization(Layer):
@@ -112,15 +113,67 @@ class BatchNormalization(Layer):
                 ("moving_variance", c, "float")]
 
     def _prepare(self):
-        if np.any(self._weights[3] + np.float32(self.epsilon) <= 0):
+        gamma, _, _, var = self._weights
+        if np.any(var + np.float32(self.epsilon) <= 0):
             raise WeightsError(f"{self.name}: moving_variance + epsilon must be positive")
+        self._inv = (gamma / np.sqrt(var + np.float32(self.epsilon))).astype(np.float32)
 
-    def call(self, x):
+    def call(self, x, out=None):
+        # reference.batch_norm's float32 operations in its order, written into the output
+        y = self._output(out, x.shape[0])
+        np.subtract(x, self._weights[2], out=y)
+        np.multiply(y, self._inv, out=y)
+        return np.add(y, self._weights[1], out=y)
+
+    def reference(self, x):
         return ref.batch_norm(x, *self._weights, self.epsilon)
 
     def channel_function(self):
         """The per-channel float32 function this layer applies (for exact threshold folding)."""
         return lambda v: ref.batch_norm(v, *self._weights, self.epsilon)
+
+
+class ChannelAffine(Layer):
+    """Per-channel scale and shift over the last axis: y = x * scale[c] + bias[c] in float32,
+    the product rounded first; use_scale=False gives y = x + bias[c], use_bias=False
+    y = x * scale[c].  What importers make of a multiplication or addition by a per-channel
+    constant (ReActNet's learnable biases and RSign thresholds sign(x - b), Mul/Add/Sub by
+    constants in ONNX graphs).  A model folds it like BatchNormalization: exactly into a
+    following Sign's thresholds, and into a preceding convolution's multiplier and bias."""
+
+    def __init__(self, use_scale=True, use_bias=True, name=None):
+        super().__init__(name)
+        if not (use_scale or use_bias):
+            raise ConfigError(f"{name or 'ChannelAffine'}: use_scale and use_bias are both False (nothing to do)")
+        self.use_scale, self.use_bias = bool(use_scale), bool(use_bias)
+
+    def get_config(self):
+        return {"use_scale": self.use_scale, "use_bias": self.use_bias, "name": self.name}
+
+    def weight_specs(self):
+        c = (self._require_built("weight_specs").input_spec.channels,)
+        return ([("scale", c, "float")] if self.use_scale else []) + ([("bias", c, "float")] if self.use_bias else [])
+
+    def _parts(self):
+        weights = iter(self._weights)
+        scale = next(weights) if self.use_scale else None
+        return scale, (next(weights) if self.use_bias else None)
+
+    def call(self, x, out=None):
+        # reference.affine's float32 operations in its order, written into the output
+        y = self._output(out, x.shape[0])
+        scale, bias = self._parts()
+        if scale is not None:
+            np.multiply(x, scale, out=y)
+        return np.add(y if scale is not None else x, bias, out=y) if bias is not None else y
+
+    def reference(self, x):
+        return ref.affine(x, *self._parts())
+
+    def channel_function(self):
+        """The per-channel float32 function this layer applies (for exact threshold folding)."""
+        scale, bias = self._parts()
+        return lambda v: ref.affine(v, scale, bias)
 
 
 class ReLU(Layer):
@@ -135,7 +188,14 @@ class ReLU(Layer):
     def get_config(self):
         return {"max_value": self.max_value, "negative_slope": self.negative_slope, "name": self.name}
 
-    def call(self, x):
+    def call(self, x, out=None):
+        y = self._output(out, x.shape[0])
+        _leaky(x, np.float32(self.negative_slope), y)
+        if self.max_value is not None:
+            np.minimum(y, np.float32(self.max_value), out=y)
+        return y
+
+    def reference(self, x):
         return ref.relu(x, self.max_value, self.negative_slope)
 
 
@@ -145,15 +205,18 @@ class PReLU(Layer):
     def weight_specs(self):
         return [("alpha", (self._require_built("weight_specs").input_spec.channels,), "float")]
 
-    def call(self, x):
+    def call(self, x, out=None):
+        return _leaky(x, self._weights[0], self._output(out, x.shape[0]))
+
+    def reference(self, x):
         return ref.prelu(x, self._weights[0])
 
 
 class Softmax(Layer):
     """Softmax over the last axis."""
 
-    def call(self, x):
-        return ref.softmax(x)
+    def call(self, x, out=None):
+        return _into(out, ref.softmax(x))
 
 
 class Flatten(Layer):
@@ -166,7 +229,25 @@ class Flatten(Layer):
         return TensorSpec(spec.kind, (int(np.prod(spec.shape)),), spec.scale, spec.zero_point,
                           spec.grid if spec.kind == "binary" else None)
 
-    def call(self, x):
+    def aliases_input(self):
+        return True
+
+    def call(self, x, out=None):
         if self.input_spec.kind == "binary":
             return x
         return x.reshape(x.shape[0], -1)
+
+
+def _leaky(x, slope, y):
+    """y = x where x >= 0, else x * slope (reference.relu / prelu, same float32 operations)."""
+    np.multiply(x, slope, out=y)
+    np.copyto(y, x, where=x >= 0)
+    return y
+
+
+def _into(out, y):
+    """y, copied into `out` when the caller gave an output buffer."""
+    if out is None:
+        return y
+    np.copyto(out, y.reshape(out.shape))
+    return out

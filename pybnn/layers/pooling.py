@@ -43,13 +43,13 @@ class _Pool2D(Layer):
         hout, wout = self._out_hw
         return hout * wout * self.input_spec.channels * self.pool_size[0] * self.pool_size[1] / 1e6
 
-    def _pool(self, op, x):
+    def _pool(self, op, x, out):
         x = np.ascontiguousarray(x)
-        out = np.empty(self.output_spec.array_shape(x.shape[0]), x.dtype)
+        y = self._output(out, x.shape[0])
         (pt, _), (pl, _) = self._pads
-        self.last_isa = kpool.pool2d(op, x, *self.pool_size, *self.strides, pt, pl, *self._out_hw, out,
+        self.last_isa = kpool.pool2d(op, x, *self.pool_size, *self.strides, pt, pl, *self._out_hw, y,
                                      cpu.active(), cpu.num_threads())
-        return out
+        return y
 
 
 class MaxPool2D(_Pool2D):
@@ -57,15 +57,14 @@ class MaxPool2D(_Pool2D):
 
     input_kinds = ("float32", "int8", "binary")
 
-    def call(self, x):
+    def call(self, x, out=None):
         if self.input_spec.kind != "binary":
-            return self._pool("max", x)
-        n = x.shape[0]
-        out = np.empty(self.output_spec.array_shape(n), np.uint32)
+            return self._pool("max", x, out)
+        y = self._output(out, x.shape[0])
         (pt, _), (pl, _) = self._pads
-        self.last_isa = kbin.bmaxpool2d(x, *self.pool_size, *self.strides, pt, pl, *self._out_hw, out,
+        self.last_isa = kbin.bmaxpool2d(x, *self.pool_size, *self.strides, pt, pl, *self._out_hw, y,
                                         cpu.active(), cpu.num_threads())
-        return out
+        return y
 
     def reference(self, x):
         if self.input_spec.kind != "binary":
@@ -78,8 +77,8 @@ class AveragePool2D(_Pool2D):
     """Mean over each window, padding excluded from the count; int8 stays int8 (integer sum,
     division rounding half away from zero)."""
 
-    def call(self, x):
-        return self._pool("avg", x)
+    def call(self, x, out=None):
+        return self._pool("avg", x, out)
 
     def reference(self, x):
         return ref.avg_pool(x, self.pool_size, self.strides, self._pads)
@@ -95,12 +94,13 @@ class GlobalAveragePooling2D(Layer):
             raise ShapeError(f"{self.name}: takes (batch, height, width, channels) input, got {spec.describe()}")
         return TensorSpec(spec.kind, (spec.shape[2],), spec.scale, spec.zero_point)
 
-    def call(self, x):
+    def call(self, x, out=None):
         x = np.ascontiguousarray(x)
         n, h, w, c = x.shape
-        out = np.empty((n, 1, 1, c), x.dtype)
-        self.last_isa = kpool.pool2d("avg", x, h, w, 1, 1, 0, 0, 1, 1, out, cpu.active(), cpu.num_threads())
-        return out.reshape(n, c)
+        y = self._output(out, n)
+        self.last_isa = kpool.pool2d("avg", x, h, w, 1, 1, 0, 0, 1, 1, y.reshape(n, 1, 1, c), cpu.active(),
+                                     cpu.num_threads())
+        return y
 
     def reference(self, x):
         h, w = x.shape[1:3]
