@@ -245,7 +245,7 @@ cdef class BConv2D:
             raise ValueError("bconv2d: x must be a 4-D NumPy array (N, H, W, words)")
         cdef cnp.ndarray xa = <cnp.ndarray>x
         cdef cnp.npy_intp *xd = cnp.PyArray_DIMS(xa)
-        if not (cnp.PyArray_NDIM(xa) == 4 and cnp.PyArray_TYPE(xa) == cnp.NPY_UINT32 and
+        if not (cnp.PyArray_NDIM(xa) == 4 and cnp.PyArray_EquivTypenums(cnp.PyArray_TYPE(xa), cnp.NPY_UINT32) and
                 cnp.PyArray_IS_C_CONTIGUOUS(xa) and xd[1] == self.g.h and xd[2] == self.g.w and
                 xd[3] == self.g.words):
             raise ValueError(f"bconv2d: x must be a C-contiguous uint32 array of shape "
