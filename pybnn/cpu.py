@@ -91,7 +91,14 @@ def _parse_threads(n):
 
 _threads = (_parse_threads(int(os.environ["PYBNN_NUM_THREADS"])) if os.environ.get("PYBNN_NUM_THREADS")
             else physical_cores())
-_local = threading.local()   # .threads: use_threads override of the calling thread
+
+
+class _Local(threading.local):
+    threads = None  # use_threads override of the calling thread (a class default: no
+    #                 AttributeError to raise and catch on every kernel call)
+
+
+_local = _Local()
 _went_parallel = False       # num_threads() has returned > 1 in this process
 _forked_serial = False       # forked after that: kernels stay on one thread (see below)
 
@@ -111,7 +118,7 @@ def num_threads():
 
 
 def _current_threads():
-    return 1 if _forked_serial else getattr(_local, "threads", None) or _threads
+    return 1 if _forked_serial else _local.threads or _threads
 
 
 def set_num_threads(n):
@@ -126,7 +133,7 @@ def use_threads(n):
     (None keeps the current count).  Other Python threads are not affected, so concurrent
     blocks (e.g. two models with different num_threads predicting in parallel) do not
     interfere."""
-    previous = getattr(_local, "threads", None)
+    previous = _local.threads
     if n is not None:
         _local.threads = _parse_threads(n)
     try:

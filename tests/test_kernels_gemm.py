@@ -701,7 +701,8 @@ def test_transform_rejects_bad_arguments():
 # ------------------------------------------------------------------------------ gemm_conv
 # The fused driver (include/pybnn/gemmconv.h) must give exactly what im2col + GEMM + output
 # transform give on whole matrices: blocks of rows (several per part on the 60x60 case),
-# direct 1x1 layers, the few-rows case (1x1 output: one block, channels split by the GEMM).
+# direct 1x1 layers, patch rows gathered by the GEMM itself (int8 on AVX-512) including K
+# blocks that end inside a tap, and the few-rows cases where threads split output channels.
 
 # (n, h, w, c, cout, kh, kw, sh, sw, dh, dw, pad_top, pad_left, hout, wout)
 GC_SHAPES = [
@@ -711,6 +712,8 @@ GC_SHAPES = [
     (3, 7, 7, 40, 129, 7, 7, 1, 1, 1, 1, 0, 0, 1, 1),     # kernel = image: 3 rows
     (2, 6, 5, 64, 65, 1, 1, 1, 1, 1, 1, 0, 0, 6, 5),      # 1x1: direct
     (1, 8, 8, 16, 32, 3, 1, 1, 2, 1, 1, 0, 0, 6, 4),      # 3x1 kernel, stride (1, 2), valid
+    (1, 9, 9, 75, 40, 3, 3, 1, 1, 1, 1, 1, 1, 9, 9),      # K = 675: K blocks end inside taps; padded
+    (1, 7, 7, 64, 160, 3, 3, 1, 1, 1, 1, 1, 1, 7, 7),     # 49 pixels: threads split channels
 ]
 GC_GEMMS = {
     "sgemm": (lambda w: gemm.pack_float_weights(np.ascontiguousarray(w.T)), np.float32),
@@ -785,6 +788,36 @@ def test_gemm_conv_equals_unfused(name, gname):
                                       isa, threads, a_zp=a_zp, **params)
                 assert used == expected_isa(gname, name)
                 assert out.tobytes() == want.tobytes(), f"{shape} {kind} threads={threads}"
+
+
+@pytest.mark.parametrize("name", ISAS)
+@pytest.mark.parametrize("gname", ["igemm", "ibgemm"])
+def test_gemm_conv_transform_extremes(name, gname):
+    """The fused transforms (512-bit ones on AVX-512) on values that saturate, round to even
+    at .5, overflow the float -> int conversion, or are NaN, against the standalone ones."""
+    pack, _ = GC_GEMMS[gname]
+    rng = np.random.default_rng(12)
+    isa = isa_num(name)
+    n, h, w, c, cout = 1, 6, 7, 20, 37
+    shape = (n, h, w, c, cout, 3, 3, 1, 1, 1, 1, 1, 1, h, w)
+    wp = pack(rng.standard_normal((cout, 9 * c)).astype(np.float32))
+    x = rng.integers(-128, 128, (n, h, w, c)).astype(np.int8)
+    special = np.array([np.inf, -np.inf, np.nan, 1e30, -1e30, 0.5, -0.5, 1.5, 0.0, -0.0, 1e-30, 3e4],
+                       np.float32)
+    mult = rng.uniform(-0.05, 0.05, cout).astype(np.float32)
+    mult[:special.size] = special
+    ibias = rng.integers(-2**31, 2**31, cout, dtype=np.int64).astype(np.int32)  # acc + ibias wraps
+    for zp, qmin, qmax in [(-3, -100, 127), (127, -128, 127), (-128, -128, -128), (0, 5, 9)]:
+        params = dict(mult=mult, ibias=ibias, zp=zp, qmin=qmin, qmax=qmax)
+        want = unfused_conv(gname, x, wp, shape, 4, isa, "int8", params)
+        out = np.empty((n, h, w, cout), np.int8)
+        gemm.gemm_conv(gname, x, wp, cout, 3, 3, 1, 1, 1, 1, 1, 1, h, w, out, isa, 2, a_zp=4, **params)
+        assert out.tobytes() == want.tobytes(), (zp, qmin, qmax)
+    params = dict(mult=mult, bias=rng.standard_normal(cout).astype(np.float32), lo=-1.0, hi=2.0, ibias=ibias)
+    want = unfused_conv(gname, x, wp, shape, 4, isa, "float", params)
+    out = np.empty((n, h, w, cout), np.float32)
+    gemm.gemm_conv(gname, x, wp, cout, 3, 3, 1, 1, 1, 1, 1, 1, h, w, out, isa, 2, a_zp=4, **params)
+    assert out.tobytes() == want.tobytes()
 
 
 def test_gemm_conv_rejects_bad_arguments():

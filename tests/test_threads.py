@@ -3,7 +3,9 @@ more threads than cores work, and kernels release the GIL so Python threads can 
 concurrently.  No timing is asserted anywhere."""
 import multiprocessing
 import os
+import signal
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -270,6 +272,41 @@ def _predict_in_child(queue):
     model = pybnn.Sequential([L.Input((3000,)), L.Sign(), L.BinaryDense(4096)]).randomize(0)
     x = np.linspace(-1, 1, 6000, dtype=np.float32).reshape(2, 3000)
     queue.put(model.predict(x).sum())
+
+
+def _igemm_sum(threads):
+    rng = np.random.default_rng(3)
+    a = rng.integers(-128, 128, (512, 512)).astype(np.int8)
+    wp = gemm.pack_int8_weights(rng.integers(-127, 128, (256, 512)).astype(np.int8))
+    out = np.empty((512, 256), np.int32)
+    gemm.igemm(a, wp, 512, 256, 0, out, 0, threads)
+    return int(out.astype(np.int64).sum())
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_kernel_asked_for_threads_runs_serially():
+    """The C side's own guard (common.h, pybnn_par_run): a kernel asked for 2 threads in a
+    child forked after the parent went parallel runs its parts on one thread (GNU OpenMP
+    would wait forever for the parent's threads).  A bare os.fork and a pipe: the child
+    starts no thread of its own (which qemu-user cannot emulate after a fork)."""
+    want = _igemm_sum(2)  # parallel kernels in this process
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report the sum, exit without running pytest's teardown
+        try:
+            os.write(write_end, str(_igemm_sum(2)).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    deadline = time.monotonic() + 120
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("child process hung after fork")
+        time.sleep(0.05)
+    with os.fdopen(read_end) as f:
+        assert f.read() == str(want)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")

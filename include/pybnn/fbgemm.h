@@ -579,6 +579,13 @@ static void pybnn_fbgemm_part(void *ctx, int part, int nparts) {
     }
 }
 
+/* Output channels [c0, c1) of the GEMM on one thread (c0 a multiple of 32, a panel
+ * boundary): out points at channel c0 of row 0.  Each element as pybnn_fgemm computes it. */
+static inline void pybnn_fgemm_cols(pybnn_fbgemm_fn fn, int fw, const float *a, size_t lda, size_t m,
+                                    const uint8_t *wp, size_t k, size_t c0, size_t c1, float *out, size_t ldo) {
+    fn(a, lda, m, wp + PYBNN_FBGEMM_HEADER + c0 / 32 * k * (fw ? 128 : 4), k, c1 - c0, out, ldo);
+}
+
 /* fw = 0: fbgemm, `wp` must have passed pybnn_fbgemm_check(wp, size, k, cout); fw = 1:
  * sgemm, pybnn_sgemm_check. */
 static inline int pybnn_fgemm(int fw, int isa, int threads, const float *a, size_t lda, size_t m,

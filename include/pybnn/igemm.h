@@ -717,6 +717,10 @@ PYBNN_TARGET_AVX2 static void pybnn_ibgemm_avx2(const int8_t *a, size_t lda, siz
  * Measured on the int8 convolution shapes (1 core, kernel alone): 590-650 Gops, about 85%
  * of the micro-kernel's own speed in L1 (~745); ibgemm within 1% of igemm except at 49 rows
  * (4% slower: the expansion is amortised over fewer rows).
+ *
+ * The driver takes its rows through a pybnn_igemm_io: a matrix (the igemm / ibgemm entry
+ * points), or a convolution's patch rows gathered from the image by gemmconv.h, which also
+ * transforms each finished tile (implicit GEMM: no im2col pass).
  */
 #define PYBNN_IGEMM_MC512 96   /* rows per super-block */
 #define PYBNN_IGEMM_KC512 512  /* K per block when K is split */
@@ -847,8 +851,34 @@ PYBNN_TARGET_AVX512 static inline void pybnn_ibgemm_expand_avx512(const uint8_t 
         }
 }
 
+/* Where the AVX-512 driver gets its rows and what it does with finished outputs, so that a
+ * convolution can feed it patch rows gathered straight from the image (no im2col pass) and
+ * transform each tile while it is in L1 (gemmconv.h):
+ *   fetch(ctx, i, mc, k0, len, nq, dst): rows [i, i + mc) of A, columns [k0, k0 + len), as
+ *       u = a ^ 0x80 into dst (row stride PYBNN_IGEMM_KC1_512), 0 in columns [len, 4 nq);
+ *   done(ctx, acc, lda, i, mr, c0, c1), optional: rows [i, i + mr) of channels [c0, c1) of
+ *       the result are final (acc: row i, channel c0; row stride lda).  With done, `out` is
+ *       scratch for the rows of one super-block (PYBNN_IGEMM_MC512 x ldo int32), not the
+ *       whole result. */
+typedef struct {
+    void (*fetch)(const void *ctx, size_t i, size_t mc, size_t k0, size_t len, size_t nq, uint8_t *dst);
+    void (*done)(const void *ctx, const int32_t *acc, size_t lda, size_t i, size_t mr, size_t c0, size_t c1);
+    const void *ctx;
+} pybnn_igemm_io;
+
+typedef struct {
+    const int8_t *a;
+    size_t lda;
+} pybnn_igemm_matrix;
+
+PYBNN_TARGET_AVX512 static void pybnn_igemm_fetch_matrix_avx512(const void *ctx, size_t i, size_t mc, size_t k0,
+                                                                size_t len, size_t nq, uint8_t *dst) {
+    const pybnn_igemm_matrix *a = (const pybnn_igemm_matrix *)ctx;
+    pybnn_igemm_flip_avx512(a->a + i * a->lda + k0, a->lda, mc, len, nq, dst);
+}
+
 PYBNN_TARGET_AVX512 static inline __attribute__((always_inline)) void
-pybnn_igemm_run_avx512(const int8_t *a, size_t lda, size_t m, const uint8_t *panels, const uint8_t *sums,
+pybnn_igemm_run_avx512(const pybnn_igemm_io *io, size_t m, const uint8_t *panels, const uint8_t *sums,
                        size_t k, size_t cout, int a_zp, int32_t *out, size_t ldo, int binary) {
     const size_t kq = pybnn_igemm_kq(k), pb = pybnn_igemm_panel_bytes(k, binary), np = pybnn_igemm_npanels(cout);
     const size_t nkb = kq <= PYBNN_IGEMM_KC1_512 / 4 ? 1 : pybnn_igemm_nblocks(kq, PYBNN_IGEMM_KC512 / 4);
@@ -868,7 +898,7 @@ pybnn_igemm_run_avx512(const int8_t *a, size_t lda, size_t m, const uint8_t *pan
             const size_t len = PYBNN_MIN(4 * nq, k - 4 * q0);
             const int last = kb == nkb - 1;
             if (!flip_late)
-                pybnn_igemm_flip_avx512(a + i0 * lda + 4 * q0, lda, mc, len, nq, ubuf);
+                io->fetch(io->ctx, i0, mc, 4 * q0, len, nq, ubuf);
             for (size_t p0 = 0; p0 < np; p0 += 4) {
                 const int nz = (int)PYBNN_MIN(4, np - p0);
                 const size_t cl = cout - 16 * (p0 + nz - 1); /* channels in the group's last panel */
@@ -882,43 +912,60 @@ pybnn_igemm_run_avx512(const int8_t *a, size_t lda, size_t m, const uint8_t *pan
                     const int mr = (int)(pybnn_igemm_bstart(mc, nrb, rb + 1) - r0);
                     const uint8_t *u = ubuf + r0 * PYBNN_IGEMM_KC1_512;
                     if (flip_late) {
-                        pybnn_igemm_flip_avx512(a + (i0 + r0) * lda + 4 * q0, lda, (size_t)mr, len, nq, ubuf);
+                        io->fetch(io->ctx, i0 + r0, (size_t)mr, 4 * q0, len, nq, ubuf);
                         u = ubuf;
                     }
+                    int32_t *c = out + (io->done ? r0 : i0 + r0) * ldo + 16 * p0;
                     /* ibgemm: the first row block expands the bits into wbuf */
                     pybnn_igemm_tiles_avx512[binary && rb == 0][mr - 1][nz - 1](
-                        u, w, wps, nq, out + (i0 + r0) * ldo + 16 * p0, ldo, kb > 0, last ? csub : NULL, mlast,
-                        panels + p0 * pb + q0 * 8, pb);
+                        u, w, wps, nq, c, ldo, kb > 0, last ? csub : NULL, mlast, panels + p0 * pb + q0 * 8, pb);
+                    if (last && io->done)
+                        io->done(io->ctx, c, ldo, i0 + r0, (size_t)mr, 16 * p0, PYBNN_MIN(cout, 16 * (p0 + 4)));
                 }
             }
         }
     }
 }
 
-PYBNN_TARGET_AVX512 static void pybnn_igemm_avx512(const int8_t *a, size_t lda, size_t m, const uint8_t *panels,
-                                                   const uint8_t *sums, size_t k, size_t cout, int a_zp,
-                                                   int32_t *out, size_t ldo) {
-    pybnn_igemm_run_avx512(a, lda, m, panels, sums, k, cout, a_zp, out, ldo, 0);
-}
-
-PYBNN_TARGET_AVX512 static void pybnn_ibgemm_avx512(const int8_t *a, size_t lda, size_t m, const uint8_t *panels,
-                                                  const uint8_t *sums, size_t k, size_t cout, int a_zp,
-                                                  int32_t *out, size_t ldo) {
-    /* Several super-blocks would expand every weight block once each: if the expanded weights
-     * (the igemm layout, 8x the bits) are small enough to stay in L2, expand them all once
-     * and run the int8 kernel on them.  (Larger, the stores to L3 cost more than they save.) */
+/* igemm (binary = 0) or ibgemm (binary = 1) on rows from io. */
+PYBNN_TARGET_AVX512 static void pybnn_igemm_io_avx512(const pybnn_igemm_io *io, size_t m, const uint8_t *panels,
+                                                      const uint8_t *sums, size_t k, size_t cout, int a_zp,
+                                                      int32_t *out, size_t ldo, int binary) {
+    /* ibgemm: several super-blocks would expand every weight block once each: if the
+     * expanded weights (the igemm layout, 8x the bits) are small enough to stay in L2,
+     * expand them all once and run the int8 kernel on them.  (Larger, the stores to L3 cost
+     * more than they save.) */
     const size_t kq = pybnn_igemm_kq(k), np = pybnn_igemm_npanels(cout);
-    if (m > PYBNN_IGEMM_MC512 && np * kq * 64 <= PYBNN_IBGEMM_EXPAND_ALL) {
+    if (binary && m > PYBNN_IGEMM_MC512 && np * kq * 64 <= PYBNN_IBGEMM_EXPAND_ALL) {
         int8_t *w = (int8_t *)aligned_alloc(64, np * kq * 64);
         if (w) {
             for (size_t p = 0; p < np; p++)
                 pybnn_ibgemm_expand_avx512(panels + p * kq * 8, kq * 8, 1, kq, w + p * kq * 64);
-            pybnn_igemm_run_avx512(a, lda, m, (const uint8_t *)w, sums, k, cout, a_zp, out, ldo, 0);
+            pybnn_igemm_run_avx512(io, m, (const uint8_t *)w, sums, k, cout, a_zp, out, ldo, 0);
             free(w);
             return;
         }
     }
-    pybnn_igemm_run_avx512(a, lda, m, panels, sums, k, cout, a_zp, out, ldo, 1);
+    if (binary)
+        pybnn_igemm_run_avx512(io, m, panels, sums, k, cout, a_zp, out, ldo, 1);
+    else
+        pybnn_igemm_run_avx512(io, m, panels, sums, k, cout, a_zp, out, ldo, 0);
+}
+
+PYBNN_TARGET_AVX512 static void pybnn_igemm_avx512(const int8_t *a, size_t lda, size_t m, const uint8_t *panels,
+                                                   const uint8_t *sums, size_t k, size_t cout, int a_zp,
+                                                   int32_t *out, size_t ldo) {
+    const pybnn_igemm_matrix src = {a, lda};
+    const pybnn_igemm_io io = {pybnn_igemm_fetch_matrix_avx512, NULL, &src};
+    pybnn_igemm_io_avx512(&io, m, panels, sums, k, cout, a_zp, out, ldo, 0);
+}
+
+PYBNN_TARGET_AVX512 static void pybnn_ibgemm_avx512(const int8_t *a, size_t lda, size_t m, const uint8_t *panels,
+                                                    const uint8_t *sums, size_t k, size_t cout, int a_zp,
+                                                    int32_t *out, size_t ldo) {
+    const pybnn_igemm_matrix src = {a, lda};
+    const pybnn_igemm_io io = {pybnn_igemm_fetch_matrix_avx512, NULL, &src};
+    pybnn_igemm_io_avx512(&io, m, panels, sums, k, cout, a_zp, out, ldo, 1);
 }
 #endif /* PYBNN_X86 */
 
@@ -1199,6 +1246,15 @@ static void pybnn_igemm_part(void *ctx, int part, int nparts) {
             j->fn(j->a, j->lda, j->m, j->panels + lo * j->unit * j->pb, j->sums + c0 * 4, j->k, c1 - c0, j->a_zp,
                   j->out + c0, j->ldo);
     }
+}
+
+/* Output channels [c0, c1) of the GEMM on one thread (c0 a multiple of 16, a panel
+ * boundary) by the variant fn: out points at channel c0 of row 0. */
+static inline void pybnn_igemm_cols(pybnn_igemm_fn fn, int binary, const int8_t *a, size_t lda, size_t m,
+                                    const uint8_t *wp, size_t k, size_t cout, size_t c0, size_t c1, int a_zp,
+                                    int32_t *out, size_t ldo) {
+    fn(a, lda, m, pybnn_igemm_panels(wp) + c0 / PYBNN_IGEMM_NP * pybnn_igemm_panel_bytes(k, binary),
+       pybnn_igemm_wsums(wp, k, cout, binary) + 4 * c0, k, c1 - c0, a_zp, out, ldo);
 }
 
 /* Multiply-adds per work unit (common.h: ~0.1 ns of one core) of each variant, from its

@@ -199,7 +199,7 @@ PYBNN_TARGET_AVX2 static void pybnn_to_bits_avx2(const int32_t *acc, size_t lda,
 }
 
 /* ================================================================ AVX-512
- * Bits only: 16 channels per compare into a mask register (the last ones through masked
+ * Bits: 16 channels per compare into a mask register (the last ones through masked
  * loads), channel groups outside and rows inside so each group's thresholds stay in
  * registers over a block of rows.  This is what fused callers run (pybnn_ot_apply at level
  * PYBNN_OT_AVX512) on blocks still in L1; the standalone drivers, which stream whole arrays
@@ -207,7 +207,9 @@ PYBNN_TARGET_AVX2 static void pybnn_to_bits_avx2(const int32_t *acc, size_t lda,
  * The float and int8 transforms stay on AVX2 at this level: inside the binary conv their
  * 512-bit float operations (the only heavy AVX-512 instructions there) cost 30-50 us per
  * call on the daBNN shapes, the core apparently slowing down around them, against 5-10 us
- * for the same work in 256-bit registers. */
+ * for the same work in 256-bit registers.  The int8 GEMM convolutions (gemmconv.h) do run
+ * them at 512 bits (level PYBNN_OT_AVX512_ALL, below): there vpdpbusd already keeps the
+ * 512-bit units busy, and the 512-bit requantize measured 3.5% faster on 3x3_64. */
 
 PYBNN_TARGET_AVX512 static inline __mmask16 pybnn_ot_mask16(size_t j, size_t c) {
     return j >= c ? (__mmask16)0 : c - j >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (c - j)) - 1);
@@ -232,6 +234,50 @@ PYBNN_TARGET_AVX512 static void pybnn_to_bits_avx512(const int32_t *acc, size_t 
             const __m512i x = _mm512_maskz_loadu_epi32(k, row);
             halves[i * 2 * ldo + j / 16] =
                 (uint16_t)(_mm512_mask_cmplt_epi32_mask(below, x, t) | _mm512_mask_cmpgt_epi32_mask(above, x, t));
+        }
+    }
+}
+/* The int8 and float transforms at 512 bits (level PYBNN_OT_AVX512_ALL, see above): the
+ * same float operations in the same order as the other variants. */
+
+/* clamp(rint(x) + zp, qmin, qmax) = rint(clamp(x, qmin - zp, qmax - zp)) + zp: rint is
+ * monotonic and keeps the integers qmin - zp and qmax - zp, so one clamp in float replaces
+ * both of pybnn_ot_requant's (and NaN, for which vmaxps returns its second operand, gives
+ * qmin as there). */
+PYBNN_TARGET_AVX512 static void pybnn_to_int8_avx512(const int32_t *acc, size_t lda, size_t m, size_t c,
+                                                     const int32_t *bias, const float *mult, int zp, int qmin,
+                                                     int qmax, int8_t *out, size_t ldo) {
+    const __m512 lo = _mm512_set1_ps((float)(qmin - zp)), hi = _mm512_set1_ps((float)(qmax - zp));
+    const __m512i vzp = _mm512_set1_epi32(zp);
+    for (size_t j = 0; j < c; j += 16) {
+        const __mmask16 k = pybnn_ot_mask16(j, c);
+        const __m512i b = _mm512_maskz_loadu_epi32(k, bias + j);
+        const __m512 mu = _mm512_maskz_loadu_ps(k, mult + j);
+        const int32_t *row = acc + j;
+        int8_t *dst = out + j;
+        for (size_t i = 0; i < m; i++, row += lda, dst += ldo) {
+            __m512 x = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_maskz_loadu_epi32(k, row), b)), mu);
+            x = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
+            _mm512_mask_cvtepi32_storeu_epi8(dst, k, _mm512_add_epi32(_mm512_cvtps_epi32(x), vzp));
+        }
+    }
+}
+
+PYBNN_TARGET_AVX512 static void pybnn_to_float_i32_avx512(const int32_t *acc, size_t lda, size_t m, size_t c,
+                                                          const int32_t *ibias, const float *mult,
+                                                          const float *bias, float lo, float hi, float *out,
+                                                          size_t ldo) {
+    const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
+    for (size_t j = 0; j < c; j += 16) {
+        const __mmask16 k = pybnn_ot_mask16(j, c);
+        const __m512i ib = ibias ? _mm512_maskz_loadu_epi32(k, ibias + j) : _mm512_setzero_si512();
+        const __m512 mu = _mm512_maskz_loadu_ps(k, mult + j), bi = _mm512_maskz_loadu_ps(k, bias + j);
+        const int32_t *row = acc + j;
+        float *dst = out + j;
+        for (size_t i = 0; i < m; i++, row += lda, dst += ldo) {
+            const __m512 x = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_maskz_loadu_epi32(k, row), ib));
+            const __m512 y = _mm512_add_ps(_mm512_mul_ps(x, mu), bi);
+            _mm512_mask_storeu_ps(dst, k, _mm512_min_ps(vhi, _mm512_max_ps(vlo, y)));
         }
     }
 }
@@ -365,8 +411,9 @@ typedef struct {
     const int8_t *dir;
 } pybnn_ot;
 
-/* Variant levels of pybnn_ot_apply. */
-enum { PYBNN_OT_SCALAR, PYBNN_OT_AVX2, PYBNN_OT_AVX512, PYBNN_OT_NEON };
+/* Variant levels of pybnn_ot_apply (PYBNN_OT_AVX512_ALL: every transform at 512 bits, for
+ * callers on the AVX-512 path whose own kernel runs heavy 512-bit instructions). */
+enum { PYBNN_OT_SCALAR, PYBNN_OT_AVX2, PYBNN_OT_AVX512, PYBNN_OT_NEON, PYBNN_OT_AVX512_ALL };
 
 #if PYBNN_X86
 #define PYBNN_OT_USE_AVX2(isa) ((isa) >= PYBNN_ISA_AVX2 && pybnn_isa_supported(PYBNN_ISA_AVX2))
@@ -399,7 +446,8 @@ static inline size_t pybnn_ot_ldo(const pybnn_ot *t, size_t c) {
  * c0; float accumulators for PYBNN_OT_FLOAT_F32, which may transform in place) into output
  * rows at `out` (row stride ldo; channel j lands at element j, or bit j%32 of word j/32 for
  * bits, whose c0 must be a multiple of 32).  level: PYBNN_OT_SCALAR, PYBNN_OT_AVX2,
- * PYBNN_OT_AVX512 or PYBNN_OT_NEON (pybnn_ot_level). */
+ * PYBNN_OT_AVX512 or PYBNN_OT_NEON (pybnn_ot_level), or PYBNN_OT_AVX512_ALL (see
+ * pybnn_to_int8_avx512). */
 static void pybnn_ot_apply(const pybnn_ot *t, int level, const void *accv, size_t lda, size_t m,
                            size_t c0, size_t c1, void *out, size_t ldo) {
     const size_t c = c1 - c0;
@@ -424,6 +472,7 @@ static void pybnn_ot_apply(const pybnn_ot *t, int level, const void *accv, size_
         if (level == PYBNN_OT_NEON) { pybnn_to_float_i32_neon(acc, lda, m, c, ib, t->mult + c0, t->bias + c0, t->lo, t->hi, o, ldo); break; }
 #endif
 #if PYBNN_X86
+        if (level == PYBNN_OT_AVX512_ALL) { pybnn_to_float_i32_avx512(acc, lda, m, c, ib, t->mult + c0, t->bias + c0, t->lo, t->hi, o, ldo); break; }
         if (level >= PYBNN_OT_AVX2) { pybnn_to_float_i32_avx2(acc, lda, m, c, ib, t->mult + c0, t->bias + c0, t->lo, t->hi, o, ldo); break; }
 #endif
         pybnn_to_float_i32_scalar(acc, lda, m, c, ib, t->mult + c0, t->bias + c0, t->lo, t->hi, o, ldo);
@@ -435,6 +484,7 @@ static void pybnn_ot_apply(const pybnn_ot *t, int level, const void *accv, size_
         if (level == PYBNN_OT_NEON) { pybnn_to_int8_neon(acc, lda, m, c, t->ibias + c0, t->mult + c0, t->zp, t->qmin, t->qmax, o, ldo); break; }
 #endif
 #if PYBNN_X86
+        if (level == PYBNN_OT_AVX512_ALL) { pybnn_to_int8_avx512(acc, lda, m, c, t->ibias + c0, t->mult + c0, t->zp, t->qmin, t->qmax, o, ldo); break; }
         if (level >= PYBNN_OT_AVX2) { pybnn_to_int8_avx2(acc, lda, m, c, t->ibias + c0, t->mult + c0, t->zp, t->qmin, t->qmax, o, ldo); break; }
 #endif
         pybnn_to_int8_scalar(acc, lda, m, c, t->ibias + c0, t->mult + c0, t->zp, t->qmin, t->qmax, o, ldo);
@@ -446,7 +496,7 @@ static void pybnn_ot_apply(const pybnn_ot *t, int level, const void *accv, size_
         if (level == PYBNN_OT_NEON) { pybnn_to_bits_neon(acc, lda, m, c, t->thr + c0, t->dir + c0, o, ldo); break; }
 #endif
 #if PYBNN_X86
-        if (level == PYBNN_OT_AVX512) { pybnn_to_bits_avx512(acc, lda, m, c, t->thr + c0, t->dir + c0, o, ldo); break; }
+        if (level >= PYBNN_OT_AVX512) { pybnn_to_bits_avx512(acc, lda, m, c, t->thr + c0, t->dir + c0, o, ldo); break; }
         if (level == PYBNN_OT_AVX2) { pybnn_to_bits_avx2(acc, lda, m, c, t->thr + c0, t->dir + c0, o, ldo); break; }
 #endif
         pybnn_to_bits_scalar(acc, lda, m, c, t->thr + c0, t->dir + c0, o, ldo);

@@ -50,7 +50,9 @@ cdef void *_data(object a, int typenum, int ndim, const cnp.npy_intp *dims, str 
     if not isinstance(a, cnp.ndarray):
         raise ValueError(f"{name} must be a NumPy array, got {type(a).__name__}")
     cdef cnp.ndarray arr = <cnp.ndarray>a
-    cdef bint ok = (cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_NDIM(arr) == ndim and
+    # Equivalent type numbers: on 32-bit ARM uint32 is both NPY_UINT and NPY_ULONG, and an
+    # array may carry either (arithmetic on uint32 arrays gives one or the other).
+    cdef bint ok = (cnp.PyArray_EquivTypenums(cnp.PyArray_TYPE(arr), typenum) and cnp.PyArray_NDIM(arr) == ndim and
                     cnp.PyArray_IS_C_CONTIGUOUS(arr) and (cnp.PyArray_ISWRITEABLE(arr) or not writeable))
     cdef int i
     if ok:

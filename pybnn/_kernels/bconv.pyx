@@ -176,20 +176,18 @@ def pad_corrections(int h, int w, int channels, int cout, int kh, int kw, int sh
     return corr
 
 
-def bconv2d(x, wpacked, int channels, int cout, int kh, int kw, int sh, int sw, int dh, int dw,
-            int pad_top, int pad_left, int hout, int wout, int pad_value, tapsum, out, int isa=0,
-            int threads=1, *, corr=None, mult=None, bias=None, float lo=-np.inf, float hi=np.inf,
-            ibias=None, int zp=0, int qmin=-128, int qmax=127, thr=None, dir=None):
-    """Binary convolution of x (N, H, W, words) uint32, packed with `channels` real channels,
-    and wpacked from pack_weights, on up to `threads` threads (the result does not depend on
-    it).
+cdef class BConv2D:
+    """A binary convolution of packed x (N, h, w, words) (words = ceil(channels/32)) by
+    wpacked from pack_weights, with its output transform.  Everything but the input is
+    checked once, here (a layer makes one per weights and output transform), and the padding
+    corrections are computed here unless given (corr, from pad_corrections); a call checks
+    x, allocates the output unless given one, and runs.
 
     The accumulator of output (n, oh, ow, co) is
         acc = sum_{i,j,c} xval * wval
     with xval the +-1 input at (oh*sh - pad_top + i*dh, ow*sw - pad_left + j*dw), or
     pad_value (-1, 0, +1) outside; tapsum (KH*KW, cout) int32 = tap_sums(w) of the float
-    weights; corr: pad_corrections(...) for this geometry and weights, or None to compute
-    them in the call.  What `out` receives depends on its dtype (the output transforms of
+    weights.  What the output receives depends on out_dtype (the output transforms of
     transform.pyx, applied by the kernel to each block of rows while it is in cache, with
     bit-identical results):
       int32   (N, hout, wout, cout): acc itself (no transform arguments)
@@ -199,51 +197,95 @@ def bconv2d(x, wpacked, int channels, int cout, int kh, int kw, int sh, int sw, 
               or dir < 0 and acc > thr
     Per-channel arrays (mult, bias float32; ibias, thr int32; dir int8) have cout entries.
     Every array must be a C-contiguous NumPy array of exactly that dtype (ValueError
-    otherwise).  Returns the ISA number of the GEMM variant that ran.
-    """
+    otherwise)."""
+
     cdef pybnn_conv_geom g
     cdef pybnn_ot ot
-    cdef pybnn_ot *otp = &ot
-    cdef cnp.npy_intp dims[4]
-    cdef int used, typenum
-    cdef const int32_t *cp = NULL
-    _check_isa(isa)
-    _check_threads(threads)
-    if not isinstance(x, cnp.ndarray) or cnp.PyArray_NDIM(<cnp.ndarray>x) != 4:
-        raise ValueError("bconv2d: x must be a 4-D NumPy array (N, H, W, words)")
-    dims[0], dims[1], dims[2], dims[3] = cnp.PyArray_DIMS(<cnp.ndarray>x)[0], cnp.PyArray_DIMS(<cnp.ndarray>x)[1], \
-        cnp.PyArray_DIMS(<cnp.ndarray>x)[2], cnp.PyArray_DIMS(<cnp.ndarray>x)[3]
-    cdef const uint32_t *xp = <const uint32_t *>_data(x, cnp.NPY_UINT32, 4, dims, "bconv2d: x")
-    _geometry(&g, dims[0], dims[1], dims[2], dims[3], channels, cout, kh, kw, sh, sw, dh, dw,
-              pad_top, pad_left, hout, wout, pad_value)
-    dims[0], dims[1] = <cnp.npy_intp>kh * kw, cout
-    cdef const int32_t *ts = <const int32_t *>_data(tapsum, cnp.NPY_INT32, 2, dims, "bconv2d: tapsum")
-    cdef size_t kwords = <size_t>kh * kw * ((channels + 31) // 32)
-    dims[0], dims[1], dims[2] = pybnn_xgemm_cblocks(cout), pybnn_xgemm_k64(kwords), 16
-    cdef const uint32_t *wp = <const uint32_t *>_data(wpacked, cnp.NPY_UINT32, 3, dims,
-                                                      "bconv2d: wpacked (from pack_weights, for this kernel)")
-    cdef long csize
-    if corr is not None:
-        csize = pybnn_bconv_corrections_size(&g)
+    cdef bint has_ot
+    cdef int out_type
+    cdef const uint32_t *wp
+    cdef const int32_t *ts
+    cdef const int32_t *cp
+    cdef object keep  # the arrays behind the pointers
+
+    def __init__(self, wpacked, int h, int w, int channels, int cout, int kh, int kw, int sh, int sw, int dh,
+                 int dw, int pad_top, int pad_left, int hout, int wout, int pad_value, tapsum, out_dtype, *,
+                 corr=None, mult=None, bias=None, float lo=-np.inf, float hi=np.inf, ibias=None, int zp=0,
+                 int qmin=-128, int qmax=127, thr=None, dir=None):
+        cdef cnp.npy_intp dims[4]
+        _geometry(&self.g, 1, h, w, (channels + 31) // 32, channels, cout, kh, kw, sh, sw, dh, dw,
+                  pad_top, pad_left, hout, wout, pad_value)
+        dims[0], dims[1] = <cnp.npy_intp>kh * kw, cout
+        self.ts = <const int32_t *>_data(tapsum, cnp.NPY_INT32, 2, dims, "bconv2d: tapsum")
+        cdef size_t kwords = <size_t>kh * kw * ((channels + 31) // 32)
+        dims[0], dims[1], dims[2] = pybnn_xgemm_cblocks(cout), pybnn_xgemm_k64(kwords), 16
+        self.wp = <const uint32_t *>_data(wpacked, cnp.NPY_UINT32, 3, dims,
+                                          "bconv2d: wpacked (from pack_weights, for this kernel)")
+        cdef long csize = pybnn_bconv_corrections_size(&self.g)
         if csize < 0:
             raise MemoryError("bconv2d: out of memory")
+        if corr is None:
+            corr = pad_corrections(h, w, channels, cout, kh, kw, sh, sw, dh, dw, pad_top, pad_left, hout, wout,
+                                   pad_value, tapsum)
         dims[0], dims[1] = csize // cout, cout
-        cp = <const int32_t *>_data(corr, cnp.NPY_INT32, 2, dims, "bconv2d: corr (from pad_corrections, for this geometry)")
+        self.cp = <const int32_t *>_data(corr, cnp.NPY_INT32, 2, dims,
+                                         "bconv2d: corr (from pad_corrections, for this geometry)")
+        self.out_type = np.dtype(out_dtype).num
+        self.has_ot = _output_transform(&self.ot, "bconv2d", self.out_type, cout, True, mult, bias, lo, hi, ibias,
+                                        zp, qmin, qmax, thr, dir)
+        self.keep = (wpacked, tapsum, corr, mult, bias, ibias, thr, dir)
 
-    # ---- output kind, from out's dtype, and its transform parameters
+    def __call__(self, x, int isa, int threads, out=None):
+        """Convolution of x (N, h, w, words) uint32 on up to `threads` threads (the result does
+        not depend on it) with the best variant at or below `isa`; into `out` if given, else a
+        new array.  Returns (the output, the ISA number of the GEMM variant that ran)."""
+        _check_isa(isa)
+        _check_threads(threads)
+        if not isinstance(x, cnp.ndarray):
+            raise ValueError("bconv2d: x must be a 4-D NumPy array (N, H, W, words)")
+        cdef cnp.ndarray xa = <cnp.ndarray>x
+        cdef cnp.npy_intp *xd = cnp.PyArray_DIMS(xa)
+        if not (cnp.PyArray_NDIM(xa) == 4 and cnp.PyArray_EquivTypenums(cnp.PyArray_TYPE(xa), cnp.NPY_UINT32) and
+                cnp.PyArray_IS_C_CONTIGUOUS(xa) and xd[1] == self.g.h and xd[2] == self.g.w and
+                xd[3] == self.g.words):
+            raise ValueError(f"bconv2d: x must be a C-contiguous uint32 array of shape "
+                             f"(N, {self.g.h}, {self.g.w}, {self.g.words}); got {x.dtype} {x.shape}")
+        if xd[0] > 2**31 - 1:
+            raise ValueError("bconv2d: batch too large")
+        cdef pybnn_conv_geom g = self.g
+        g.n = <int>xd[0]
+        cdef cnp.npy_intp dims[4]
+        dims[0], dims[1], dims[2] = g.n, g.hout, g.wout
+        dims[3] = (g.cout + 31) // 32 if self.out_type == cnp.NPY_UINT32 else g.cout
+        if out is None:
+            out = cnp.PyArray_EMPTY(4, dims, self.out_type, 0)
+        cdef void *op = _data(out, self.out_type, 4, dims, "bconv2d: out", True)
+        cdef const uint32_t *xp = <const uint32_t *>cnp.PyArray_DATA(xa)
+        cdef const pybnn_ot *otp = &self.ot if self.has_ot else NULL
+        cdef int used
+        with nogil:
+            used = pybnn_bconv2d(isa, threads, &g, xp, self.wp, self.ts, self.cp, otp, op)
+        if used < 0:
+            raise MemoryError("bconv2d: could not allocate scratch memory")
+        return out, used
+
+
+def bconv2d(x, wpacked, int channels, int cout, int kh, int kw, int sh, int sw, int dh, int dw,
+            int pad_top, int pad_left, int hout, int wout, int pad_value, tapsum, out, int isa=0,
+            int threads=1, **kwargs):
+    """BConv2D(wpacked, H, W of x, channels, ..., out.dtype, **kwargs)(x, isa, threads, out):
+    the binary convolution of x (N, H, W, words) into out; returns the ISA number of the
+    GEMM variant that ran.  kwargs: corr and the output transform's arguments (see BConv2D)."""
+    if not isinstance(x, cnp.ndarray) or cnp.PyArray_NDIM(<cnp.ndarray>x) != 4:
+        raise ValueError("bconv2d: x must be a 4-D NumPy array (N, H, W, words)")
     if not isinstance(out, cnp.ndarray):
         raise ValueError("bconv2d: out must be a NumPy array")
-    typenum = cnp.PyArray_TYPE(<cnp.ndarray>out)
-    dims[0], dims[1], dims[2], dims[3] = g.n, hout, wout, (cout + 31) // 32 if typenum == cnp.NPY_UINT32 else cout
-    cdef void *op = _data(out, typenum, 4, dims, "bconv2d: out", True)
-    if not _output_transform(&ot, "bconv2d", typenum, cout, True, mult, bias, lo, hi, ibias, zp, qmin, qmax,
-                             thr, dir):
-        otp = NULL
-    with nogil:
-        used = pybnn_bconv2d(isa, threads, &g, xp, wp, ts, cp, otp, op)
-    if used < 0:
-        raise MemoryError("bconv2d: could not allocate scratch memory")
-    return used
+    if x.shape[3] != (channels + 31) // 32:
+        raise ValueError(f"x has {x.shape[3]} words per pixel; {channels} channels need "
+                         f"{(channels + 31) // 32}")
+    conv = BConv2D(wpacked, x.shape[1], x.shape[2], channels, cout, kh, kw, sh, sw, dh, dw, pad_top, pad_left,
+                   hout, wout, pad_value, tapsum, out.dtype, **kwargs)
+    return conv(x, isa, threads, out)[1]
 
 
 def bmaxpool2d(const uint32_t[:, :, :, ::1] x, int kh, int kw, int sh, int sw, int pad_top,

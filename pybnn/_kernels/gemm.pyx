@@ -324,56 +324,104 @@ def sgemm(const float[:, ::1] a, const uint8_t[::1] wpacked, int K, int cout,
     return _fgemm(True, "sgemm", "pack_float_weights", a, wpacked, K, cout, out, isa, threads)
 
 
-def gemm_conv(str gemm, x, wpacked, int cout, int kh, int kw, int sh, int sw, int dh, int dw,
-              int pad_top, int pad_left, int hout, int wout, out, int isa=0, int threads=1, *,
-              int a_zp=0, mult=None, bias=None, float lo=-np.inf, float hi=np.inf, ibias=None,
-              int zp=0, int qmin=-128, int qmax=127, thr=None, dir=None):
-    """Convolution of NHWC x (N, H, W, C) by the GEMM `gemm` ("sgemm", "fbgemm": float32 x;
+cdef class GemmConv:
+    """A convolution of NHWC x (N, h, w, c) by the GEMM `gemm` ("sgemm", "fbgemm": float32 x;
     "igemm", "ibgemm": int8 x, zero point a_zp, which also pads) with weights `wpacked` from
-    its packer (K = kh*kw*C), followed by an output transform, fused per block of output rows
-    (include/pybnn/gemmconv.h).  The result equals im2col_f32/_i8, then the GEMM, then the
-    transform.py function of the output kind on whole matrices, bit for bit:
+    its packer (K = kh*kw*c), followed by an output transform, fused per block of output rows
+    (include/pybnn/gemmconv.h).  Everything but the input is checked once, here (a layer
+    makes one per weights and output transform); a call checks x, allocates the output
+    unless given one, and runs.  The result equals im2col_f32/_i8, then the GEMM, then the
+    transform.py function of the output kind on whole matrices, bit for bit; by out_dtype:
       float32 (N, hout, wout, cout): clip(float32(acc [+ ibias]) * mult + bias, lo, hi)
       int8    (N, hout, wout, cout): clip(rint(float32(acc + ibias) * mult) + zp, qmin, qmax)
       uint32  (N, hout, wout, ceil(cout/32)): packed bits, -1 where dir >= 0 and acc < thr,
               or dir < 0 and acc > thr
-    (int8 and bits outputs only for the int8 GEMMs, whose accumulators are int32.)  Returns
-    the ISA number of the GEMM variant that ran."""
-    cdef int g = _gemm_id(gemm)
-    cdef bint int8 = g == PYBNN_GC_IGEMM or g == PYBNN_GC_IBGEMM
-    cdef str who = f"gemm_conv ({gemm})"
-    _check_isa(isa)
-    _check_threads(threads)
-    cdef cnp.npy_intp dims[4]
-    dims[0] = dims[1] = dims[2] = dims[3] = -1
-    cdef const void *xp = _data(x, cnp.NPY_INT8 if int8 else cnp.NPY_FLOAT32, 4, dims, f"{who}: x")
-    cdef Py_ssize_t n = x.shape[0], h = x.shape[1], w = x.shape[2], c = x.shape[3]
-    cdef Py_ssize_t k = <Py_ssize_t>kh * kw * c
-    _check_im2col((n, h, w, c), kh, kw, sh, sw, dh, dw, hout, wout, (n * hout * wout, k))
-    if c < 1 or h < 1 or w < 1:
-        raise ValueError(f"{who}: x must have H, W, C >= 1; got shape {(n, h, w, c)}")
-    _check_kc(k, cout, MAX_K_INT8 if g == PYBNN_GC_IGEMM else MAX_K_BINARY)
-    if int8:
-        _check_zp(a_zp)
-    dims[0] = -1
-    cdef const uint8_t *wp = <const uint8_t *>_data(wpacked, cnp.NPY_UINT8, 1, dims, f"{who}: wpacked")
-    cdef size_t wsize = wpacked.shape[0]
-    if not _packed_ok(g, wp, wsize, k, cout):
-        raise ValueError(f"{who}: wpacked was not packed for {gemm} with K={k}, cout={cout}")
-    if not isinstance(out, cnp.ndarray):
-        raise ValueError(f"{who}: out must be a NumPy array")
-    cdef int typenum = cnp.PyArray_TYPE(<cnp.ndarray>out)
-    dims[0], dims[1], dims[2], dims[3] = n, hout, wout, (cout + 31) // 32 if typenum == cnp.NPY_UINT32 else cout
-    cdef void *op = _data(out, typenum, 4, dims, f"{who}: out", True)
+    (int8 and bits outputs only for the int8 GEMMs, whose accumulators are int32.)"""
+
+    cdef int g, kh, kw, sh, sw, dh, dw, pad_top, pad_left, hout, wout, a_zp, in_type, out_type
+    cdef Py_ssize_t h, w, c, cout, last
+    cdef const uint8_t *wp
+    cdef size_t wsize
     cdef pybnn_ot ot
-    if typenum == cnp.NPY_INT32:
-        raise ValueError(f"{who}: out must be float32, int8 or uint32 (bits); the accumulators "
-                         f"(int32) come from im2col + {gemm}")
-    _output_transform(&ot, who, typenum, cout, int8, mult, bias, lo, hi, ibias, zp, qmin, qmax, thr, dir)
-    cdef int used
-    with nogil:
-        used = pybnn_gemm_conv(g, isa, threads, xp, n, h, w, c, kh, kw, sh, sw, dh, dw, pad_top, pad_left,
-                               hout, wout, wp, wsize, cout, a_zp, &ot, op)
-    if used < 0:
-        raise MemoryError(f"{who}: could not allocate scratch memory")
-    return used
+    cdef object keep  # the arrays behind wp and the transform's pointers
+
+    def __init__(self, str gemm, wpacked, int h, int w, int c, int cout, int kh, int kw, int sh, int sw,
+                 int dh, int dw, int pad_top, int pad_left, int hout, int wout, out_dtype, *, int a_zp=0,
+                 mult=None, bias=None, float lo=-np.inf, float hi=np.inf, ibias=None, int zp=0,
+                 int qmin=-128, int qmax=127, thr=None, dir=None):
+        cdef int g = _gemm_id(gemm)
+        cdef bint int8 = g == PYBNN_GC_IGEMM or g == PYBNN_GC_IBGEMM
+        cdef str who = f"gemm_conv ({gemm})"
+        if c < 1 or h < 1 or w < 1:
+            raise ValueError(f"{who}: x must have H, W, C >= 1; got {(h, w, c)}")
+        cdef Py_ssize_t k = <Py_ssize_t>kh * kw * c
+        _check_im2col((1, h, w, c), kh, kw, sh, sw, dh, dw, hout, wout, (hout * wout, k))
+        _check_kc(k, cout, MAX_K_INT8 if g == PYBNN_GC_IGEMM else MAX_K_BINARY)
+        if int8:
+            _check_zp(a_zp)
+        cdef cnp.npy_intp dims[1]
+        dims[0] = -1
+        self.wp = <const uint8_t *>_data(wpacked, cnp.NPY_UINT8, 1, dims, f"{who}: wpacked")
+        self.wsize = wpacked.shape[0]
+        if not _packed_ok(g, self.wp, self.wsize, k, cout):
+            raise ValueError(f"{who}: wpacked was not packed for {gemm} with K={k}, cout={cout}")
+        self.out_type = np.dtype(out_dtype).num
+        if self.out_type == cnp.NPY_INT32:
+            raise ValueError(f"{who}: out must be float32, int8 or uint32 (bits); the accumulators "
+                             f"(int32) come from im2col + {gemm}")
+        _output_transform(&self.ot, who, self.out_type, cout, int8, mult, bias, lo, hi, ibias, zp, qmin, qmax,
+                          thr, dir)
+        self.g, self.in_type = g, cnp.NPY_INT8 if int8 else cnp.NPY_FLOAT32
+        self.h, self.w, self.c, self.cout, self.a_zp = h, w, c, cout, a_zp
+        self.kh, self.kw, self.sh, self.sw, self.dh, self.dw = kh, kw, sh, sw, dh, dw
+        self.pad_top, self.pad_left, self.hout, self.wout = pad_top, pad_left, hout, wout
+        self.last = (cout + 31) // 32 if self.out_type == cnp.NPY_UINT32 else cout
+        self.keep = (wpacked, mult, bias, ibias, thr, dir)
+
+    def __call__(self, x, int isa, int threads, out=None):
+        """Convolution of x, a C-contiguous array (N, h, w, c) or (N, h*w*c) of the input
+        dtype, on up to `threads` threads (results do not depend on it) with the best variant
+        at or below `isa`; into `out` (N, hout, wout, last) if given, else a new array.
+        Returns (the output, the ISA number of the GEMM variant that ran)."""
+        _check_isa(isa)
+        _check_threads(threads)
+        if not isinstance(x, cnp.ndarray):
+            raise ValueError(f"gemm_conv: x must be a NumPy array, got {type(x).__name__}")
+        cdef cnp.ndarray xa = <cnp.ndarray>x
+        cdef int nd = cnp.PyArray_NDIM(xa)
+        cdef cnp.npy_intp *xd = cnp.PyArray_DIMS(xa)
+        cdef cnp.npy_intp dims[4]
+        cdef bint ok = (cnp.PyArray_TYPE(xa) == self.in_type and cnp.PyArray_IS_C_CONTIGUOUS(xa) and
+                        ((nd == 4 and xd[1] == self.h and xd[2] == self.w and xd[3] == self.c) or
+                         (nd == 2 and xd[1] == self.h * self.w * self.c)))
+        if not ok:
+            raise ValueError(f"gemm_conv: x must be a C-contiguous {'int8' if self.in_type == cnp.NPY_INT8 else 'float32'} "
+                             f"array of shape (N, {self.h}, {self.w}, {self.c}) or (N, {self.h * self.w * self.c}); "
+                             f"got {x.dtype} {x.shape}")
+        dims[0], dims[1], dims[2], dims[3] = xd[0], self.hout, self.wout, self.last
+        if out is None:
+            out = cnp.PyArray_EMPTY(4, dims, self.out_type, 0)
+        cdef void *op = _data(out, self.out_type, 4, dims, "gemm_conv: out", True)
+        cdef const void *xp = cnp.PyArray_DATA(xa)
+        cdef int used
+        with nogil:
+            used = pybnn_gemm_conv(self.g, isa, threads, xp, dims[0], self.h, self.w, self.c, self.kh, self.kw,
+                                   self.sh, self.sw, self.dh, self.dw, self.pad_top, self.pad_left, self.hout,
+                                   self.wout, self.wp, self.wsize, self.cout, self.a_zp, &self.ot, op)
+        if used < 0:
+            raise MemoryError("gemm_conv: could not allocate scratch memory")
+        return out, used
+
+
+def gemm_conv(str gemm, x, wpacked, int cout, int kh, int kw, int sh, int sw, int dh, int dw,
+              int pad_top, int pad_left, int hout, int wout, out, int isa=0, int threads=1, **transform):
+    """GemmConv(gemm, wpacked, H, W, C of x, ..., out.dtype, **transform)(x, isa, threads, out):
+    the convolution of x (N, H, W, C) into out; returns the ISA number of the GEMM variant
+    that ran.  transform: a_zp and the output transform's arguments (see GemmConv)."""
+    if not isinstance(x, cnp.ndarray) or x.ndim != 4:
+        raise ValueError(f"gemm_conv ({gemm}): x must be a 4-D NumPy array (N, H, W, C)")
+    if not isinstance(out, cnp.ndarray):
+        raise ValueError(f"gemm_conv ({gemm}): out must be a NumPy array")
+    conv = GemmConv(gemm, wpacked, x.shape[1], x.shape[2], x.shape[3], cout, kh, kw, sh, sw, dh, dw, pad_top,
+                    pad_left, hout, wout, out.dtype, **transform)
+    return conv(x, isa, threads, out)[1]

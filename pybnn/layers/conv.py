@@ -296,29 +296,45 @@ class _Conv(Layer):
         if self.groups > 1:
             self.last_isa = self._call_groups(x, y)
             return y
-        if self.gemm and not self.dense:
-            self.last_isa = self._gemm_conv(x, y)
-            return y
-        acc, isa = self._accumulate(x, y)
-        self.last_isa = isa
-        return self._transform(acc, y)
+        return self._run(x, y)
 
-    def _gemm_conv(self, x, y):
+    def _run(self, x, y):
+        """One C call: im2col (or the bit copy), GEMM and output transform fused per block of
+        rows, the transform applied while the block is in cache (no accumulator array, no
+        second pass; bit-identical to transforming the whole accumulator matrix)."""
+        hout, wout = self._geom[7:]
+        _, self.last_isa = self._kernel()(x, cpu.active(), cpu.num_threads(),
+                                          y.reshape(x.shape[0], hout, wout, y.shape[-1]))
+        return y
+
+    def _kernel(self, dtype=None):
+        """The layer's C call with its weights, geometry and output transform checked once
+        (kgemm.GemmConv, kbin.BConv2D): calling it checks only the input, so a small layer
+        costs little more than its arithmetic.  Made again when folding has replaced the
+        transform (or set_weights the weights and transform).  dtype=np.int32: a call that
+        returns the accumulators (benchmark breakdowns; not cached)."""
+        if dtype is not None:
+            return self._make_kernel(dtype, {})
+        cached = self.__dict__.get("_kernel_for")
+        if cached is None or cached[0] is not self._out:
+            out = self._out
+            if out["kind"] == "float":
+                args = np.float32, dict(mult=out["mult"], bias=out["bias"], lo=out["lo"], hi=out["hi"],
+                                        ibias=out["ibias"] if self.acc == "int" else None)
+            elif out["kind"] == "int8":
+                args = np.int8, dict(mult=out["mult"], ibias=out["ibias"], zp=out["zp"], qmin=out["qmin"],
+                                     qmax=out["qmax"])
+            else:
+                args = np.uint32, dict(thr=out["thr"], dir=out["dir"])
+            cached = self._kernel_for = (out, self._make_kernel(*args))
+        return cached[1]
+
+    def _make_kernel(self, dtype, params):
         """im2col, GEMM and output transform fused per block of output rows, in C."""
         h, w, c, pt, _, pl, _, hout, wout = self._geom
-        n, out = x.shape[0], self._out
-        if out["kind"] == "float":
-            params = dict(mult=out["mult"], bias=out["bias"], lo=out["lo"], hi=out["hi"],
-                          ibias=out["ibias"] if self.acc == "int" else None)
-        elif out["kind"] == "int8":
-            params = dict(mult=out["mult"], ibias=out["ibias"], zp=out["zp"], qmin=out["qmin"], qmax=out["qmax"])
-        else:
-            params = dict(thr=out["thr"], dir=out["dir"])
         zp = self.input_spec.zero_point if self.acc == "int" else 0
-        return kgemm.gemm_conv(self.gemm, x.reshape(n, h, w, c), self._wpacked, self.filters, *self.kernel_size,
-                               *self.strides, *self.dilation_rate, pt, pl, hout, wout,
-                               y.reshape(n, hout, wout, y.shape[-1]), cpu.active(), cpu.num_threads(),
-                               a_zp=zp, **params)
+        return kgemm.GemmConv(self.gemm, self._wpacked, h, w, c, self.filters, *self.kernel_size, *self.strides,
+                              *self.dilation_rate, pt, pl, hout, wout, dtype, a_zp=zp, **params)
 
     def reference(self, x):
         if self._weights is None:
@@ -393,13 +409,19 @@ class Conv2D(_Conv):
     layout = "float32_sgemm"
 
     def _threads(self):
-        # Only Dense gets here (convolutions run _gemm_conv): BLAS threads itself, and our
-        # OpenMP workers spinning around its call would steal its cores (measured: 2-thread
-        # float dense 3-4x slower), so the column copy and transform stay serial.
+        # Only Dense (and depthwise) gets here: BLAS threads itself, and our OpenMP workers
+        # spinning around its call would steal its cores (measured: 2-thread float dense
+        # 3-4x slower), so the column copy and transform stay serial.
         return 1
 
+    def _run(self, x, y):
+        if not self.dense:
+            return super()._run(x, y)
+        acc, self.last_isa = self._accumulate(x, y)
+        return self._transform(acc, y)
+
     def _accumulate(self, x, y=None):
-        cols = self._columns(x, kgemm.im2col_f32)  # dense only: convolutions run _gemm_conv
+        cols = self._columns(x, kgemm.im2col_f32)  # dense only: convolutions run the fused kernel
         return np.matmul(cols, self._wmat, out=_float_acc(y, cols.shape[0], self.filters)), "blas"
 
     def _reference_acc(self, x):
@@ -495,50 +517,15 @@ class BinaryConv2D(_Conv):
     def acc_range(self):
         return -self.depth, self.depth
 
-    def _kernel_args(self):
-        """(output dtype, transform keyword arguments of bconv2d, kernel output shape without
-        the batch) for the current output transform; made again only when folding has
-        replaced it."""
-        out = self._out
-        cached = getattr(self, "_args_for", None)
-        if cached is None or cached[0] is not out:
-            hout, wout = self._geom[7:]
-            if out["kind"] == "float":
-                args = np.float32, dict(mult=out["mult"], bias=out["bias"], lo=out["lo"], hi=out["hi"],
-                                        ibias=out["ibias"])
-            elif out["kind"] == "int8":
-                args = np.int8, dict(mult=out["mult"], ibias=out["ibias"], zp=out["zp"], qmin=out["qmin"],
-                                     qmax=out["qmax"])
-            else:
-                args = np.uint32, dict(thr=out["thr"], dir=out["dir"])
-            last = words(self.filters) if args[0] is np.uint32 else self.filters
-            self._args_for = cached = (out, *args, (hout, wout, last))
-        return cached[1:]
-
-    def call(self, x, out=None):
-        """The kernel applies the output transform itself, to each block of rows while it is
-        in cache: no int32 accumulator array, no second pass (bit-identical to _transform)."""
-        if self._weights is None:
-            raise ShapeError(f"{self.name}: has no weights; call set_weights() or load a weights file")
-        n = x.shape[0]
-        y = self._output(out, n)
-        if self.groups > 1:
-            self.last_isa = self._call_groups(x, y)
-            return y
-        dtype, params, shape = self._kernel_args()
-        self.last_isa = self._conv(x, y.reshape((n,) + shape), params)
-        return y
-
-    def _conv(self, x, out, params):
+    def _make_kernel(self, dtype, params):
+        h, w = self._geom[:2]
         tapsum, corr = self._pad_terms()
-        return kbin.bconv2d(x, self._wpacked, *self._conv_geometry, tapsum, out, cpu.active(),
-                            cpu.num_threads(), corr=corr, **params)
+        return kbin.BConv2D(self._wpacked, h, w, *self._conv_geometry, tapsum, dtype, corr=corr, **params)
 
     def _accumulate(self, x, y=None):
         """The int32 accumulators alone (benchmark breakdowns)."""
-        hout, wout = self._geom[7:]
-        acc = np.empty((x.shape[0], hout, wout, self.filters), np.int32)
-        return acc.reshape(-1, self.filters), self._conv(x, acc, {})
+        acc, isa = self._kernel(np.int32)(x, cpu.active(), cpu.num_threads())
+        return acc.reshape(-1, self.filters), isa
 
     def _reference_acc(self, x):
         h, w, c = self._geom[:3]
