@@ -421,7 +421,7 @@ class Sequential(Model):
 
 
 def _isa_name(isa):
-    """The path a kernel reported (a number of pybnn.cpu.ISAS, or a name such as "blas")."""
+    """The path a kernel reported (a number of pybnn.cpu.ISAS, or a name)."""
     if isa is None:
         return "numpy"  # layers computed with NumPy operations
     return cpu.ISAS[isa] if isinstance(isa, (int, np.integer)) and 0 <= isa < len(cpu.ISAS) else isa
