@@ -4,9 +4,10 @@ ResNet-18 in onnxruntime and PyTorch measured in the same run.
     python benchmarks/models.py [--models NAME ...] [--threads N ...] [--repeats R] [--json OUT]
 
 Every model is written to a model file (random weights: speed does not depend on them) and
-then measured in a fresh Python process of its own: peak RSS (VmHWM) after the imports,
-after loading the file, and after the timed runs; milliseconds per image (median, min, max
-of the samples) for each thread count; the model's activation arena.  Inputs: 224x224x3
+then measured in a fresh Python process of its own: the load time, peak RSS (VmHWM) after
+the imports, after loading the file and after the timed runs (and the RSS at the end);
+milliseconds per image (median, min, max of the samples) for each thread count; the
+model's activation arena.  Inputs: 224x224x3
 images (AlexNet, Bi-Real Net, QuickNet), 32x32x3 (BinaryNet).  The baselines are ResNet-18
 in float32: an ONNX graph written by benchmarks/_common.py (BN folded into the convolutions,
 as onnxruntime would fold it) and the same network in plain torch.nn (channels-last,
@@ -32,14 +33,15 @@ BASELINES = ("resnet18_ort", "resnet18_torch")
 RESNET18_STAGES = ((64, 1), (128, 2), (256, 2), (512, 2))  # (channels, stride of the first block)
 
 
-def rss_mb():
-    """Peak resident set size of this process so far, in MiB: VmHWM of /proc/self/status
-    where there is one (Linux), else ru_maxrss.  On Linux ru_maxrss survives exec, so a child
-    would start at the size of the process that forked it (here one that imported PyTorch)."""
+def rss_mb(field="VmHWM"):
+    """Resident set size of this process in MiB from /proc/self/status (Linux): its peak so
+    far (VmHWM) or its current size (VmRSS).  Elsewhere the peak from ru_maxrss (on Linux
+    ru_maxrss survives exec, so a child would start at the size of the process that forked
+    it, here one that imported PyTorch)."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 2**10
     except OSError:
         pass
@@ -154,18 +156,46 @@ def worker(kind, path, args):
     for i, n in enumerate(args.threads):
         fn = runner(n)
         if i == 0:
-            result["rss_loaded_mb"] = rss_mb()
+            result["rss_loaded_mb"], result["rss_loaded_now_mb"] = rss_mb(), rss_mb("VmRSS")
         with C.limit_threads(n, torch):
-            result["times"][n] = C.measure_quiet(fn, args.wait_idle, **timing)
+            t = C.measure_quiet(fn, args.wait_idle, **timing)
+            t["cpu_ms"] = cpu_ms(fn, max(3, int(args.cpu_seconds * 1e3 / t["min_ms"])))
+        result["times"][n] = t
         del fn
         C.settle(n, 0.3)
-    result["rss_peak_mb"] = rss_mb()
+    if kind not in BASELINES:  # where the time goes: per-op medians, robust to preemptions of a whole run
+        with C.limit_threads(1):
+            ops = model.profile(x, repeats=args.repeats)
+        result["profile_1t"] = {"total_ms": sum(r["ms"] for r in ops), "by_kind": by_kind(ops)}
+    result["rss_peak_mb"], result["rss_end_now_mb"] = rss_mb(), rss_mb("VmRSS")
     print(json.dumps(result))
+
+
+def cpu_ms(fn, calls):
+    """CPU time of this process (all its threads) per call, in ms.  On one thread it is the
+    time the call takes when it has a core to itself: on a shared machine, wall time also
+    counts the time slices other processes get."""
+    started = time.process_time()
+    for _ in range(calls):
+        fn()
+    return (time.process_time() - started) / calls * 1e3
+
+
+def by_kind(ops):
+    """model.profile rows summed per layer kind: {kind: [ops, ms]}, NumPy-computed ops
+    (Add, BatchNormalization, ReLU, ...) under "<kind> (numpy)", largest first."""
+    kinds = {}
+    for r in ops:
+        key = r["kind"] + (" (numpy)" if r["isa"] == "numpy" else "")
+        count, ms = kinds.get(key, (0, 0.0))
+        kinds[key] = (count + 1, ms + r["ms"])
+    return dict(sorted(kinds.items(), key=lambda kv: -kv[1][1]))
 
 
 def measure_in_subprocess(kind, path, args):
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind, path, "--repeats", str(args.repeats),
-           "--wait-idle", str(args.wait_idle), "--threads", *map(str, args.threads)]
+           "--wait-idle", str(args.wait_idle), "--cpu-seconds", str(args.cpu_seconds),
+           "--threads", *map(str, args.threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{kind}: worker failed:\n{proc.stderr[-2000:]}")
@@ -191,6 +221,8 @@ def main(argv=None):
     C.add_common_args(parser, default_repeats=20)
     parser.add_argument("--models", nargs="+", metavar="NAME", choices=list(zoo.MODELS) + list(BASELINES),
                         help=f"models to run (default: all of {', '.join(list(zoo.MODELS) + list(BASELINES))})")
+    parser.add_argument("--cpu-seconds", type=float, default=2.0, metavar="S",
+                        help="how long to run each case for its CPU time per image (default 2)")
     parser.add_argument("--worker", nargs=2, metavar=("KIND", "FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.repeats = args.repeats or (5 if args.quick else 20)
@@ -243,9 +275,9 @@ def main(argv=None):
 def report(rows, args):
     threads = args.threads
     headers = ["model", "impl", "input", "params M", "GOps", "file MB", "load ms", "arena MB",
-               "RSS start/loaded/peak MB"]
+               "RSS MB: start/loaded/peak (now)"]
     for n in threads:
-        headers += [f"ms {n}t median", f"min-max {n}t"]
+        headers += [f"ms {n}t median", f"min-max {n}t", f"CPU ms {n}t"]
     if len(threads) > 1:
         headers.append(f"speedup {threads[-1]}t vs {threads[0]}t")
     table = []
@@ -255,29 +287,45 @@ def report(rows, args):
                 r["mops"] / 1e3 if "mops" in r else None,
                 r["file_bytes"] / 2**20 if "file_bytes" in r else None, r.get("load_ms"),
                 r["arena_bytes"] / 2**20 if "arena_bytes" in r else None,
-                f"{r['rss_start_mb']:.0f}/{r['rss_loaded_mb']:.0f}/{r['rss_peak_mb']:.0f}"]
+                f"{r['rss_start_mb']:.0f}/{r['rss_loaded_mb']:.0f}/{r['rss_peak_mb']:.0f} ({r['rss_end_now_mb']:.0f})"]
         for n in threads:
             t = times[n]
-            line += [t["median_ms"], f"{C.fmt(t['min_ms'])}-{C.fmt(t['max_ms'])}"]
+            line += [t["median_ms"], f"{C.fmt(t['min_ms'])}-{C.fmt(t['max_ms'])}", t["cpu_ms"]]
         if len(threads) > 1:
             line.append(times[threads[0]]["median_ms"] / times[threads[-1]]["median_ms"])
         table.append(line)
-    C.table(headers, table, title="Batch 1, ms per image (median of the samples; min-max)", markdown=args.markdown)
+    C.table(headers, table, markdown=args.markdown,
+            title="Batch 1, ms per image: wall time (median of the samples; min-max) and CPU time of the "
+                  "process (all its threads)")
     by_name = {r["model"]: r for r in rows}
     if "bireal18" in by_name:
         for base in BASELINES:
             if base in by_name:
-                ratios = ", ".join(f"{n} thread(s) {by_name[base]['times'][n]['median_ms'] / by_name['bireal18']['times'][n]['median_ms']:.1f}x"
-                                   for n in threads)
-                print(f"Bi-Real Net-18 (pybnn) vs float32 ResNet-18 ({by_name[base]['impl']}): {ratios} faster")
+                a, b = by_name[base]["times"], by_name["bireal18"]["times"]
+                ratios = ", ".join(f"{n} thread(s) {a[n]['median_ms'] / b[n]['median_ms']:.1f}x" for n in threads)
+                cpu = f"; CPU time on one thread {a[1]['cpu_ms'] / b[1]['cpu_ms']:.1f}x" if 1 in threads else ""
+                print(f"Bi-Real Net-18 (pybnn) vs float32 ResNet-18 ({by_name[base]['impl']}): wall time "
+                      f"{ratios} faster{cpu}")
+    profiled = [r for r in rows if "profile_1t" in r]
+    if profiled:
+        print("\nWhere the time goes on one thread (model.profile: sum of per-op medians; "
+              "ops, ms and share per layer kind, NumPy-computed ops marked)")
+        for r in profiled:
+            p = r["profile_1t"]
+            numpy_ms = sum(ms for k, (n, ms) in p["by_kind"].items() if k.endswith("(numpy)"))
+            parts = ", ".join(f"{k} x{n} {ms:.2f} ({100 * ms / p['total_ms']:.0f}%)"
+                              for k, (n, ms) in list(p["by_kind"].items())[:5])
+            print(f"  {r['model']}: {p['total_ms']:.2f} ms, NumPy ops {numpy_ms:.2f} ms "
+                  f"({100 * numpy_ms / p['total_ms']:.0f}%): {parts}")
     targets = {"bireal18": 15.0, "quicknet": 14.0}  # ms at batch 1 on one thread (the zoo issue's targets)
     for name, limit in targets.items():
         if name in by_name and 1 in threads:
-            t1 = by_name[name]["times"][1]["median_ms"]
+            t1 = by_name[name]["times"][1]
             more = [n for n in threads if n > 1]
-            scale = (f"; {more[-1]} threads {t1 / by_name[name]['times'][more[-1]]['median_ms']:.2f}x one "
-                     f"(target >= 1.7x)" if more else "")
-            print(f"{name}: {t1:.2f} ms on one thread (target <= {limit:g} ms){scale}")
+            scale = (f"; {more[-1]} threads {t1['median_ms'] / by_name[name]['times'][more[-1]]['median_ms']:.2f}x "
+                     f"one (target >= 1.7x)" if more else "")
+            print(f"{name}: {t1['median_ms']:.2f} ms on one thread, CPU {t1['cpu_ms']:.2f} ms "
+                  f"(target <= {limit:g} ms){scale}")
     C.warn_contention([dict(threads=n, other_cpu=r["times"][n].get("other_cpu")) for r in rows for n in threads])
 
 
