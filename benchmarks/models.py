@@ -159,7 +159,7 @@ def worker(kind, path, args):
             result["rss_loaded_mb"], result["rss_loaded_now_mb"] = rss_mb(), rss_mb("VmRSS")
         with C.limit_threads(n, torch):
             t = C.measure_quiet(fn, args.wait_idle, **timing)
-            t["cpu_ms"] = cpu_ms(fn, max(3, int(args.cpu_seconds * 1e3 / t["min_ms"])))
+            t["cpu_ms"] = cpu_ms(fn, args.cpu_seconds)
         result["times"][n] = t
         del fn
         C.settle(n, 0.3)
@@ -171,14 +171,15 @@ def worker(kind, path, args):
     print(json.dumps(result))
 
 
-def cpu_ms(fn, calls):
-    """CPU time of this process (all its threads) per call, in ms.  On one thread it is the
-    time the call takes when it has a core to itself: on a shared machine, wall time also
-    counts the time slices other processes get."""
-    started = time.process_time()
-    for _ in range(calls):
+def cpu_ms(fn, seconds):
+    """CPU time of this process (all its threads) per call, in ms, over calls for `seconds`
+    of wall time (at least 3).  On one thread it is the time the call takes when it has a
+    core to itself: on a shared machine, wall time also counts other processes' time slices."""
+    calls, cpu, wall = 0, time.process_time(), time.perf_counter()
+    while calls < 3 or time.perf_counter() - wall < seconds:
         fn()
-    return (time.process_time() - started) / calls * 1e3
+        calls += 1
+    return (time.process_time() - cpu) / calls * 1e3
 
 
 def by_kind(ops):
@@ -222,7 +223,7 @@ def main(argv=None):
     parser.add_argument("--models", nargs="+", metavar="NAME", choices=list(zoo.MODELS) + list(BASELINES),
                         help=f"models to run (default: all of {', '.join(list(zoo.MODELS) + list(BASELINES))})")
     parser.add_argument("--cpu-seconds", type=float, default=2.0, metavar="S",
-                        help="how long to run each case for its CPU time per image (default 2)")
+                        help="wall seconds to run each case for its CPU time per image (default 2)")
     parser.add_argument("--worker", nargs=2, metavar=("KIND", "FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.repeats = args.repeats or (5 if args.quick else 20)

@@ -67,9 +67,9 @@ def _alexnet_input(input_size, quantized):
 def _alexnet_first(inp, quantized):
     """conv1: 96 filters 11x11 / 4, padding 2 (float or int8), BN, ReLU, max pool 3 / 2."""
     if quantized:
-        x = L.Int8Conv2D(96, 11, strides=4, padding=2, use_bias=False, name="conv1")(inp)
+        x = L.Int8Conv2D(96, 11, strides=4, padding=2, name="conv1")(inp)
     else:
-        x = L.Conv2D(96, 11, strides=4, padding=2, use_bias=False, name="conv1")(inp)
+        x = L.Conv2D(96, 11, strides=4, padding=2, name="conv1")(inp)
     x = L.ReLU(name="relu1")(_bn(x, "bn1"))
     return L.MaxPool2D(3, 2, name="pool1")(x)
 
@@ -90,46 +90,49 @@ _ALEXNET_CONVS = ((256, 5, True), (384, 3, False), (384, 3, False), (256, 3, Tru
 
 
 def xnornet_alexnet(input_size=224, classes=1000, quantized=False, pad_value=0, units=4096):
-    """XNOR-Net AlexNet (Rastegari et al. 2016), the block order of the authors' Torch code:
-    each binary layer is BN -> sign -> binary convolution (weights scaled per output channel,
-    alpha) -> ReLU, max pooling after conv2 and conv5; conv1 and fc8 are real-valued (int8
-    with quantized=True).  The input scaling factor K of the paper is left out, as the
-    authors' released code does.  Folding turns BN -> sign into thresholds and the ReLU'd
-    convolutions feeding them into convolutions that write packed bits.  units: the width
-    of fc6 and fc7."""
+    """XNOR-Net AlexNet (Rastegari et al. 2016) as the authors' Torch model
+    (models/alexnetxnor.lua): conv1 11x11/4 + BN + ReLU + max pool 3/2, then binary layers
+    BN -> sign -> binary convolution (weights scaled per output channel, alpha; a bias) with
+    max pooling after conv2 and conv5, fc6 (a 6x6 convolution over the whole 6x6x256 grid)
+    and fc7 binary too, then BN + ReLU + fc8.  conv1 and fc8 are real-valued (int8 with
+    quantized=True).  The paper's input scaling factor K (a per-position mean of |x|) is left
+    out, as in the authors' code (its binary activation is a plain sign).  Folding turns
+    BN -> sign into thresholds and the convolutions feeding them into convolutions that
+    write packed bits.  units: the width of fc6 and fc7."""
     inp = _alexnet_input(input_size, quantized)
     x = _alexnet_first(inp, quantized)
     for i, (filters, k, pool) in enumerate(_ALEXNET_CONVS, 2):
         x = L.Sign(name=f"conv{i}_sign")(_bn(x, f"conv{i}_bn"))
-        x = L.BinaryConv2D(filters, k, padding="same", pad_value=pad_value, use_scale=True, use_bias=True,
-                           activation="relu", name=f"conv{i}")(x)
+        x = L.BinaryConv2D(filters, k, padding=k // 2, pad_value=pad_value, use_scale=True, use_bias=True,
+                           name=f"conv{i}")(x)
         if pool:
             x = L.MaxPool2D(3, 2, name=f"pool{i}")(x)
     x = L.Sign(name="fc6_sign")(_bn(x, "fc6_bn"))
     x = L.Flatten(name="flatten")(x)
-    x = L.BinaryDense(units, use_scale=True, use_bias=True, activation="relu", name="fc6")(x)
+    x = L.BinaryDense(units, use_scale=True, use_bias=True, name="fc6")(x)
     x = L.Sign(name="fc7_sign")(_bn(x, "fc7_bn"))
-    x = L.BinaryDense(units, use_scale=True, use_bias=True, activation="relu", name="fc7")(x)
+    x = L.BinaryDense(units, use_scale=True, use_bias=True, name="fc7")(x)
     x = L.ReLU(name="fc8_relu")(_bn(x, "fc8_bn"))
     name = "xnornet_alexnet" + ("_int8" if quantized else "")
     return Model(inp, _alexnet_last(x, classes, quantized), name=name)
 
 
 def bwn_alexnet(input_size=224, classes=1000, quantized=False, units=4096):
-    """Binary-Weight-Network AlexNet (Rastegari et al. 2016): AlexNet with batch
-    normalization whose conv2..conv5, fc6 and fc7 have binary weights with a per-channel
-    scale (FloatBinaryConv2D / FloatBinaryDense on float activations); conv1 and fc8 are
+    """Binary-Weight-Network AlexNet (Rastegari et al. 2016): the authors' AlexNet with batch
+    normalization (models/alexnet.lua: convolution + BN + ReLU, max pooling after conv1, conv2
+    and conv5) whose conv2..conv5, fc6 and fc7 have binary weights with a per-channel scale
+    (FloatBinaryConv2D / FloatBinaryDense on float activations); conv1 and fc8 are
     real-valued (int8 with quantized=True).  units: the width of fc6 and fc7."""
     inp = _alexnet_input(input_size, quantized)
     x = _alexnet_first(inp, quantized)
     for i, (filters, k, pool) in enumerate(_ALEXNET_CONVS, 2):
-        x = L.FloatBinaryConv2D(filters, k, padding="same", use_bias=False, name=f"conv{i}")(x)
+        x = L.FloatBinaryConv2D(filters, k, padding=k // 2, name=f"conv{i}")(x)
         x = L.ReLU(name=f"relu{i}")(_bn(x, f"bn{i}"))
         if pool:
             x = L.MaxPool2D(3, 2, name=f"pool{i}")(x)
     x = L.Flatten(name="flatten")(x)
     for i in (6, 7):
-        x = L.FloatBinaryDense(units, use_bias=False, name=f"fc{i}")(x)
+        x = L.FloatBinaryDense(units, name=f"fc{i}")(x)
         x = L.ReLU(name=f"relu{i}")(_bn(x, f"bn{i}"))
     name = "bwn_alexnet" + ("_int8" if quantized else "")
     return Model(inp, _alexnet_last(x, classes, quantized), name=name)
