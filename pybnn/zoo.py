@@ -253,17 +253,17 @@ def quicknet(size="medium", input_size=224, classes=1000):
 
 # ---------------------------------------------------------------------------- registry
 
-MODELS = {  # name: (builder, keyword arguments, full input size)
-    "binarynet": (binarynet_cifar10, {}, 32),
-    "xnornet": (xnornet_alexnet, {}, 224),
-    "xnornet_int8": (xnornet_alexnet, {"quantized": True}, 224),
-    "bwn": (bwn_alexnet, {}, 224),
-    "bwn_int8": (bwn_alexnet, {"quantized": True}, 224),
-    "bireal18": (birealnet18, {}, 224),
-    "bireal18_stem": (birealnet18, {"stem": True}, 224),
-    "quicknet_small": (quicknet, {"size": "small"}, 224),
-    "quicknet": (quicknet, {"size": "medium"}, 224),
-    "quicknet_large": (quicknet, {"size": "large"}, 224),
+MODELS = {  # name: (builder, its keyword arguments); the builders' defaults are the published sizes
+    "binarynet": (binarynet_cifar10, {}),
+    "xnornet": (xnornet_alexnet, {}),
+    "xnornet_int8": (xnornet_alexnet, {"quantized": True}),
+    "bwn": (bwn_alexnet, {}),
+    "bwn_int8": (bwn_alexnet, {"quantized": True}),
+    "bireal18": (birealnet18, {}),
+    "bireal18_stem": (birealnet18, {"stem": True}),
+    "quicknet_small": (quicknet, {"size": "small"}),
+    "quicknet": (quicknet, {"size": "medium"}),
+    "quicknet_large": (quicknet, {"size": "large"}),
 }
 
 
@@ -272,7 +272,7 @@ def build(name, input_size=None, classes=None, **options):
     (square images) and class count; other options go to its builder."""
     if name not in MODELS:
         raise ConfigError(f"pybnn.zoo: unknown model {name!r}; known: {', '.join(MODELS)}")
-    builder, kwargs, _ = MODELS[name]
+    builder, kwargs = MODELS[name]
     kwargs = dict(kwargs, **options)
     if input_size is not None:
         if builder is binarynet_cifar10:
