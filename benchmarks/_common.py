@@ -282,9 +282,10 @@ class Onnx:
         return cls._bytes(1, name) + cls._bytes(2, cls._bytes(1, tensor_type))
 
     @classmethod
-    def node(cls, op_type, inputs, outputs, **attrs):
+    def node(cls, op_type, inputs, outputs, node_name=None, **attrs):
+        """A NodeProto; node_name: unique in its graph (default "<op_type>_0": one-node graphs)."""
         body = b"".join(cls._bytes(1, i) for i in inputs) + b"".join(cls._bytes(2, o) for o in outputs)
-        body += cls._bytes(3, f"{op_type}_0") + cls._bytes(4, op_type)
+        body += cls._bytes(3, node_name or f"{op_type}_0") + cls._bytes(4, op_type)
         for name, v in attrs.items():
             if isinstance(v, (list, tuple)):
                 a = cls._bytes(1, name) + cls._int(20, 7) + b"".join(cls._int(8, i) for i in v)

@@ -10,7 +10,7 @@ from . import cpu
 from . import reference as ref
 from .errors import ConfigError, PyBNNError, ShapeError
 from .folding import float_threshold, integer_threshold
-from .layers import BatchNormalization, ChannelAffine, Dequantize, Input, Layer, Node, Sign
+from .layers import BatchNormalization, ChannelAffine, Dequantize, Input, Layer, Node, ReLU, Sign
 from .layers.base import to_user
 from .layers.conv import _Conv
 
@@ -45,8 +45,9 @@ class Model:
     fold=True (the default) folds BatchNormalization (and ChannelAffine) into the preceding
     layer's multiplier and bias, BatchNormalization + Sign into per-channel thresholds, and an integer
     convolution followed by Sign into a convolution that writes packed bits directly, where
-    the first layer's output goes nowhere else.  Folding into thresholds is exact (see
-    folding.py); folding into float multipliers changes float rounding only.
+    the first layer's output goes nowhere else; a ReLU after a float-output convolution
+    becomes its activation.  Folding into thresholds is exact (see folding.py); folding into
+    float multipliers changes float rounding only, a ReLU at most the sign of a zero.
 
     Activations live in an arena planned once per batch size: every tensor gets an offset in
     one buffer, reused by tensors whose lifetimes do not overlap (activation_bytes()).
@@ -421,7 +422,7 @@ class Sequential(Model):
 
 
 def _isa_name(isa):
-    """The path a kernel reported (a number of pybnn.cpu.ISAS, or a name such as "blas")."""
+    """The path a kernel reported (a number of pybnn.cpu.ISAS, or a name)."""
     if isa is None:
         return "numpy"  # layers computed with NumPy operations
     return cpu.ISAS[isa] if isinstance(isa, (int, np.integer)) and 0 <= isa < len(cpu.ISAS) else isa
@@ -541,6 +542,13 @@ def _fold(steps, outputs):
         notes.append(f"{bn.name} -> multiplier and bias of {conv.name}")
         return new
 
+    def relu_into_conv(conv, relu):
+        new = copy.copy(conv)
+        new._out = dict(conv._out, lo=0.0)
+        new.output_spec = relu.output_spec
+        notes.append(f"{relu.name} -> activation of {conv.name}")
+        return new
+
     def float_conv(op):
         return isinstance(op, _Conv) and op._out["kind"] == "float"
 
@@ -551,6 +559,8 @@ def _fold(steps, outputs):
                and b.input_spec.kind == "float32", sign_into_conv)
     fold_pairs(lambda a, b: float_conv(a) and np.isinf(a._out["lo"]) and np.isinf(a._out["hi"])
                and isinstance(b, channelwise), channel_into_conv)
+    fold_pairs(lambda a, b: float_conv(a) and np.isinf(a._out["lo"]) and np.isinf(a._out["hi"])
+               and isinstance(b, ReLU) and b.negative_slope == 0 and b.max_value is None, relu_into_conv)
     return steps, outputs, notes
 
 

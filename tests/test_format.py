@@ -24,6 +24,7 @@ from pybnn.__main__ import describe_tensors
 DATA = Path(__file__).parent / "data"
 FIXTURE = DATA / "every_layer_1_2.bin"       # written by format 1.2 (make_fixture below)
 FIXTURE_1_1 = DATA / "every_layer_1_1.bin"   # written by format 1.1: plain kernels
+GRAPH = DATA / "graph_1_2.bin"               # a graph model, format 1.2 (make_fixture below)
 DIGITS = DATA / "digits_1_0.bin"  # the digits example as format 1.0 wrote it
 FUZZ = settings(max_examples=150, derandomize=True, database=None, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -33,12 +34,33 @@ def fixture_input():
     return np.random.default_rng(0).integers(0, 256, (3, 9, 8, 5)).astype(np.uint8)
 
 
+def graph_model():
+    """A graph of the layers a chain cannot hold: shortcuts (float and int8 Add), a
+    concatenation of packed bits at a bit offset, grouped and depthwise convolutions, a
+    per-channel affine layer."""
+    inp = L.Input((9, 8, 5), dtype="uint8", scale=0.02, zero_point=100, name="image")
+    x = L.Conv2D(12, 3, padding="same", name="stem")(inp)
+    d = L.Conv2D(12, 3, strides=2, padding="same", groups=12, name="depthwise")(x)
+    a = L.ChannelAffine(name="affine")(d)
+    b1 = L.BinaryConv2D(20, 3, padding="same", pad_value=1, groups=2, name="grouped")(a)
+    b2 = L.BinaryConv2D(13, 1, name="pointwise")(a)
+    cat = L.Concatenate(name="cat")([L.Sign(name="s1")(b1), L.Sign(name="s2")(b2)])
+    y = L.BinaryConv2D(12, 3, padding="same", use_scale=True, name="bconv")(cat)
+    y = L.BatchNormalization(name="bn")(y)
+    y = L.Add(name="add")([y, a])
+    q = L.Quantize(0.05, 3, name="q")(y)
+    q2 = L.Int8Conv2D(12, 1, output="int8", output_scale=0.07, output_zero_point=-1, name="int8")(q)
+    q = L.Add(output_scale=0.08, output_zero_point=2, name="add_int8")([q2, q])
+    out = L.Dense(8, name="head")(L.GlobalAveragePooling2D(name="gap")(q))
+    return pybnn.Model(inp, out, name="graph")
+
+
 def make_fixture():
-    """Regenerate the 1.2 fixture and its expected outputs (run this file as a script)."""
+    """Regenerate the 1.2 fixtures and their expected outputs (run this file as a script)."""
     from test_model import every_layer_model
-    model = every_layer_model().randomize(5)
-    model.save(FIXTURE)
-    np.save(DATA / "every_layer_1_2_out.npy", model.predict_reference(fixture_input()))
+    for model, path in ((every_layer_model().randomize(5), FIXTURE), (graph_model().randomize(6), GRAPH)):
+        model.save(path)
+        np.save(str(path).replace(".bin", "_out.npy"), model.predict_reference(fixture_input()))
 
 
 def save_format_1_1(model, path):
@@ -128,7 +150,7 @@ def mapped(array):
 
 # ---------------------------------------------------------------------------- versions
 
-@pytest.mark.parametrize("path, version", [(FIXTURE, (1, 2)), (FIXTURE_1_1, (1, 1))])
+@pytest.mark.parametrize("path, version", [(FIXTURE, (1, 2)), (GRAPH, (1, 2)), (FIXTURE_1_1, (1, 1))])
 def test_fixtures_of_every_version_read_and_predict(path, version):
     assert (io.read_file(path).major, io.read_file(path).minor) == version
     model = pybnn.load_model(path, verify=True)
@@ -524,7 +546,7 @@ def packed_kernel_bytes(path):
     return sum(layouts.nbytes(l.layout, l._kernel4_shape()) for l in model.layers if getattr(l, "layout", None))
 
 
-@pytest.mark.parametrize("path", [FIXTURE, FIXTURE_1_1, DIGITS])
+@pytest.mark.parametrize("path", [FIXTURE, GRAPH, FIXTURE_1_1, DIGITS])
 def test_loading_allocates_no_more_than_the_file_and_its_objects(path):
     raw = path.read_bytes()
     old = io.read_file(path).minor < 2
@@ -572,10 +594,6 @@ def test_load_allocation_does_not_grow_with_weight_size(tmp_path):
     assert size > 8 << 20 and peaks[1] < peaks[0] + (16 << 10) and peaks[1] < size / 50, (peaks, size)
 
 
-if __name__ == "__main__":
-    make_fixture()
-
-
 GROUPED = [("", 12, 4), ("Binary", 70, 2), ("FloatBinary", 9, 3), ("Int8", 12, 3), ("Int8Binary", 33, 3),
            ("", 8, 8), ("Int8", 8, 8), ("FloatBinary", 6, 6), ("Int8Binary", 6, 6), ("Binary", 5, 5)]
 
@@ -613,3 +631,7 @@ def test_a_forged_group_header_is_refused_naming_the_group(tmp_path):
         2 * stride + 4, d[2 * stride + 4] ^ 1)))
     with pytest.raises(pybnn.FormatError, match="tensor g/kernel.*group 2: its bits_fbgemm header"):
         pybnn.load_model(tmp_path / "g.bin")
+
+
+if __name__ == "__main__":
+    make_fixture()

@@ -233,6 +233,17 @@ def test_channel_affine(isa):
         L.ChannelAffine(use_scale=False, use_bias=False)
 
 
+@pytest.mark.parametrize("slope, max_value", [(0.0, None), (0.0, 6.0), (0.1, None)])
+def test_relu_bits_equal_reference(slope, max_value):
+    """ReLU's fast paths give the reference's bits, signed zeros, NaN and infinities included."""
+    special = [0.0, -0.0, np.nan, np.inf, -np.inf, -1e-45, 1e-45, -3.5, 2.25, 7.0]
+    x = np.concatenate([special, np.random.default_rng(8).standard_normal(86)]).astype(np.float32)
+    model = pybnn.Sequential([L.Input((96,)), L.ReLU(max_value=max_value, negative_slope=slope)])
+    with np.errstate(invalid="ignore"):  # -inf * 0 is NaN, in both
+        got, want = model.predict(x[None]), model.predict_reference(x[None])
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
 def test_uint8_image_enters_int8_layer_exactly(isa):
     """Pixels (uint8, scale s, zero point z) reach Int8Conv2D as q = pixel - 128, zp = z - 128."""
     rng = np.random.default_rng(7)

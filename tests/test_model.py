@@ -62,6 +62,29 @@ def test_folded_model_predicts_what_the_unfolded_one_does(isa, tail):
         np.testing.assert_array_equal(folded.predict_reference(x), a)
 
 
+def test_relu_folds_into_the_float_output_convolution_before_it(isa):
+    def build(fold):
+        return pybnn.Sequential([
+            L.Input((7, 7, 5)), L.Conv2D(12, 3, padding="same", name="c1"), L.BatchNormalization(name="bn1"),
+            L.ReLU(name="r1"),                                    # after BN folds into c1: folds too
+            L.BinaryConv2D(9, 3, strides=2, name="c2"), L.ReLU(name="r2"),   # float-output binary conv
+            L.ReLU(max_value=3.0, name="r3"),                     # a cap: stays a layer
+            L.Flatten(), L.Dense(4, activation="relu", name="d"), L.ReLU(name="r4")],  # has one already
+            fold=fold)
+
+    folded, unfolded = build(True), build(False)
+    folded.randomize(3)
+    for a, b in zip(unfolded.layers, folded.layers):
+        if b.get_weights():
+            a.set_weights(b.get_weights())
+    names = [op.name for op in folded.plan()]
+    assert "r1" not in names and "r2" not in names and "r3" in names and "r4" in names
+    assert {"r1 -> activation of c1", "r2 -> activation of c2"} <= set(folded.fold_notes)
+    x = np.random.default_rng(4).standard_normal((3, 7, 7, 5)).astype(np.float32)
+    np.testing.assert_allclose(folded.predict(x), unfolded.predict(x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(folded.predict(x), folded.predict_reference(x, folded=True), rtol=1e-5, atol=1e-5)
+
+
 def test_folded_thresholds_are_exact_at_every_integer():
     """For a binary conv + BN + Sign, the folded bits equal the float chain at every reachable dot."""
     model = pybnn.Sequential([L.Input((50,)), L.Sign(), L.BinaryDense(64, use_bias=True, use_scale=True),

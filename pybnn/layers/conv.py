@@ -2,7 +2,7 @@
 
 | layer                         | input   | weights                  | accumulator            |
 |-------------------------------|---------|--------------------------|------------------------|
-| Conv2D / Dense                | float32 | float32                  | float (sgemm / BLAS)   |
+| Conv2D / Dense                | float32 | float32                  | float (sgemm)          |
 | BinaryConv2D / BinaryDense    | binary  | 1 bit (+ optional scale) | int: K - 2*popcount    |
 | Int8Conv2D / Int8Dense        | int8    | int8, per-channel scale  | int32, exact           |
 | FloatBinaryConv2D / ...Dense  | float32 | 1 bit + per-channel scale| float                  |
@@ -14,7 +14,7 @@ int8 (int-accumulator kinds) the requantize rule; bits (after folding a Sign) a 
 threshold.  Dense layers are convolutions whose kernel covers the whole input grid.
 
 Each kind keeps its kernel in the layout its GEMM reads (pybnn.layouts): packed once from
-set_weights, or used in place from a model file's map; Dense keeps a float32 matrix (BLAS).
+set_weights, or used in place from a model file's map.
 """
 import copy
 
@@ -33,7 +33,7 @@ ACTIVATIONS = {None: (-np.inf, np.inf), "linear": (-np.inf, np.inf), "relu": (0.
 class _Conv(Layer):
     acc = "float"          # what the accumulator holds: "float" or "int"
     kernel_kind = "float"  # what set_weights takes for the kernel: "float", "int8" or "bits"
-    layout = None          # how the layer keeps it (pybnn.layouts); None: a float32 (K, cout) matrix
+    layout = None          # how the layer keeps it (pybnn.layouts): set by every kind
     dense = False
     gemm = None            # the GEMM of the fused im2col + GEMM + transform driver (gemm_conv)
 
@@ -147,7 +147,7 @@ class _Conv(Layer):
     def _packed_shape(self):
         """Shape of the kernel in this layer's layout: (KH, KW, Cin, Cout), or one kernel per
         group (G, KH, KW, Cin/G, Cout/G); None when the layer keeps it plain."""
-        if not self.layout or self._depthwise():
+        if self._depthwise():
             return None
         kh, kw, cg, cout = self._kernel4_shape()
         return (kh, kw, cg, cout) if self.groups == 1 else (self.groups, kh, kw, cg, cout // self.groups)
@@ -181,8 +181,6 @@ class _Conv(Layer):
         kernel = named["kernel"]
         if self.groups > 1:
             self._prepare_groups(kernel)
-        elif not self.layout:
-            self._wmat = kernel.reshape(self.depth, self.filters)  # in place: BLAS reads it as it is
         else:
             if not isinstance(kernel, layouts.Packed):  # kept packed only: get_weights unpacks it
                 kernel = self._weights[0] = layouts.pack(self.layout, kernel.reshape(self._kernel4_shape()))
@@ -361,7 +359,7 @@ class _Conv(Layer):
         out, isa, threads = self._out, cpu.active(), self._threads()
         rows = y.reshape(acc.shape[0], -1)
         if out["kind"] == "float":
-            if self.acc == "float":  # acc is y itself (see _accumulate)
+            if self.acc == "float":
                 ktr.to_float_f32(acc, out["mult"], out["bias"], out["lo"], out["hi"], rows, isa, threads)
             else:
                 if out["ibias"] is not None:
@@ -401,28 +399,17 @@ class _Conv(Layer):
 
 
 class Conv2D(_Conv):
-    """Float32 convolution: im2col + pybnn's register-blocked float GEMM (sgemm, fbgemm.h),
-    which beats NumPy's BLAS on convolution shapes (narrow outputs, tall patch matrices);
-    Dense (batch-sized matrix-vector products, bound by weight bandwidth) keeps BLAS."""
+    """Float32 convolution and dense layer: pybnn's register-blocked float GEMM (sgemm,
+    fbgemm.h) fused with im2col and the output transform.  It beats NumPy's BLAS on
+    convolution shapes (narrow outputs, tall patch matrices) and matches single-threaded
+    BLAS on batch-sized dense layers (matrix-vector products bound by weight bandwidth),
+    where it also keeps to pybnn's thread count: BLAS's own thread pool, which that count
+    does not govern, made a 512 -> 1000 dense layer at batch 1 take 20 ms instead of 0.04 ms
+    on a busy 2-core machine."""
 
     gemm = "sgemm"
     layout = "float32_sgemm"
 
-    def _threads(self):
-        # Only Dense (and depthwise) gets here: BLAS threads itself, and our OpenMP workers
-        # spinning around its call would steal its cores (measured: 2-thread float dense
-        # 3-4x slower), so the column copy and transform stay serial.
-        return 1
-
-    def _run(self, x, y):
-        if not self.dense:
-            return super()._run(x, y)
-        acc, self.last_isa = self._accumulate(x, y)
-        return self._transform(acc, y)
-
-    def _accumulate(self, x, y=None):
-        cols = self._columns(x, kgemm.im2col_f32)  # dense only: convolutions run the fused kernel
-        return np.matmul(cols, self._wmat, out=_float_acc(y, cols.shape[0], self.filters)), "blas"
 
     def _reference_acc(self, x):
         return self._reference_conv(self._reference_input(x), self._kernel4)
@@ -447,7 +434,7 @@ class FloatBinaryConv2D(_Conv):
 
     def _accumulate(self, x, y=None):
         cols = self._columns(x, kgemm.im2col_f32)
-        acc = _float_acc(y, cols.shape[0], self.filters)
+        acc = np.empty((cols.shape[0], self.filters), np.float32)
         isa = kgemm.fbgemm(cols, self._wpacked, self.depth, self.filters, acc, cpu.active(), cpu.num_threads())
         return acc, isa
 
@@ -626,12 +613,6 @@ class Int8BinaryConv2D(Int8Conv2D):
                                self.dilation_rate, self._pads(), self.groups)
 
 
-def _float_acc(y, rows, filters):
-    """Float accumulators (rows, filters): the output array itself when there is one (the
-    output transform then rewrites it in place), else a new array."""
-    return np.empty((rows, filters), np.float32) if y is None else y.reshape(rows, filters)
-
-
 def _dense(conv_cls, doc):
     """The dense form of a convolution kind: units instead of filters, kernel (in, units)."""
 
@@ -639,13 +620,10 @@ def _dense(conv_cls, doc):
         conv_cls.__init__(self, units, 1, use_bias=use_bias, activation=activation, name=name, **kwargs)
 
     name = conv_cls.__name__.replace("Conv2D", "Dense")
-    attrs = {"__doc__": doc, "dense": True, "__init__": __init__}
-    if conv_cls is Conv2D:  # a float32 (K, units) matrix, which BLAS reads in place
-        attrs["layout"] = None
-    return type(name, (conv_cls,), attrs)
+    return type(name, (conv_cls,), {"__doc__": doc, "dense": True, "__init__": __init__})
 
 
-Dense = _dense(Conv2D, "Float32 fully connected layer (BLAS matmul).")
+Dense = _dense(Conv2D, "Float32 fully connected layer (sgemm, see Conv2D).")
 BinaryDense = _dense(BinaryConv2D, "Binary input x binary weights, fully connected.  After a Flatten "
                      "of a binary tensor it reads the packed bits in place.")
 Int8Dense = _dense(Int8Conv2D, "Int8 fully connected layer (see Int8Conv2D).")

@@ -190,7 +190,13 @@ class ReLU(Layer):
 
     def call(self, x, out=None):
         y = self._output(out, x.shape[0])
-        _leaky(x, np.float32(self.negative_slope), y)
+        if self.negative_slope == 0:
+            # x * (x >= 0) is the reference's where(x >= 0, x, x * 0) bit for bit (-0.0 for
+            # negative x, NaN for NaN) in two fast passes; the masked copy of _leaky took
+            # 14x longer (1 ms on QuickNet's 112x112x16 stem)
+            np.multiply(x, x >= 0, out=y)
+        else:
+            _leaky(x, np.float32(self.negative_slope), y)
         if self.max_value is not None:
             np.minimum(y, np.float32(self.max_value), out=y)
         return y
