@@ -28,7 +28,7 @@ from pybnn import layers as L
 
 # kind: (bytes per weight in the file, layers after the input, the layer of a width)
 KINDS = {
-    "float32": (4, lambda: [], lambda w: L.Dense(w, use_bias=False)),                               # float32 (BLAS)
+    "float32": (4, lambda: [], lambda w: L.Dense(w, use_bias=False)),                               # float32 (sgemm)
     "conv": (4, lambda: [], lambda w: L.Conv2D(w, 1, use_bias=False)),                              # float32_sgemm
     "binary": (1 / 8, lambda: [L.Sign()], lambda w: L.BinaryDense(w)),                              # bits_xgemm
     "float-binary": (1 / 8, lambda: [], lambda w: L.FloatBinaryDense(w, use_bias=False)),           # bits_fbgemm
