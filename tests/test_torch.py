@@ -21,6 +21,7 @@ import torch.nn as nn
 
 import pybnn
 from pybnn import torch as bt
+from conftest import subprocess_env
 
 
 def awkward(shape, seed=0, zeros=0.2):
@@ -72,9 +73,9 @@ def test_sign_and_its_straight_through_gradient():
     assert x.grad.tolist()[:8] == [0, 1, 1, 1, 1, 1, 1, 0]  # hard-tanh gradient: |x| <= 1
 
 
-def test_import_pybnn_does_not_import_torch():
+def test_import_pybnn_does_not_import_torch(tmp_path):
     code = "import sys, pybnn, pybnn.layers, pybnn.io; assert 'torch' not in sys.modules, 'torch imported'"
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, env=subprocess_env())
 
 
 # ---------------------------------------------------------------------------- binary kinds

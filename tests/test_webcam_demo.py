@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 from PIL import Image
+from conftest import subprocess_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, "examples", "webcam_demo.py")
@@ -33,9 +34,8 @@ def digit_frames():
 
 def run_demo(*args):
     """The demo as a subprocess (python examples/webcam_demo.py --headless ARGS): stdout lines."""
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run([sys.executable, DEMO, "--headless", *args], capture_output=True, text=True,
-                          env=env, timeout=600)
+                          env=subprocess_env(), timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout.splitlines()
 
