@@ -10,7 +10,7 @@ from . import cpu
 from . import reference as ref
 from .errors import ConfigError, PyBNNError, ShapeError
 from .folding import float_threshold, integer_threshold
-from .layers import BatchNormalization, ChannelAffine, Dequantize, Input, Layer, Node, ReLU, Sign
+from .layers import Add, BatchNormalization, ChannelAffine, Dequantize, Input, Layer, Node, ReLU, Sign
 from .layers.base import to_user
 from .layers.conv import _Conv
 
@@ -561,6 +561,30 @@ def _fold(steps, outputs):
                and isinstance(b, channelwise), channel_into_conv)
     fold_pairs(lambda a, b: float_conv(a) and np.isinf(a._out["lo"]) and np.isinf(a._out["hi"])
                and isinstance(b, ReLU) and b.negative_slope == 0 and b.max_value is None, relu_into_conv)
+
+    # A BN / ChannelAffine left before a float Add (QuickNet's conv -> ReLU -> BN -> Add) runs
+    # inside the Add's pass.  The Add keeps its place (its other input may come later).
+    i = 0
+    while i < len(steps):
+        readers = [j for j, s in enumerate(steps) if i in s.inputs]
+        op = steps[i].op
+        if len(readers) == 1 and i not in outputs and steps[i].inputs and isinstance(op, channelwise):
+            j = readers[0]
+            add, inputs = steps[j].op, list(steps[j].inputs)
+            if (isinstance(add, Add) and add.output_spec.kind == "float32" and add.folded is None
+                    and inputs.count(i) == 1 and inputs.index(i) < 2):
+                k = inputs.index(i)
+                new = copy.copy(add)
+                new.folded, new._folded_reference = (k, op.channel_steps()), op.reference
+                inputs[k] = steps[i].inputs[0]
+                steps[j] = Step(new, inputs)
+                del steps[i]
+                for s in steps:
+                    s.inputs = [m - (m > i) for m in s.inputs]
+                outputs[:] = [m - (m > i) for m in outputs]
+                notes.append(f"{op.name} -> computed inside {add.name}")
+                continue
+        i += 1
     return steps, outputs, notes
 
 

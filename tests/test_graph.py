@@ -301,3 +301,28 @@ def test_command_line_bench(tmp_path, capsys):
     rows = json.loads(out.read_text())["layers"]
     assert [r["name"] for r in rows if r["kind"] == "Add"] == ["b0_add", "b1_add", "down_add"]
     assert main(["bench", str(path), "--batch", "0"]) == 1
+
+
+@pytest.mark.parametrize("affine_first", [True, False])
+def test_batch_norm_folds_into_the_add_that_reads_it(isa, affine_first):
+    """QuickNet's block: a ReLU'd binary convolution, BN, then the shortcut Add.  The BN (or a
+    ChannelAffine) runs inside the Add's pass, on either operand, bit for bit as unfolded."""
+    def build(fold):
+        inp = L.Input((6, 7, 40), name="x")
+        y = L.BinaryConv2D(40, 3, padding="same", pad_value=1, activation="relu", name="conv")(inp)
+        y = (L.ChannelAffine(name="bn") if affine_first else L.BatchNormalization(name="bn"))(y)
+        s = L.ReLU(name="r")(inp)
+        out = L.Add(name="add")([y, s] if affine_first else [s, y])
+        return pybnn.Model(inp, L.Add(name="add2")([out, s, s]), fold=fold)
+
+    folded, unfolded = build(True), build(False)
+    folded.randomize(3)
+    for a, b in zip(unfolded.layers, folded.layers):
+        if b.get_weights():
+            a.set_weights(b.get_weights())
+    assert "bn" not in [op.name for op in folded.plan()]
+    assert "bn -> computed inside add" in folded.fold_notes
+    x = np.random.default_rng(1).standard_normal((2, 6, 7, 40)).astype(np.float32)
+    got = folded.predict(x)
+    np.testing.assert_array_equal(got.view(np.uint32), unfolded.predict(x).view(np.uint32))
+    np.testing.assert_array_equal(got.view(np.uint32), folded.predict_reference(x, folded=True).view(np.uint32))

@@ -10,6 +10,7 @@ from .. import reference as ref
 from .._kernels import bitpack as kpack
 from ..errors import ConfigError, ShapeError
 from .base import KINDS, Layer, TensorSpec
+from .core import channelwise
 
 
 class _Merge(Layer):
@@ -51,6 +52,9 @@ class Add(_Merge):
             raise ConfigError(f"{who}: output_zero_point must be in [-128, 127], got {output_zero_point!r}")
         self.output_scale = None if output_scale is None else float(output_scale)
         self.output_zero_point = int(output_zero_point)
+        # Set by folding: (k, (sub, mul, add)) when input k is a BatchNormalization's or
+        # ChannelAffine's output folded into this layer (k is 0 or 1); None otherwise.
+        self.folded, self._folded_reference = None, None
 
     def get_config(self):
         return {"output_scale": self.output_scale, "output_zero_point": self.output_zero_point, "name": self.name}
@@ -71,19 +75,27 @@ class Add(_Merge):
         return TensorSpec("int8", specs[0].shape, self.output_scale, self.output_zero_point)
 
     def call(self, xs, out=None):
-        y = self._output(out, xs[0].shape[0])
         if self.output_spec.kind == "int8":
+            y = self._output(out, xs[0].shape[0])
             np.copyto(y, self.reference(xs))
             return y
-        np.add(xs[0], xs[1], out=y)
+        # float32, left to right: x0 + x1 in one pass of the per-channel kernel (with the
+        # steps of a BatchNormalization / ChannelAffine folded into this Add on one of them:
+        # x + y == y + x exactly, so the folded input may be either), then each further input
+        k, steps = self.folded if self.folded else (0, (None, None, None))
+        y = channelwise(self, xs[k], out, *steps, res=xs[1 - k])
         for x in xs[2:]:
-            np.add(y, x, out=y)
+            channelwise(self, y, y, res=x)
         return y
 
     def reference(self, xs):
         if self.output_spec.kind == "int8":
             return ref.add_int8(xs, [s.zero_point for s in self.input_specs], self._mults,
                                 self.output_zero_point)
+        if self.folded:
+            k = self.folded[0]
+            xs = list(xs)
+            xs[k] = self._folded_reference(xs[k])
         return ref.add(xs)
 
 
