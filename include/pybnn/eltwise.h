@@ -28,15 +28,19 @@ typedef struct {
 
 static inline __attribute__((always_inline)) void pybnn_ew_body(const pybnn_ew_args *a, size_t r0, size_t r1,
                                                                  const int f) {
+    /* Locals, not a->: a store through y could otherwise change a->sub etc. as far as the
+     * compiler knows, and the loop would not vectorise.  y may be x or res (the same
+     * element is read before it is written), never a partial overlap, nor a vector. */
     const size_t c = a->c;
+    const float *sub = a->sub, *mul = a->mul, *add = a->add;
     for (size_t r = r0; r < r1; r++) {
-        const float *x = a->x + r * c, *res = (f & PYBNN_EW_RES) ? a->res + r * c : NULL;
+        const float *x = a->x + r * c, *res = (f & PYBNN_EW_RES) ? a->res + r * c : x;
         float *y = a->y + r * c;
         for (size_t i = 0; i < c; i++) {
             float t = x[i];
-            if (f & PYBNN_EW_SUB) t = t - a->sub[i];
-            if (f & PYBNN_EW_MUL) t = t * a->mul[i];
-            if (f & PYBNN_EW_ADD) t = t + a->add[i];
+            if (f & PYBNN_EW_SUB) t = t - sub[i];
+            if (f & PYBNN_EW_MUL) t = t * mul[i];
+            if (f & PYBNN_EW_ADD) t = t + add[i];
             if (f & PYBNN_EW_RES) t = t + res[i];
             if (f & PYBNN_EW_RELU) t = t * (float)(t >= 0.0f);
             y[i] = t;
@@ -108,8 +112,10 @@ static int pybnn_channelwise(int isa, int threads, const float *x, size_t rows, 
     pybnn_ew_job j = {pybnn_ew_pick(isa, &used), {x, sub, mul, add, res, y, rows, c},
                       (sub ? PYBNN_EW_SUB : 0) | (mul ? PYBNN_EW_MUL : 0) | (add ? PYBNN_EW_ADD : 0) |
                           (res ? PYBNN_EW_RES : 0) | (relu ? PYBNN_EW_RELU : 0)};
-    /* Work (common.h units): ~0.2 ns per value (memory bound: 8-12 bytes per value). */
-    pybnn_par_run(pybnn_par_parts(threads, rows, 2.0 * (double)rows * (double)c), pybnn_ew_part, &j);
+    /* Work (common.h units): ~0.25 ns per value (memory bound: 8-12 bytes per value), counted
+     * a little higher: in a model the input was mostly just written by the previous kernel's
+     * threads, half of it in the other core's cache (see bitpack.h). */
+    pybnn_par_run(pybnn_par_parts(threads, rows, 3.0 * (double)rows * (double)c), pybnn_ew_part, &j);
     return used;
 }
 
