@@ -248,6 +248,7 @@ static inline __attribute__((always_inline)) void pybnn_dw_range(const pybnn_dw_
 
 PYBNN_DW_VARIANT(scalar, , 4)
 #if PYBNN_X86
+PYBNN_DW_VARIANT(sse4, PYBNN_TARGET_SSE4, 16)
 PYBNN_DW_VARIANT(avx2, PYBNN_TARGET_AVX2, 32)
 PYBNN_DW_VARIANT(avx512, PYBNN_TARGET_AVX512, 64)
 #endif
@@ -267,6 +268,10 @@ static pybnn_dw_fn pybnn_dw_pick(int isa, int is_int8, int *used) {
     if (isa >= PYBNN_ISA_AVX2 && pybnn_isa_supported(PYBNN_ISA_AVX2)) {
         *used = PYBNN_ISA_AVX2;
         return is_int8 ? pybnn_dw_i8_avx2 : pybnn_dw_f32_avx2;
+    }
+    if (isa >= PYBNN_ISA_SSE4 && pybnn_isa_supported(PYBNN_ISA_SSE4)) {
+        *used = PYBNN_ISA_SSE4;
+        return is_int8 ? pybnn_dw_i8_sse4 : pybnn_dw_f32_sse4;
     }
 #endif
     (void)isa;
