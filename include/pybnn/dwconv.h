@@ -22,6 +22,7 @@
 #define PYBNN_DWCONV_H
 
 #include "pybnn/common.h"
+#include "pybnn/output_transform.h"
 
 #define PYBNN_DW_INLINE static inline __attribute__((always_inline))
 
@@ -63,15 +64,19 @@ PYBNN_DW_INLINE void pybnn_dw_row_i8(int32_t *restrict acc, const void *xv, cons
 }
 
 typedef struct pybnn_dw_job pybnn_dw_job;
-typedef void (*pybnn_dw_fn)(const pybnn_dw_job *j, size_t lo, size_t hi);
+typedef void (*pybnn_dw_fn)(const pybnn_dw_job *j, size_t lo, size_t hi, uint8_t *acc);
 
 struct pybnn_dw_job {
     pybnn_dw_fn run;
     const uint8_t *x, *w;
     int h, w_, c, m, kh, kw, sh, sw, dh, dw, pad_top, pad_left, hout, wout;
     int32_t zp;
-    size_t total;    /* output pixels */
-    uint8_t *acc;    /* (total, c*m) float32 or int32 */
+    size_t total;        /* output pixels */
+    uint8_t *acc;        /* (total, c*m) float32 or int32 accumulators, when ot is NULL */
+    const pybnn_ot *ot;  /* else the output transform, applied per block of pixels into out */
+    int level;           /* pybnn_ot_level of the call's ISA */
+    void *out;
+    int failed;          /* a part could not allocate its block buffer */
 };
 
 /* Depth multiplier 1 (the common case): the in-image taps of one output pixel, at most
@@ -162,17 +167,17 @@ PYBNN_DW_INLINE void pybnn_dw_taps(void *restrict accv, const uint8_t *xb, const
     }
 }
 
-/* Output pixels [lo, hi), taps in row-major order.  Inlined into each instruction set's
+/* Output pixels [lo, hi) into the accumulator rows at acc0, taps in row-major order.  Inlined into each instruction set's
  * function below, so the loops vectorise for it and no call is made per tap.  A pixel whose
  * window lies inside the image (most of them) reuses one tap list built per call; only
  * border pixels build their own. */
 static inline __attribute__((always_inline)) void pybnn_dw_range(const pybnn_dw_job *j, size_t lo, size_t hi,
-                                                                  const int is_int8, const int bytes) {
+                                                                  uint8_t *acc0, const int is_int8,
+                                                                  const int bytes) {
     const size_t c = (size_t)j->c, m = (size_t)j->m, cm = c * m, pix = c * (is_int8 ? 1 : 4);
     const int kh = j->kh, kw = j->kw, h = j->h, w = j->w_, wout = j->wout, hout = j->hout;
     const int32_t zp = j->zp;
     const uint8_t *const x = j->x, *const wt = j->w;
-    uint8_t *const acc0 = j->acc;
     const int ntaps = kh * kw, inner_ok = m == 1 && ntaps <= PYBNN_DW_TAPS;
     ptrdiff_t inner_off[PYBNN_DW_TAPS], xoff[PYBNN_DW_TAPS];
     const uint8_t *inner_w[PYBNN_DW_TAPS], *ws[PYBNN_DW_TAPS];
@@ -186,7 +191,7 @@ static inline __attribute__((always_inline)) void pybnn_dw_range(const pybnn_dw_
     size_t b = lo / ((size_t)wout * hout);
     for (size_t p = lo; p < hi; p++) {
         const uint8_t *xb = x + b * (size_t)h * w * pix;
-        uint8_t *acc = acc0 + p * cm * 4;
+        uint8_t *acc = acc0 + (p - lo) * cm * 4;
         const long ih0 = (long)oh * j->sh - j->pad_top, iw0 = (long)ow * j->sw - j->pad_left;
         if (inner_ok && ih0 >= 0 && ih0 + (long)(kh - 1) * j->dh < h && iw0 >= 0 &&
             iw0 + (long)(kw - 1) * j->dw < w) {
@@ -239,11 +244,11 @@ static inline __attribute__((always_inline)) void pybnn_dw_range(const pybnn_dw_
 
 /* bytes: vector register width (4 = one value: the portable path stays scalar C). */
 #define PYBNN_DW_VARIANT(suffix, ATTR, bytes)                                                      \
-    ATTR static void pybnn_dw_f32_##suffix(const pybnn_dw_job *j, size_t lo, size_t hi) {          \
-        pybnn_dw_range(j, lo, hi, 0, bytes);                                                       \
+    ATTR static void pybnn_dw_f32_##suffix(const pybnn_dw_job *j, size_t lo, size_t hi, uint8_t *acc) {  \
+        pybnn_dw_range(j, lo, hi, acc, 0, bytes);                                                  \
     }                                                                                              \
-    ATTR static void pybnn_dw_i8_##suffix(const pybnn_dw_job *j, size_t lo, size_t hi) {           \
-        pybnn_dw_range(j, lo, hi, 1, bytes);                                                       \
+    ATTR static void pybnn_dw_i8_##suffix(const pybnn_dw_job *j, size_t lo, size_t hi, uint8_t *acc) {   \
+        pybnn_dw_range(j, lo, hi, acc, 1, bytes);                                                  \
     }
 
 PYBNN_DW_VARIANT(scalar, , 4)
@@ -279,30 +284,56 @@ static pybnn_dw_fn pybnn_dw_pick(int isa, int is_int8, int *used) {
     return is_int8 ? pybnn_dw_i8_scalar : pybnn_dw_f32_scalar;
 }
 
+/* Accumulator bytes per block of pixels of a fused call: the block stays in L1/L2 between
+ * the taps and the transform. */
+#define PYBNN_DW_BLOCK_BYTES 32768
+
 static void pybnn_dw_part(void *ctx, int part, int nparts) {
-    const pybnn_dw_job *j = (const pybnn_dw_job *)ctx;
+    pybnn_dw_job *j = (pybnn_dw_job *)ctx;
     size_t lo, hi;
     pybnn_par_range(j->total, part, nparts, &lo, &hi);
-    if (lo < hi)
-        j->run(j, lo, hi);
+    if (lo >= hi)
+        return;
+    if (!j->ot) {
+        j->run(j, lo, hi, j->acc + lo * (size_t)j->c * j->m * 4);
+        return;
+    }
+    const size_t cm = (size_t)j->c * j->m, ldo = pybnn_ot_ldo(j->ot, cm);
+    const size_t block = PYBNN_MIN(hi - lo, PYBNN_MAX((size_t)1, PYBNN_DW_BLOCK_BYTES / (cm * 4)));
+    uint8_t *buf = (uint8_t *)malloc(block * cm * 4);
+    if (!buf) {
+        __atomic_store_n(&j->failed, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    for (size_t p = lo; p < hi; p += block) {
+        const size_t q = PYBNN_MIN(hi, p + block);
+        j->run(j, p, q, buf);
+        pybnn_ot_apply(j->ot, j->level, buf, cm, q - p, 0, cm,
+                       (char *)j->out + p * ldo * pybnn_ot_esize(j->ot), ldo);
+    }
+    free(buf);
 }
 
 /* x: (n, h, w, c) float32 or int8 (is_int8; zp its zero point); w: (kh*kw, c*m) float32 or
- * int32; acc: (n*hout*wout, c*m) float32 or int32.  Geometry is checked by the Cython layer.
- * Returns the ISA used. */
+ * int32.  ot NULL: out receives the accumulators, (n*hout*wout, c*m) float32 or int32; else
+ * the output transform ot of them (output_transform.h: float32, int8 or packed bits, rows of
+ * pybnn_ot_ldo elements), applied per block of pixels while it is in cache, bit-identical to
+ * transforming the whole accumulator matrix.  Geometry is checked by the Cython layer.
+ * Returns the ISA used, or -1 if scratch memory could not be allocated. */
 static int pybnn_depthwise(int isa, int threads, int is_int8, const void *x, int n, int h, int w, int c,
                            int m, const void *wt, int kh, int kw, int sh, int sw, int dh, int dw,
-                           int pad_top, int pad_left, int hout, int wout, int32_t zp, void *acc) {
+                           int pad_top, int pad_left, int hout, int wout, int32_t zp, const pybnn_ot *ot,
+                           void *out) {
     int used;
     pybnn_dw_job j = {pybnn_dw_pick(isa, is_int8, &used), (const uint8_t *)x, (const uint8_t *)wt,
                       h, w, c, m, kh, kw, sh, sw, dh, dw, pad_top, pad_left, hout, wout,
-                      zp, (size_t)n * hout * wout, (uint8_t *)acc};
+                      zp, (size_t)n * hout * wout, (uint8_t *)out, ot, pybnn_ot_level(isa), out, 0};
     /* Work (common.h units): ~1.5 ns per pixel and tap plus ~0.05 ns per multiply-add
-     * (measured on AVX-512 and AVX2), counted 2x for an input that the previous kernel's
-     * threads left half in the other core's cache. */
-    double work = 2.0 * (double)j.total * kh * kw * (15.0 + 0.5 * (double)c * m);
+     * (measured on AVX-512 and AVX2) and 2 per output element of the transform, counted 2x
+     * for an input that the previous kernel's threads left half in the other core's cache. */
+    double work = 2.0 * (double)j.total * ((double)kh * kw * (15.0 + 0.5 * (double)c * m) + 2.0 * (double)c * m);
     pybnn_par_run(pybnn_par_parts(threads, j.total, work), pybnn_dw_part, &j);
-    return used;
+    return j.failed ? -1 : used;
 }
 
 #endif /* PYBNN_DWCONV_H */

@@ -36,6 +36,7 @@ class _Conv(Layer):
     layout = None          # how the layer keeps it (pybnn.layouts): set by every kind
     dense = False
     gemm = None            # the GEMM of the fused im2col + GEMM + transform driver (gemm_conv)
+    _dw = None             # depthwise layers: the (KH*KW, Cout) kernel the depthwise driver reads
 
     def __init__(self, filters, kernel_size, strides=1, padding="valid", dilation_rate=1,
                  use_bias=True, activation=None, name=None, groups=1):
@@ -246,13 +247,6 @@ class _Conv(Layer):
     def _call_groups(self, x, y):
         h, w, c, pt, _, pl, _, hout, wout = self._geom
         n = x.shape[0]
-        if self._dw is not None:
-            acc = np.empty((n * hout * wout, self.filters), np.int32 if self.acc == "int" else np.float32)
-            zp = self.input_spec.zero_point if self.acc == "int" else 0
-            isa = kdw.depthwise(x.reshape(n, h, w, c), self._dw, *self.kernel_size, *self.strides,
-                                *self.dilation_rate, pt, pl, hout, wout, zp, acc, cpu.active(), cpu.num_threads())
-            self._transform(acc, y)
-            return isa
         cg, fg = c // self.groups, self.filters // self.groups
         bits_in, bits_out = self.input_spec.kind == "binary", self._out["kind"] == "bits"
         if bits_out:
@@ -291,7 +285,7 @@ class _Conv(Layer):
         if self._weights is None:
             raise ShapeError(f"{self.name}: has no weights; call set_weights() or load a weights file")
         y = self._output(out, x.shape[0])
-        if self.groups > 1:
+        if self.groups > 1 and self._dw is None:
             self.last_isa = self._call_groups(x, y)
             return y
         return self._run(x, y)
@@ -328,9 +322,13 @@ class _Conv(Layer):
         return cached[1]
 
     def _make_kernel(self, dtype, params):
-        """im2col, GEMM and output transform fused per block of output rows, in C."""
+        """im2col, GEMM and output transform fused per block of output rows, in C (depthwise
+        layers: the depthwise kernel and the transform, fused per block of pixels)."""
         h, w, c, pt, _, pl, _, hout, wout = self._geom
         zp = self.input_spec.zero_point if self.acc == "int" else 0
+        if self._dw is not None:
+            return kdw.DWConv(self._dw, h, w, c, *self.kernel_size, *self.strides, *self.dilation_rate, pt, pl,
+                              hout, wout, dtype, a_zp=zp, **params)
         return kgemm.GemmConv(self.gemm, self._wpacked, h, w, c, self.filters, *self.kernel_size, *self.strides,
                               *self.dilation_rate, pt, pl, hout, wout, dtype, a_zp=zp, **params)
 
