@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import cpu, layouts
 from .. import reference as ref
-from .._kernels import bconv as kbin, bitpack as kpack, dwconv as kdw, gemm as kgemm, transform as ktr
+from .._kernels import bconv as kbin, bitpack as kpack, dwconv as kdw, gemm as kgemm
 from ..errors import ConfigError, ShapeError, WeightsError
 from ..shapes import as_pair, as_padding, conv_output, words
 from .base import Layer, TensorSpec
@@ -350,24 +350,6 @@ class _Conv(Layer):
         else:
             y = ref.pack_bits(ref.threshold_negative(acc, out["thr"], out["dir"]))
         return y.reshape(self.output_spec.array_shape(n))
-
-    def _transform(self, acc, y):
-        """The output transform of the accumulators (rows, filters) into y (dense layers;
-        convolutions fuse it into their kernel)."""
-        out, isa, threads = self._out, cpu.active(), self._threads()
-        rows = y.reshape(acc.shape[0], -1)
-        if out["kind"] == "float":
-            if self.acc == "float":
-                ktr.to_float_f32(acc, out["mult"], out["bias"], out["lo"], out["hi"], rows, isa, threads)
-            else:
-                if out["ibias"] is not None:
-                    np.add(acc, out["ibias"], out=acc)
-                ktr.to_float_i32(acc, out["mult"], out["bias"], out["lo"], out["hi"], rows, isa, threads)
-        elif out["kind"] == "int8":
-            ktr.to_int8(acc, out["ibias"], out["mult"], out["zp"], out["qmin"], out["qmax"], rows, isa, threads)
-        else:
-            ktr.to_bits(acc, out["thr"], out["dir"], rows, isa, threads)
-        return y
 
     def _columns(self, x, im2col, pad=None):
         """im2col of an NHWC batch; a 1x1/stride-1/unpadded kernel needs none."""
