@@ -522,12 +522,9 @@ static void pybnn_bp_part(void *ctx, int part, int nparts) {
 }
 
 static int pybnn_bp_run(int threads, const pybnn_bp_job *j) {
-    /* Work (common.h units): about one per channel, counted 4x: packing streams its input
-     * once, and in a model that input was mostly just written by the previous kernel's
-     * threads, half of it in the other core's cache, so splitting the rows the same way
-     * (contiguous ranges) pays from a few tens of thousands of values (QuickNet's
-     * 56x56x64 Sign: 20 us on one thread after a 2-thread Add, 8 us on two). */
-    int nparts = pybnn_par_parts(threads, j->m, 4.0 * (double)j->m * (double)j->c);
+    /* Work (common.h units): packing streams its input once; see PYBNN_PAR_STREAMING
+     * (QuickNet's 56x56x64 Sign after a 2-thread Add: 20 us on one thread, 8 us on two). */
+    int nparts = pybnn_par_parts(threads, j->m, PYBNN_PAR_STREAMING * (double)j->m * (double)j->c);
     if (nparts > 1)
         pybnn_par_run(nparts, pybnn_bp_part, (void *)j);
     /* The serial call also tells which variant runs (with 0 rows when already done). */

@@ -198,6 +198,15 @@ static inline uint32_t pybnn_neon_dirneg(const int8_t *dir) {
 #define PYBNN_PAR_GRAIN 131072.0
 #define PYBNN_PAR_MAX_THREADS 256
 
+/* Memory-bound kernels (per-channel float operations, bit-packing) mostly read what the
+ * kernel before them just wrote, in a model on all its threads in contiguous row ranges:
+ * run serially, they fetch half their input from the other core's cache, split the same way
+ * each thread reads its own.  QuickNet's 14x14x256 Add after a 2-thread convolution: 8.5 us
+ * in a 1-thread model, 13-17 us serial in a 2-thread one, 9 us split.  Such kernels count
+ * their work this many times over (about 0.1 ns per value), so they split from about 22,000
+ * values (a single small layer called alone pays ~1 us for it). */
+#define PYBNN_PAR_STREAMING 12.0
+
 /* Parts to split `work` units into: at most `threads`, at most `units` (the number of
  * indivisible pieces of output) and at most work / PYBNN_PAR_GRAIN. */
 static inline int pybnn_par_parts(int threads, size_t units, double work) {

@@ -112,10 +112,9 @@ static int pybnn_channelwise(int isa, int threads, const float *x, size_t rows, 
     pybnn_ew_job j = {pybnn_ew_pick(isa, &used), {x, sub, mul, add, res, y, rows, c},
                       (sub ? PYBNN_EW_SUB : 0) | (mul ? PYBNN_EW_MUL : 0) | (add ? PYBNN_EW_ADD : 0) |
                           (res ? PYBNN_EW_RES : 0) | (relu ? PYBNN_EW_RELU : 0)};
-    /* Work (common.h units): ~0.25 ns per value (memory bound: 8-12 bytes per value), counted
-     * a little higher: in a model the input was mostly just written by the previous kernel's
-     * threads, half of it in the other core's cache (see bitpack.h). */
-    pybnn_par_run(pybnn_par_parts(threads, rows, 3.0 * (double)rows * (double)c), pybnn_ew_part, &j);
+    /* Work (common.h units): memory bound, 8-12 bytes per value; see PYBNN_PAR_STREAMING. */
+    pybnn_par_run(pybnn_par_parts(threads, rows, PYBNN_PAR_STREAMING * (double)rows * (double)c), pybnn_ew_part,
+                  &j);
     return used;
 }
 
