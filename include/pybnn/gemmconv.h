@@ -259,9 +259,13 @@ static int pybnn_gemm_conv(int gemm, int isa, int threads, const void *x, ptrdif
     j.m = (size_t)(n * hout * wout), j.rowbytes = j.k * esize;
     if (j.m == 0)
         return used;
-    /* Work (common.h units): the GEMM's, im2col's and two per transformed element. */
+    /* Work (common.h units): the GEMM's, im2col's and two per transformed element; and at
+     * least the weights streamed once, ~0.15 per byte (a few rows, e.g. a dense layer at
+     * batch 1, use each weight once: Bi-Real Net's 512 -> 1000 head, 2 MB of float32, took
+     * 30 us against 13 us counted by its multiply-adds). */
     const double macs = (double)j.m * (double)cout * (double)j.k;
     double work = int8 ? macs / pybnn_igemm_macs_per_unit(used, j.binary) : macs / 4.0;
+    work = PYBNN_MAX(work, 0.15 * (double)wbytes);
     work += (j.direct ? 0.0 : pybnn_im2col_work(j.m, j.rowbytes)) + 2.0 * (double)j.m * (double)cout;
     /* Channel units: whole panels (float 32, int8 16 channels), whole bit-output words (32),
      * and the AVX-512 int8 tile's 64 channels when there are enough of them. */
