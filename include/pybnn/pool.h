@@ -12,10 +12,10 @@
  *
  * How: each output pixel combines its window's input pixels one at a time as whole channel
  * rows (NHWC keeps a pixel's channels adjacent), so the work is a few row operations the
- * compiler vectorises.  Those row operations are written once as plain C; pybnn_pool_ops
- * instantiates them per instruction set by wrapping them in functions with that set's
- * target attribute (an always_inline body takes its caller's target), so every variant is
- * the same arithmetic and the scalar variant is simply the portable C build.
+ * compiler vectorises.  Those row operations are written once as plain C;
+ * PYBNN_POOL_VARIANT instantiates them per instruction set inside range functions with that
+ * set's target attribute (an always_inline body takes its caller's target), so every
+ * variant is the same arithmetic and the scalar variant is simply the portable C build.
  * Blocks of 64 channels go through all of a window's pixels at once, so their accumulators
  * stay in registers (about 3x faster than whole rows on 14x14x256 windows of 2x2).
  * Threads: contiguous ranges of output pixels.
