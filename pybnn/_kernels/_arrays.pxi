@@ -68,6 +68,23 @@ cdef void *_data(object a, int typenum, int ndim, const cnp.npy_intp *dims, str 
     return cnp.PyArray_DATA(arr)
 
 
+cdef const void *_nhwc_input(object x, int typenum, Py_ssize_t h, Py_ssize_t w, Py_ssize_t c, str who,
+                             cnp.npy_intp *n) except NULL:
+    """Data of x if it is a C-contiguous float32 / int8 (typenum) array (N, h, w, c) or
+    (N, h*w*c), the input of a prepared convolution call; *n = N.  Else ValueError."""
+    if not isinstance(x, cnp.ndarray):
+        raise ValueError(f"{who}: x must be a NumPy array, got {type(x).__name__}")
+    cdef cnp.ndarray xa = <cnp.ndarray>x
+    cdef int nd = cnp.PyArray_NDIM(xa)
+    cdef cnp.npy_intp *xd = cnp.PyArray_DIMS(xa)
+    if not (cnp.PyArray_TYPE(xa) == typenum and cnp.PyArray_IS_C_CONTIGUOUS(xa) and
+            ((nd == 4 and xd[1] == h and xd[2] == w and xd[3] == c) or (nd == 2 and xd[1] == h * w * c))):
+        raise ValueError(f"{who}: x must be a C-contiguous {_TYPE_NAMES.get(typenum, typenum)} array of shape "
+                         f"(N, {h}, {w}, {c}) or (N, {h * w * c}); got {x.dtype} {x.shape}")
+    n[0] = xd[0]
+    return cnp.PyArray_DATA(xa)
+
+
 cdef bint _output_transform(pybnn_ot *ot, str who, int typenum, int cout, bint int_acc, mult, bias,
                             float lo, float hi, ibias, int zp, int qmin, int qmax, thr, dir) except -1:
     """Fill *ot for an output of dtype `typenum` with `cout` channels from the per-channel

@@ -116,20 +116,9 @@ cdef class DWConv:
         output, the ISA number of the variant that ran)."""
         _check_isa(isa)
         _check_threads(threads)
-        if not isinstance(x, cnp.ndarray):
-            raise ValueError(f"DWConv: x must be a NumPy array, got {type(x).__name__}")
-        cdef cnp.ndarray xa = <cnp.ndarray>x
-        cdef int nd = cnp.PyArray_NDIM(xa)
-        cdef cnp.npy_intp *xd = cnp.PyArray_DIMS(xa)
-        if not (cnp.PyArray_TYPE(xa) == self.in_type and cnp.PyArray_IS_C_CONTIGUOUS(xa) and
-                ((nd == 4 and xd[1] == self.h and xd[2] == self.w and xd[3] == self.c) or
-                 (nd == 2 and xd[1] == self.h * self.w * self.c))):
-            raise ValueError(f"DWConv: x must be a C-contiguous {'int8' if self.in_type == cnp.NPY_INT8 else 'float32'} "
-                             f"array of shape (N, {self.h}, {self.w}, {self.c}) or (N, {self.h * self.w * self.c}); "
-                             f"got {x.dtype} {x.shape}")
-        cdef const void *xp = cnp.PyArray_DATA(xa)
         cdef cnp.npy_intp dims[4]
-        dims[0], dims[1], dims[2], dims[3] = xd[0], self.hout, self.wout, self.last
+        cdef const void *xp = _nhwc_input(x, self.in_type, self.h, self.w, self.c, "DWConv", &dims[0])
+        dims[1], dims[2], dims[3] = self.hout, self.wout, self.last
         if out is None:
             out = cnp.PyArray_EMPTY(4, dims, self.out_type, 0)
         cdef void *op = _data(out, self.out_type, 4, dims, "DWConv: out", True)
