@@ -1,5 +1,6 @@
-/* Depthwise convolution (groups = input channels) of float32 and int8 NHWC tensors; this
- * computes the accumulators, the layer then applies its output transform (transform.pyx):
+/* Depthwise convolution (groups = input channels) of float32 and int8 NHWC tensors: the
+ * accumulators, or their output transform (output_transform.h) applied per block of pixels
+ * while the block is in cache (what layers run):
  *
  *   acc[n, oh, ow, c*M + j] = sum over the taps (i, k) whose input pixel lies in the image of
  *                             x'[n, oh*sh - pt + i*dh, ow*sw - pl + k*dw, c] * w[i, k, c*M + j]
