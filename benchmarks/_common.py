@@ -158,9 +158,8 @@ def all_threads():
 @contextlib.contextmanager
 def limit_threads(n, torch_module=None, blas=None):
     """Run the enclosed code with n threads everywhere we can set it: pybnn kernels
-    (pybnn.cpu.use_threads), NumPy's BLAS (threadpoolctl, if installed; pybnn's float
-    Conv2D/Dense and the NumPy baselines use it; `blas` overrides its count) and PyTorch's
-    intra-op pool."""
+    (pybnn.cpu.use_threads), NumPy's BLAS (threadpoolctl, if installed; NumPy baselines use
+    it, pybnn's kernels do not; `blas` overrides its count) and PyTorch's intra-op pool."""
     stack = contextlib.ExitStack()
     with stack:
         stack.enter_context(cpu.use_threads(n))

@@ -21,7 +21,7 @@ These are upper bounds of the loop's issue rate: they ignore cache misses, the c
 the loop (packing, im2col, output transforms) and, on the in-order A53, stalls on latency
 the compiler did not schedule around.  Expect 50-80% of them on large layers.
 
-    python benchmarks/pi_throughput.py [--sysroot-arm64 DIR] [--sysroot-armhf DIR] [--markdown]
+    python benchmarks/pi_throughput.py [--sysroot-arm64 DIR] [--sysroot-armhf DIR]    (prints Markdown)
 
 Needs gcc-aarch64-linux-gnu / gcc-arm-linux-gnueabihf (what .ci/arm installs) and a C
 library for each target: the sysroots .ci/arm caches are found by themselves.

@@ -72,13 +72,7 @@ def random_weights(model, seed=0, batches=4, batch_size=16):
     for m in model.modules():
         if isinstance(m, (bt.BinaryConv2d, bt.FloatBinaryConv2d)):
             nn.init.uniform_(m.weight, -1, 1)
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the batches below
-    model.train()
-    with torch.no_grad():
-        for _ in range(batches):
-            model(torch.rand(batch_size, 3, 32, 32) * 2 - 1)
+    bt.recompute_batch_norm(model, torch.rand(batches * batch_size, 3, 32, 32) * 2 - 1, batch_size)
     return model.eval()
 
 

@@ -126,12 +126,13 @@ class Preprocessor:
         self.invert = invert
 
     def __call__(self, frame):
-        im = Image.fromarray(frame)
-        # center crop to the input's aspect ratio, so the object is not stretched
-        fw, fh = im.size
+        # center crop to the input's aspect ratio, so the object is not stretched (before PIL
+        # copies it: only the crop is converted)
+        fh, fw = frame.shape[:2]
         cw, ch = (fw, round(fw * self.h / self.w)) if fw * self.h <= fh * self.w else (round(fh * self.w / self.h), fh)
         left, top = (fw - cw) // 2, (fh - ch) // 2
-        im = im.crop((left, top, left + cw, top + ch)).convert("L" if self.c == 1 else "RGB")
+        im = Image.fromarray(np.ascontiguousarray(frame[top:top + ch, left:left + cw]))
+        im = im.convert("L" if self.c == 1 else "RGB")
         pixels = np.asarray(im.resize((self.w, self.h), Image.BILINEAR), dtype=np.uint8).reshape(self.h, self.w, self.c)
         if self.invert:
             pixels = 255 - pixels
@@ -140,7 +141,7 @@ class Preprocessor:
         x = pixels.astype(np.float32) / np.float32(255)
         if self.dtype == "float32":
             return x
-        return np.clip(np.rint(x / np.float32(self.scale)) + self.zero_point, -128, 127).astype(np.int8)
+        return pybnn.reference.quantize(x, self.scale, self.zero_point)
 
 
 def probabilities(scores):

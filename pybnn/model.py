@@ -504,7 +504,7 @@ def _fold(steps, outputs):
 
     def channel_into_sign(bn, sign):
         new = copy.copy(sign)
-        new.input_spec, chain = bn.input_spec, bn.channel_function()
+        new.input_spec, chain = bn.input_spec, bn.reference
         keep = _sign_positive(sign)
         new.thresholds = float_threshold(lambda v: keep(chain(v)), bn.input_spec.channels)
         notes.append(f"{bn.name} + {sign.name} -> per-channel thresholds in {sign.name}")
@@ -528,18 +528,14 @@ def _fold(steps, outputs):
     def channel_into_conv(conv, bn):
         new = copy.copy(conv)
         out = dict(conv._out)
-        if isinstance(bn, BatchNormalization):
-            gamma, beta, mean, var = bn._weights
-            inv = (gamma / np.sqrt(var + np.float32(bn.epsilon))).astype(np.float32)
-            out["mult"] = (out["mult"] * inv).astype(np.float32)
-            out["bias"] = ((out["bias"] - mean) * inv + beta).astype(np.float32)
-        else:  # ChannelAffine: y * scale + shift
-            scale, shift = bn._parts()
-            if scale is not None:
-                out["mult"] = (out["mult"] * scale).astype(np.float32)
-                out["bias"] = (out["bias"] * scale).astype(np.float32)
-            if shift is not None:
-                out["bias"] = (out["bias"] + shift).astype(np.float32)
+        sub, mul, add = bn.channel_steps()  # ((y - sub) * mul + add), in float32 per step
+        if sub is not None:
+            out["bias"] = (out["bias"] - sub).astype(np.float32)
+        if mul is not None:
+            out["mult"] = (out["mult"] * mul).astype(np.float32)
+            out["bias"] = (out["bias"] * mul).astype(np.float32)
+        if add is not None:
+            out["bias"] = (out["bias"] + add).astype(np.float32)
         new._out = out
         new.output_spec = bn.output_spec
         notes.append(f"{bn.name} -> multiplier and bias of {conv.name}")

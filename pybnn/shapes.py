@@ -1,6 +1,8 @@
 """Shape arithmetic shared by every layer and the reference: one place for padding rules."""
 import math
 
+import numpy as np
+
 from .errors import ConfigError, ShapeError
 
 
@@ -64,3 +66,10 @@ def conv_output(size, kernel, stride, dilation, padding, axis, layer):
 def words(channels):
     """32-bit words holding `channels` packed binary channels."""
     return (channels + 31) // 32
+
+
+def nchw_flatten_order(c, h, w):
+    """Where each feature of a flattened NCHW (C, H, W) tensor lies in pybnn's flattened NHWC
+    one (index i of the result: the NCHW feature at NHWC position i), or None when H = W = 1
+    and both orders agree.  Importers permute the first dense layer's weights with it."""
+    return None if h * w == 1 else np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).ravel()

@@ -60,7 +60,7 @@ def compare(model, x, tmp_path, **export_args):
 
 
 def assert_float_close(got, expected):
-    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * max(np.abs(expected).max(), 1))
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
 
 
 # ---------------------------------------------------------------------------- binarization

@@ -29,7 +29,6 @@ import sys
 import time
 from collections import OrderedDict
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -122,7 +121,7 @@ def train(model, x, y, epochs=80, lr=1e-2, batch_size=64, shift=1, seed=0, log=p
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--int8", action="store_true", help="int8 first layer (calibrated on the training images)")
+    parser.add_argument("--int8", action="store_true", help="int8 first and last layers (the first calibrated on the training images)")
     parser.add_argument("--epochs", type=int, default=80)
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--seed", type=int, default=0)

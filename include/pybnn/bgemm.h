@@ -76,12 +76,6 @@ static inline uint64_t pybnn_xgemm_load64(const void *p) {
     return v;
 }
 
-/* Input k-step k of a row: 64 bits, or the last word alone (high half 0) when kwords is
- * odd and k is the last step; reading the missing word could run off the array. */
-static inline uint64_t pybnn_xgemm_input(const uint32_t *row, size_t k, size_t kwords) {
-    return 2 * k + 1 < kwords ? pybnn_xgemm_load64(row + 2 * k) : (uint64_t)row[2 * k];
-}
-
 /* Writes kbits - 2*pc for the nc <= 4 valid channels of a half block. */
 static inline void pybnn_xgemm_store(int32_t *c, size_t nc, int32_t kbits, const uint64_t pc[4]) {
     for (size_t r = 0; r < nc; r++)

@@ -67,7 +67,6 @@ enum {
 #define PYBNN_MAX(a, b) ((a) > (b) ? (a) : (b))
 
 static inline int pybnn_popcount32(uint32_t x) { return __builtin_popcount(x); }
-static inline int pybnn_popcount64(uint64_t x) { return __builtin_popcountll(x); }
 
 /* Sign (1 = -1, 0 = +1) of element (n, k) of a matrix of signs stored as a little-endian bit
  * stream (bit e is bit e % 8 of byte e / 8) with element strides sn, sk.  The weight packers
@@ -252,15 +251,12 @@ static void pybnn_par_run(int nparts, pybnn_part_fn fn, void *ctx) {
             pthread_once(&pybnn_par_once, pybnn_par_register);
             __atomic_store_n(&pybnn_par_went, 1, __ATOMIC_RELEASE);
         }
-        if (pybnn_par_forked) {
+        if (!pybnn_par_forked) {
+#pragma omp parallel for schedule(static) num_threads(nparts)
             for (int p = 0; p < nparts; p++)
                 fn(ctx, p, nparts);
             return;
         }
-#pragma omp parallel for schedule(static) num_threads(nparts)
-        for (int p = 0; p < nparts; p++)
-            fn(ctx, p, nparts);
-        return;
     }
 #endif
     for (int p = 0; p < nparts; p++)

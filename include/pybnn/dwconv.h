@@ -73,9 +73,8 @@ struct pybnn_dw_job {
     int h, w_, c, m, kh, kw, sh, sw, dh, dw, pad_top, pad_left, hout, wout;
     int32_t zp;
     size_t total;        /* output pixels */
-    uint8_t *acc;        /* (total, c*m) float32 or int32 accumulators, when ot is NULL */
-    const pybnn_ot *ot;  /* else the output transform, applied per block of pixels into out */
-    int level;           /* pybnn_ot_level of the call's ISA */
+    const pybnn_ot *ot;  /* NULL: out receives the (total, c*m) float32 or int32 accumulators; */
+    int level;           /* else this transform (at pybnn_ot_level of the call's ISA) of them */
     void *out;
     int failed;          /* a part could not allocate its block buffer */
 };
@@ -168,8 +167,9 @@ PYBNN_DW_INLINE void pybnn_dw_taps(void *restrict accv, const uint8_t *xb, const
     }
 }
 
-/* Output pixels [lo, hi) into the accumulator rows at acc0, taps in row-major order.  Inlined into each instruction set's
- * function below, so the loops vectorise for it and no call is made per tap.  A pixel whose
+/* Output pixels [lo, hi) into the accumulator rows at acc0, taps in row-major order.  Inlined
+ * into each instruction set's function below, so the loops vectorise for it and no call is
+ * made per tap.  A pixel whose
  * window lies inside the image (most of them) reuses one tap list built per call; only
  * border pixels build their own. */
 static inline __attribute__((always_inline)) void pybnn_dw_range(const pybnn_dw_job *j, size_t lo, size_t hi,
@@ -296,7 +296,7 @@ static void pybnn_dw_part(void *ctx, int part, int nparts) {
     if (lo >= hi)
         return;
     if (!j->ot) {
-        j->run(j, lo, hi, j->acc + lo * (size_t)j->c * j->m * 4);
+        j->run(j, lo, hi, (uint8_t *)j->out + lo * (size_t)j->c * j->m * 4);
         return;
     }
     const size_t cm = (size_t)j->c * j->m, ldo = pybnn_ot_ldo(j->ot, cm);
@@ -328,7 +328,7 @@ static int pybnn_depthwise(int isa, int threads, int is_int8, const void *x, int
     int used;
     pybnn_dw_job j = {pybnn_dw_pick(isa, is_int8, &used), (const uint8_t *)x, (const uint8_t *)wt,
                       h, w, c, m, kh, kw, sh, sw, dh, dw, pad_top, pad_left, hout, wout,
-                      zp, (size_t)n * hout * wout, (uint8_t *)out, ot, pybnn_ot_level(isa), out, 0};
+                      zp, (size_t)n * hout * wout, ot, pybnn_ot_level(isa), out, 0};
     /* Work (common.h units): ~1.5 ns per pixel and tap plus ~0.05 ns per multiply-add
      * (measured on AVX-512 and AVX2) and 2 per output element of the transform, counted 2x
      * for an input that the previous kernel's threads left half in the other core's cache. */

@@ -175,13 +175,13 @@ static void pybnn_gc_implicit(const pybnn_gc_job *j, size_t r0, size_t b, size_t
  * rows, acc b x (c1 - c0) int32 (int8 kinds). */
 static void pybnn_gc_block(const pybnn_gc_job *j, size_t r0, size_t b, size_t c0, size_t c1, uint8_t *buf,
                            int32_t *acc) {
-    char *out = (char *)j->out + r0 * j->ldo * j->oesize; /* output row r0 */
 #if PYBNN_X86
     if (j->implicit) {
         pybnn_gc_implicit(j, r0, b, c0, c1, acc);
         return;
     }
 #endif
+    char *out = (char *)j->out + r0 * j->ldo * j->oesize; /* output row r0 */
     const uint8_t *a = j->x + r0 * j->rowbytes;
     if (!j->direct) {
         pybnn_im2col_rows(&j->im, r0, r0 + b, buf);

@@ -336,8 +336,6 @@ static void pybnn_to_float_f32_neon(const float *acc, size_t lda, size_t m, size
         for (; j < c; j++) dst[j] = pybnn_ot_clip_f32(row[j] * mult[j] + bias[j], lo, hi);
     }
 }
-#else
-#define PYBNN_OT_NEON_FLOAT 0
 #endif
 
 /* 4 channels: clamp(rint(float(acc + bias) * mult) + zp, qmin, qmax) as int32, exactly as
@@ -413,13 +411,7 @@ typedef struct {
 
 /* Variant levels of pybnn_ot_apply (PYBNN_OT_AVX512_ALL: every transform at 512 bits, for
  * callers on the AVX-512 path whose own kernel runs heavy 512-bit instructions). */
-enum { PYBNN_OT_SCALAR, PYBNN_OT_AVX2, PYBNN_OT_AVX512, PYBNN_OT_NEON, PYBNN_OT_AVX512_ALL };
-
-#if PYBNN_X86
-#define PYBNN_OT_USE_AVX2(isa) ((isa) >= PYBNN_ISA_AVX2 && pybnn_isa_supported(PYBNN_ISA_AVX2))
-#else
-#define PYBNN_OT_USE_AVX2(isa) 0
-#endif
+enum { PYBNN_OT_SCALAR, PYBNN_OT_AVX2, PYBNN_OT_AVX512, PYBNN_OT_AVX512_ALL, PYBNN_OT_NEON };
 
 /* The level pybnn_ot_apply runs for instruction set `isa` (walking down as selectors do). */
 static inline int pybnn_ot_level(int isa) {
@@ -430,8 +422,10 @@ static inline int pybnn_ot_level(int isa) {
 #if PYBNN_X86
     if (isa >= PYBNN_ISA_AVX512 && pybnn_isa_supported(PYBNN_ISA_AVX512))
         return PYBNN_OT_AVX512;
+    if (isa >= PYBNN_ISA_AVX2 && pybnn_isa_supported(PYBNN_ISA_AVX2))
+        return PYBNN_OT_AVX2;
 #endif
-    return PYBNN_OT_USE_AVX2(isa) ? PYBNN_OT_AVX2 : PYBNN_OT_SCALAR;
+    return PYBNN_OT_SCALAR;
 }
 
 /* Bytes of an output element: float 4, int8 1, bits one uint32 word per 32 channels. */
@@ -456,7 +450,7 @@ static void pybnn_ot_apply(const pybnn_ot *t, int level, const void *accv, size_
     switch (t->kind) {
     case PYBNN_OT_FLOAT_F32: {
         float *o = (float *)out + c0;
-#if PYBNN_NEON && PYBNN_OT_NEON_FLOAT
+#if PYBNN_OT_NEON_FLOAT
         if (level == PYBNN_OT_NEON) { pybnn_to_float_f32_neon((const float *)accv, lda, m, c, t->mult + c0, t->bias + c0, t->lo, t->hi, o, ldo); break; }
 #endif
 #if PYBNN_X86
@@ -468,7 +462,7 @@ static void pybnn_ot_apply(const pybnn_ot *t, int level, const void *accv, size_
     case PYBNN_OT_FLOAT_I32: {
         const int32_t *ib = t->ibias ? t->ibias + c0 : NULL;
         float *o = (float *)out + c0;
-#if PYBNN_NEON && PYBNN_OT_NEON_FLOAT
+#if PYBNN_OT_NEON_FLOAT
         if (level == PYBNN_OT_NEON) { pybnn_to_float_i32_neon(acc, lda, m, c, ib, t->mult + c0, t->bias + c0, t->lo, t->hi, o, ldo); break; }
 #endif
 #if PYBNN_X86

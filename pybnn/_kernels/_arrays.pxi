@@ -32,7 +32,9 @@ def _check_bits(const uint8_t[::1] bits, Py_ssize_t n, Py_ssize_t k, Py_ssize_t 
     """`bits` must hold element (n - 1, k - 1) of a bit matrix with strides sn, sk >= 0."""
     if sn < 0 or sk < 0:
         raise ValueError(f"{who}: bit strides must be >= 0, got {sn}, {sk}")
-    cdef object last = (n - 1) * sn + (k - 1) * sk  # a Python int: no overflow
+    # Python ints (casting each operand first: Cython would otherwise compute in C, where a
+    # hostile stride wraps the sum negative and past this check)
+    cdef object last = (<object>n - 1) * <object>sn + (<object>k - 1) * <object>sk
     if n < 1 or k < 1 or last >= 8 * bits.shape[0] or last > <size_t>-1:  # (C indexes bits in size_t)
         raise ValueError(f"{who}: {bits.shape[0]} bytes of bits do not hold a {n} x {k} matrix "
                          f"with strides {sn}, {sk}")

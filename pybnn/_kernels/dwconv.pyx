@@ -118,6 +118,8 @@ cdef class DWConv:
         _check_threads(threads)
         cdef cnp.npy_intp dims[4]
         cdef const void *xp = _nhwc_input(x, self.in_type, self.h, self.w, self.c, "DWConv", &dims[0])
+        if dims[0] > 2**31 - 1:
+            raise ValueError("DWConv: batch too large")
         dims[1], dims[2], dims[3] = self.hout, self.wout, self.last
         if out is None:
             out = cnp.PyArray_EMPTY(4, dims, self.out_type, 0)

@@ -46,8 +46,6 @@ def channelwise(const float[:, ::1] x, float[:, ::1] y, sub=None, mul=None, add=
             raise ValueError(f"res has shape ({r.shape[0]}, {r.shape[1]}); expected ({rows}, {c})")
         if rows * c:
             rp = &r[0, 0]
-    # Keep the vectors' buffers alive through the call (their memoryviews hold them).
-    cdef object keep = (sub, mul, add)
     sp = _vector(sub, c, "sub")
     mp = _vector(mul, c, "mul")
     ap = _vector(add, c, "add")

@@ -4,6 +4,7 @@ per output."""
 import numpy as np
 
 from ..errors import ConvertError
+from ..reference import dequantize
 
 
 def run_onnxruntime(proto, feeds, outputs=None):
@@ -71,7 +72,7 @@ def compare_onnx(proto, model, feeds=None, outputs=None, batch=None, seed=0):
         if r.dtype.kind in "iu":
             spec = model.layers[layer_index].output_spec
             zp = spec.zero_point + (128 if r.dtype == np.uint8 else 0)
-            r = (r.astype(np.int32) - zp).astype(np.float32) * np.float32(spec.scale)
+            r = dequantize(r, spec.scale, zp)
         r = nhwc(np.asarray(r, np.float32))
         if r.shape != y.shape:
             raise ConvertError(f"output '{name}': onnxruntime gives shape {list(r.shape)} (NHWC), pybnn "

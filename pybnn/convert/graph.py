@@ -5,6 +5,7 @@ import numpy as np
 from .. import layers as L
 from ..errors import ConvertError, PyBNNError
 from ..model import Model
+from ..reference import binarize
 
 
 class Builder:
@@ -44,8 +45,6 @@ class Builder:
             for layer, weights in self._weights:
                 if id(layer) in used:
                     layer.set_weights(weights)
-        except ConvertError:
-            raise
         except PyBNNError as e:
             raise ConvertError(f"{self.source}: the imported graph does not build in pybnn: {e}") from None
         model.convert_notes = list(self.notes)
@@ -62,7 +61,7 @@ def binary_kernel(kernel):
     alpha = mag.max(axis=0) if mag.size else np.zeros(k.shape[-1], np.float32)
     if not np.all((mag == alpha) | (alpha == 0)):
         return None
-    return np.where(k < 0, np.float32(-1), np.float32(1)), alpha.astype(np.float32)
+    return binarize(k), alpha.astype(np.float32)
 
 
 def add_conv(b, x, kind, kernel, bias, name, *, strides=1, padding="valid", dilation=1, groups=1,

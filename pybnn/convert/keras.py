@@ -23,10 +23,12 @@ import numpy as np
 
 from .. import layers as L
 from ..errors import ConvertError
+from ..reference import binarize
 from ..shapes import as_pair, conv_output
 from .graph import Builder, add_conv
 
-SIGNS = {"SteSign", "ApproxSign", "SwishSign"}   # larq binary quantizers: sign(x), +1 at 0
+# larq binary quantizers (class and function names): sign(x), +1 at 0
+SIGNS = {"SteSign", "ApproxSign", "SwishSign", "ste_sign", "approx_sign", "swish_sign"}
 IDENTITY = {"Dropout", "SpatialDropout2D", "GaussianNoise", "GaussianDropout", "ActivityRegularization",
             "AlphaDropout"}
 
@@ -246,7 +248,7 @@ class _Importer:
         kind = kind.split(">")[-1]
         if kind in ("NoOp", "NoOpQuantizer"):
             return None
-        if kind in SIGNS or kind in ("ste_sign", "approx_sign", "swish_sign"):
+        if kind in SIGNS:
             return "sign"
         if kind in ("MagnitudeAwareSign", "magnitude_aware_sign") and what == "kernel_quantizer":
             return "magnitude_aware_sign"
@@ -262,7 +264,7 @@ class _Importer:
         if activation == "softmax":
             return KValue(self.b.add(L.Softmax, v.node, f"{name}/softmax"), "float32", v.shape)
         kind = activation if isinstance(activation, str) else (activation or {}).get("class_name", "")
-        if kind.split(">")[-1] in SIGNS | {"ste_sign", "approx_sign", "swish_sign"}:
+        if kind.split(">")[-1] in SIGNS:
             return self._binarize(f"{name}/sign", v)
         self.fail(name, cls, f"activation {activation!r} is not supported (pybnn imports linear, relu, softmax "
                              f"and larq's ste_sign, approx_sign, swish_sign)")
@@ -481,7 +483,7 @@ def _quantize_kernel(kernel, quantizer):
     axes but the last (MagnitudeAwareSign, Bi-Real Net's scaled weights)."""
     if quantizer is None:
         return kernel
-    signs = np.where(kernel < 0, np.float32(-1), np.float32(1))
+    signs = binarize(kernel)
     if quantizer == "sign":
         return signs
     alpha = np.mean(np.abs(kernel), axis=tuple(range(kernel.ndim - 1))).astype(np.float32)

@@ -23,6 +23,7 @@ from onnx.reference import ReferenceEvaluator
 
 from .. import layers as L
 from ..errors import ConvertError
+from ..shapes import nchw_flatten_order
 from .graph import Builder, add_conv
 
 NOT_CONSTANT = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
@@ -838,7 +839,7 @@ class _Importer:
         if len(x.shape) != 4:
             self.fail(node, f"flattens a {len(x.shape)}-D tensor")
         _, c, h, w = x.shape
-        perm = None if h * w == 1 else np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).ravel()
+        perm = nchw_flatten_order(c, h, w)
         n = self.b.add(L.Flatten, x.node, self.layer_name(node, suffix))
         return Value(n, x.kind, (x.shape[0], c * h * w), perm, x.zeros, x.scale, x.zp, x.dtype)
 

@@ -265,7 +265,6 @@ class _Conv(Layer):
                 rows_out[:, g * fg:(g + 1) * fg] = yg
         return part.last_isa
 
-
     def _default_output(self, named):
         lo, hi = ACTIVATIONS[self.activation]
         bias = named.get("bias", np.zeros(self.filters, np.float32))
@@ -363,12 +362,9 @@ class _Conv(Layer):
             return x4.reshape(n * h * w, c)
         cols = np.empty((n * hout * wout, self.depth), x.dtype)
         args = (x4, kh, kw, *self.strides, *self.dilation_rate, pt, pl, hout, wout)
-        threads = self._threads()
+        threads = cpu.num_threads()
         im2col(*args, cols, threads) if pad is None else im2col(*args, pad, cols, threads)
         return cols
-
-    def _threads(self):
-        return cpu.num_threads()
 
     def _reference_input(self, x):
         h, w, c = self._geom[:3]
@@ -389,7 +385,6 @@ class Conv2D(_Conv):
 
     gemm = "sgemm"
     layout = "float32_sgemm"
-
 
     def _reference_acc(self, x):
         return self._reference_conv(self._reference_input(x), self._kernel4)
@@ -412,7 +407,7 @@ class FloatBinaryConv2D(_Conv):
         out["mult"] = named["scale"]
         return out
 
-    def _accumulate(self, x, y=None):
+    def _accumulate(self, x):
         cols = self._columns(x, kgemm.im2col_f32)
         acc = np.empty((cols.shape[0], self.filters), np.float32)
         isa = kgemm.fbgemm(cols, self._wpacked, self.depth, self.filters, acc, cpu.active(), cpu.num_threads())
@@ -489,7 +484,7 @@ class BinaryConv2D(_Conv):
         tapsum, corr = self._pad_terms()
         return kbin.BConv2D(self._wpacked, h, w, *self._conv_geometry, tapsum, dtype, corr=corr, **params)
 
-    def _accumulate(self, x, y=None):
+    def _accumulate(self, x):
         """The int32 accumulators alone (benchmark breakdowns)."""
         acc, isa = self._kernel(np.int32)(x, cpu.active(), cpu.num_threads())
         return acc.reshape(-1, self.filters), isa
@@ -562,7 +557,7 @@ class Int8Conv2D(_Conv):
     def acc_range(self):
         return -self.depth * 255 * 127, self.depth * 255 * 127
 
-    def _accumulate(self, x, y=None):
+    def _accumulate(self, x):
         zp = self.input_spec.zero_point
         cols = self._columns(x, kgemm.im2col_i8, pad=zp)
         acc = np.empty((cols.shape[0], self.filters), np.int32)

@@ -129,10 +129,6 @@ class BatchNormalization(Layer):
     def reference(self, x):
         return ref.batch_norm(x, *self._weights, self.epsilon)
 
-    def channel_function(self):
-        """The per-channel float32 function this layer applies (for exact threshold folding)."""
-        return lambda v: ref.batch_norm(v, *self._weights, self.epsilon)
-
 
 class ChannelAffine(Layer):
     """Per-channel scale and shift over the last axis: y = x * scale[c] + bias[c] in float32,
@@ -169,11 +165,6 @@ class ChannelAffine(Layer):
 
     def reference(self, x):
         return ref.affine(x, *self._parts())
-
-    def channel_function(self):
-        """The per-channel float32 function this layer applies (for exact threshold folding)."""
-        scale, bias = self._parts()
-        return lambda v: ref.affine(v, scale, bias)
 
 
 class ReLU(Layer):

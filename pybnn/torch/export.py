@@ -24,7 +24,7 @@ import torch.nn as nn
 from .. import layers as L
 from ..errors import ConfigError, PyBNNError
 from ..model import Sequential
-from ..shapes import as_pair
+from ..shapes import as_pair, nchw_flatten_order
 from . import modules as M
 
 
@@ -76,7 +76,7 @@ def _kernel(step, weight):
 
 # ---------------------------------------------------------------------------- converters
 
-def _conv_args(step, m):
+def _conv_args(m):
     if m.dense:
         return {"units": m.out_channels, "use_bias": m.bias is not None}
     return {"filters": m.out_channels, "kernel_size": m.kernel_size, "strides": m.stride, "padding": m.padding,
@@ -85,7 +85,7 @@ def _conv_args(step, m):
 
 def _layer(kind, m, step, **config):
     cls = getattr(L, kind.replace("Conv2D", "Dense") if m.dense else kind)
-    return cls(**_conv_args(step, m), **config, name=step.name)
+    return cls(**_conv_args(m), **config, name=step.name)
 
 
 def _bias(m):
@@ -330,7 +330,7 @@ def _convert_chain(leaves, x):
                     for i, (layer, weights) in enumerate(produced)]
         if isinstance(module, nn.Flatten) and x.dim() == 4:
             c, h, w = x.shape[1:]
-            perm = None if h * w == 1 else np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0).ravel()
+            perm = nchw_flatten_order(c, h, w)
         elif isinstance(module, _CONSUMES_FEATURE_ORDER):
             perm = None
         x = y
