@@ -10,6 +10,7 @@ for bit.
 """
 import itertools
 import platform
+import sys
 
 import numpy as np
 import pytest
@@ -550,8 +551,8 @@ def test_packers_from_bits_and_strides_match_the_float_packers():
             assert packed.ctypes.data % 64 == 0  # panels on cache lines, as in a model file
     with pytest.raises(ValueError, match="do not hold"):
         gemm.pack_binary_bits("fbgemm", np.zeros(2, np.uint8), 5, 4, 1, 4)  # 20 bits > 16
-    with pytest.raises(ValueError, match="do not hold"):  # 3 * 2**62 wraps a 64-bit sum negative
-        gemm.pack_binary_bits("fbgemm", np.zeros(8, np.uint8), 1, 4, 2**62, 0)
+    with pytest.raises(ValueError, match="do not hold"):  # 3 strides of half the address space wrap a C sum
+        gemm.pack_binary_bits("fbgemm", np.zeros(8, np.uint8), 1, 4, sys.maxsize // 2, 0)
     with pytest.raises(ValueError, match="fbgemm' or 'ibgemm"):
         gemm.pack_binary_bits("igemm", np.zeros(2, np.uint8), 2, 2, 1, 2)
 
