@@ -138,6 +138,32 @@ def measure_quiet(fn, max_wait=0.0, threshold=0.3, **timing):
     return result
 
 
+def interleaved_speedup(runner, threads, rounds, torch_module=None, calls=5):
+    """Speed-up of each thread count over the first, from `rounds` rounds that each time a few
+    calls at every thread count in turn: a shared machine's slow drifts (other processes,
+    clock) then hit every count alike, which separate blocks of samples do not ensure.
+    runner(n) returns the function to time at n threads.  Median over rounds of
+    t(first) / t(n); each round's time per count is the median of `calls` calls after one
+    warm-up call."""
+    ratios = {n: [] for n in threads[1:]}
+    fns = {n: runner(n) for n in threads}
+    for _ in range(rounds):
+        per = {}
+        for n in threads:
+            fn = fns[n]
+            with limit_threads(n, torch_module):
+                fn()
+                times = []
+                for _ in range(calls):
+                    t0 = time.perf_counter()
+                    fn()
+                    times.append(time.perf_counter() - t0)
+            per[n] = float(np.median(times))
+        for n in threads[1:]:
+            ratios[n].append(per[threads[0]] / per[n])
+    return {n: float(np.median(r)) for n, r in ratios.items()}
+
+
 def gops(ops, ms):
     return ops / (ms * 1e6) if ms and ms > 0 else float("nan")
 

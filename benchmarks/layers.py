@@ -3,14 +3,19 @@ the batch-1 dense shapes (shared/DESIGN.md, listed in docs/performance.md), at 1
 at all cores.
 
     python benchmarks/layers.py [--json FILE] [--threads N ...] [--repeats R] [--quick]
-                                [--shapes NAME ...] [--kinds KIND ...] [--breakdown]
+                                [--shapes NAME ...] [--kinds KIND ...] [--breakdown] [--rounds N]
                                 [--no-baselines] [--ort-s8s8] [--wait-idle S] [--markdown]
 
 Each case is a pybnn.Sequential([Input, layer]) (plus Sign for the bit-packed output kind)
-with random weights.  What is timed is the last op of the folded plan, `op.call(x)`, on an
-input of that op's own kind prepared once by the earlier ops of the plan (for a binary layer:
-the packed bits).  So a time covers what the layer costs inside a model: im2col, the GEMM or
+with random weights.  What is timed is the last op of the folded plan, `op.call(x, out=y)`,
+on an input of that op's own kind prepared once by the earlier ops of the plan (for a binary
+layer: the packed bits), into an output buffer allocated once (as a model's activation arena
+provides it).  So a time covers what the layer costs inside a model: im2col, the GEMM or
 binary kernel and the output transform, plus the Python around them.
+
+The speed-up of N threads over one comes from alternating rounds (a few calls at each thread
+count in turn, median of the per-round ratios), not from the separate timings above: on a
+shared machine those blocks meet different moments of the other processes' load.
 
 Ops = 2 * Hout * Wout * Cout * KH * KW * Cin (dense: 2 * in * out), Gops = ops / time;
 for dense layers "weight GB/s" = weight bytes (at the kind's bits per weight) / time.
@@ -247,10 +252,15 @@ def main(argv=None):
                         help="pad_value of the binary convolutions (default 0, pybnn's default)")
     parser.add_argument("--ort-s8s8", action="store_true",
                         help="also time onnxruntime QLinearConv with int8 (not uint8) activations")
+    parser.add_argument("--rounds", type=int, default=None, metavar="N",
+                        help="alternating rounds of the thread counts for the speed-up table "
+                             "(default 20, 4 with --quick; 0: none)")
     parser.add_argument("--breakdown", action="store_true",
                         help="also split each layer's time into im2col / accumulate / transform")
     args = parser.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 15)
+    if args.rounds is None:
+        args.rounds = 4 if args.quick else 20
     timing = dict(repeats=repeats, max_seconds=0.08 if args.quick else 0.6, warmup=1 if args.quick else 2,
                   min_sample_ms=2 if args.quick else 20)
     threads_list = C.thread_counts(args)
@@ -277,9 +287,13 @@ def main(argv=None):
             if tuple(op.output_spec.shape) != case["output"]:  # the ops count assumes this shape
                 raise SystemExit(f"{case['name']}/{kind}: pybnn output {op.output_spec.shape}, "
                                  f"expected {case['output']}")
+            y = op._output(None, x.shape[0])  # a model's arena hands every op its output buffer
+
+            def run():
+                return op.call(x, out=y)
             for n in threads_list:
                 with C.limit_threads(n, torch, args.blas_threads):
-                    t = C.measure_quiet(lambda: op.call(x), args.wait_idle, **timing)
+                    t = C.measure_quiet(run, args.wait_idle, **timing)
                     extra = breakdown(op, x, timing) if args.breakdown else {}
                 C.settle(n, settle)
                 rows.append({"shape": case["name"], "label": case["label"], "impl": "pybnn", "kind": kind,
@@ -288,7 +302,8 @@ def main(argv=None):
                              "isa": C.isa_name(op.last_isa), "input_dtype": str(x.dtype),
                              "input_shape": list(x.shape), "loadavg1": C.loadavg1(),
                              "weight_gbps": weight_gbps(case, KINDS[kind][1], t["median_ms"]), **extra})
-            del op, x
+            add_speedup(rows, case["name"], kind, lambda n: run, threads_list, args, torch)
+            del op, x, y, run
         if torch is not None or ort is not None:
             try:
                 runners = baseline_runners(case, threads_list, torch, ort, seed=7, s8s8=args.ort_s8s8)
@@ -310,6 +325,9 @@ def main(argv=None):
                                  "gops": C.gops(case["ops"], t["median_ms"]), "isa": None,
                                  "loadavg1": C.loadavg1(),
                                  "weight_gbps": weight_gbps(case, BASELINES[name][1], t["median_ms"])})
+            for name in (runners[threads_list[0]] if runners else {}):
+                if all(name in runners[n] for n in threads_list):
+                    add_speedup(rows, case["name"], name, lambda n: runners[n][name], threads_list, args, torch)
             del runners
         print(f"  {case['name']} done ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
     overhead = []
@@ -341,6 +359,22 @@ def main(argv=None):
                                                        "output_scale": OUT_SCALE, "output_zero_point": OUT_ZP}},
                                  "summary": summary_rows(rows, threads_list), "rows": rows,
                                  "overhead_rows": overhead})
+
+
+def add_speedup(rows, shape, kind, runner, threads_list, args, torch):
+    """Adds "speedup" (each thread count over the first, from alternating rounds:
+    _common.interleaved_speedup) to the rows of (shape, kind); rounds of ~2 ms per count."""
+    if len(threads_list) < 2 or args.rounds < 1:
+        return
+    first = find(rows, shape, kind, threads_list[0])
+    if first is None:
+        return
+    calls = int(min(50, max(5, 2.0 / max(first["median_ms"], 1e-3))))
+    speedup = C.interleaved_speedup(runner, threads_list, args.rounds, torch, calls=calls)
+    for n in threads_list:
+        r = find(rows, shape, kind, n)
+        if r is not None:
+            r["speedup"] = speedup.get(n, 1.0)
 
 
 def find(rows, shape, kind, n):
@@ -389,6 +423,19 @@ def report(rows, cases, kinds, threads_list, args):
         note = (" (last column: speed-up of pybnn binary -> bits over onnxruntime float32)"
                 if "ort_f32" in present else "")
         C.table(headers, wide, title=f"Gops, {n} thread{'s' if n > 1 else ''}{note}", markdown=md)
+    if len(threads_list) > 1 and any("speedup" in r for r in rows):
+        n = threads_list[-1]
+        table = []
+        for case in cases:
+            line = [case["label"]]
+            for kind in kinds + present:
+                r = find(rows, case["name"], kind, n)
+                line.append(r.get("speedup") if r else None)
+            table.append(line)
+        C.table(["shape"] + [KINDS[k][0] if k in KINDS else BASELINES[k][0].replace(" QLinearConv)", ")")
+                             for k in kinds + present], table, markdown=md,
+                title=f"Speed-up of {n} threads over {threads_list[0]} (median over {args.rounds} alternating "
+                      f"rounds of the thread counts)")
     summary = summary_rows(rows, threads_list)
     if summary:
         C.table(["Convolution type", "Weight bits"] + [f"Gops ({n} thr)" for n in threads_list],

@@ -165,37 +165,13 @@ def worker(kind, path, args):
         del fn
         C.settle(n, 0.3)
     if len(args.threads) > 1:
-        result["speedup"] = interleaved_speedup(runner, args.threads, args.rounds, torch)
+        result["speedup"] = C.interleaved_speedup(runner, args.threads, args.rounds, torch)
     if kind not in BASELINES:  # where the time goes: per-op medians, robust to preemptions of a whole run
         with C.limit_threads(1):
             ops = model.profile(x, repeats=args.repeats)
         result["profile_1t"] = {"total_ms": sum(r["ms"] for r in ops), "by_kind": by_kind(ops)}
     result["rss_peak_mb"], result["rss_end_now_mb"] = rss_mb(), rss_mb("VmRSS")
     print(json.dumps(result))
-
-
-def interleaved_speedup(runner, threads, rounds, torch_module):
-    """Speed-up of each thread count over the first, from `rounds` rounds that each time a few
-    calls at every thread count in turn: a shared machine's slow drifts (other processes,
-    clock) then hit every count alike, which separate blocks of samples do not ensure.
-    Median over rounds of t(first) / t(n); each round's time per count is the median of 5
-    calls after one warm-up call."""
-    ratios = {n: [] for n in threads[1:]}
-    for _ in range(rounds):
-        per = {}
-        for n in threads:
-            fn = runner(n)
-            with C.limit_threads(n, torch_module):
-                fn()
-                times = []
-                for _ in range(5):
-                    t0 = time.perf_counter()
-                    fn()
-                    times.append(time.perf_counter() - t0)
-            per[n] = float(np.median(times))
-        for n in threads[1:]:
-            ratios[n].append(per[threads[0]] / per[n])
-    return {n: float(np.median(r)) for n, r in ratios.items()}
 
 
 def cpu_ms(fn, seconds):

@@ -99,8 +99,7 @@ class _Local(threading.local):
 
 
 _local = _Local()
-_went_parallel = False       # num_threads() has returned > 1 in this process
-_forked_serial = False       # forked after that: kernels stay on one thread (see below)
+_forked_serial = False       # forked after worker threads started: kernels stay on one thread
 
 
 def num_threads():
@@ -108,16 +107,9 @@ def num_threads():
     PYBNN_NUM_THREADS; default: physical cores).
 
     In a child process forked (os.fork, multiprocessing's "fork" start method) after the
-    parent ran kernels on several threads this is always 1: GNU OpenMP cannot start
-    threads again in such a child (it would wait forever for the parent's threads)."""
-    global _went_parallel
-    n = _current_threads()
-    if n > 1 and not _went_parallel:
-        _went_parallel = True
-    return n
-
-
-def _current_threads():
+    parent's kernels started worker threads this is always 1: the child has none of them,
+    and pybnn does not start new ones there (the C side runs such a child's parts one after
+    the other as well).  Called before every kernel: one expression."""
     return 1 if _forked_serial else _local.threads or _threads
 
 
@@ -144,7 +136,7 @@ def use_threads(n):
 
 def _after_fork_in_child():
     global _forked_serial
-    if _went_parallel and _cpu.openmp():
+    if _cpu.pool_workers() > 0:
         _forked_serial = True
 
 
@@ -155,5 +147,5 @@ if hasattr(os, "register_at_fork"):
 def info():
     """What was detected and what is used: a dict for logs and bug reports."""
     return {"arch": _cpu.arch_family(), "available": available(), "active": get_isa(),
-            "forced_by_env": os.environ.get("PYBNN_ISA") or None, "threads": _current_threads(),
-            "openmp": _cpu.openmp(), "physical_cores": physical_cores()}
+            "forced_by_env": os.environ.get("PYBNN_ISA") or None, "threads": num_threads(),
+            "worker_threads": _cpu.pool_workers(), "physical_cores": physical_cores()}

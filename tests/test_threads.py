@@ -62,6 +62,8 @@ CONV_KINDS = {
 CONV_SHAPES = [
     (1, 20, 20, 64, 64, 3, 1, "same"),
     (3, 9, 11, 35, 70, 3, 2, "same"),
+    (1, 13, 13, 250, 200, 3, 2, "same"),  # 49 pixels: 8 tiles of 6 rows + 1 row (its channels split)
+    (2, 7, 7, 128, 96, 3, 1, "same"),     # 98 pixels over the batch: 16 tiles + 2 rows
     (3, 7, 7, 96, 130, 7, 1, "valid"),   # 1x1 output: M = batch = 3
     (1, 5, 5, 200, 257, 5, 1, "valid"),  # 1x1 output, batch 1: channel split
     (1, 3, 3, 1, 1, 3, 1, "same"),       # tiny: stays on one thread
@@ -214,6 +216,90 @@ def test_work_threshold_keeps_small_problems_on_one_thread():
     assert _cpu.par_parts(1, 10**6, 100 * grain) == 1
 
 
+# ---------------------------------------------------------------- the worker pool
+
+
+def _os_threads():
+    with open("/proc/self/status") as f:
+        return int(next(line.split()[1] for line in f if line.startswith("Threads:")))
+
+
+def _bconv_sum(threads):
+    model = pybnn.Sequential([L.Input((12, 12, 70)), L.Sign(), L.BinaryConv2D(96, 3, padding="same")])
+    x = np.linspace(-1, 1, 12 * 12 * 70, dtype=np.float32).reshape(1, 12, 12, 70)
+    with pybnn.cpu.use_threads(threads):
+        return float(model.randomize(2).predict(x).astype(np.float64).sum())
+
+
+POOL_CHILD = """
+import sys
+sys.path[:0] = {path!r}
+import test_threads as t
+start = t._os_threads()
+for threads in (2, 5, 3):
+    t._igemm_sum(threads), t._bconv_sum(threads)
+print(t._os_threads() - start, t._cpu.pool_workers())
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc to count threads")
+def test_one_pool_of_workers_for_every_kernel_module():
+    """Kernels of every module share the process's one pool (threads.h, held by _cpu): in a
+    fresh process, parallel GEMMs and binary convolutions (with their bit-packing and
+    transforms) on up to 5 threads start exactly the pool's workers, 4, and no more."""
+    import subprocess
+    import sys
+    code = POOL_CHILD.format(path=[os.path.dirname(__file__)] + sys.path)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["4", "4"]
+
+
+def test_pool_wakes_sleeping_workers():
+    """Workers spin briefly after a job, then sleep: calls spaced further apart than the spin
+    wake them (and a caller whose part ends long before a worker's sleeps too)."""
+    want = _igemm_sum(1)
+    for threads in (2, 3, 5):
+        for _ in range(3):
+            time.sleep(0.005)  # > the pool's 0.3 ms spin: every worker is asleep
+            assert _igemm_sum(threads) == want
+
+
+def test_idle_workers_sleep():
+    """After a parallel kernel the workers spin for 0.3 ms, then sleep: a process waiting
+    for its next input does not burn cores (measured as the process's CPU time over 0.3 s
+    of sleep; spinning workers would use about 0.3 s each)."""
+    _igemm_sum(3)
+    time.sleep(0.01)
+    cpu = time.process_time()
+    time.sleep(0.3)
+    assert time.process_time() - cpu < 0.05
+
+
+def test_concurrent_callers_share_the_pool():
+    """Python threads calling parallel kernels at once: one at a time gets the pool, the
+    others run their parts themselves; every result is the one-thread result."""
+    want_gemm, want_conv = _igemm_sum(1), _bconv_sum(1)
+    errors, start = [], threading.Barrier(4)
+
+    def worker(i):
+        try:
+            start.wait()
+            for rep in range(6):
+                n = 2 + (i + rep) % 3
+                assert _igemm_sum(n) == want_gemm
+                assert _bconv_sum(n) == want_conv
+        except Exception as e:  # reported from the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+
+
 # ---------------------------------------------------------------- Python threads
 
 
@@ -283,10 +369,10 @@ def _igemm_sum(threads):
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_forked_child_kernel_asked_for_threads_runs_serially():
-    """The C side's own guard (common.h, pybnn_par_run): a kernel asked for 2 threads in a
-    child forked after the parent went parallel runs its parts on one thread (GNU OpenMP
-    would wait forever for the parent's threads).  A bare os.fork and a pipe: the child
-    starts no thread of its own (which qemu-user cannot emulate after a fork)."""
+    """The C side's own guard (threads.h): a kernel asked for 2 threads in a child forked
+    after the parent started its worker threads runs its parts on one thread (the child has
+    none of them).  A bare os.fork and a pipe: the child starts no thread of its own (which
+    qemu-user cannot emulate after a fork)."""
     want = _igemm_sum(2)  # parallel kernels in this process
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -309,8 +395,8 @@ def test_forked_child_kernel_asked_for_threads_runs_serially():
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_forked_child_after_parallel_kernels_does_not_hang():
-    """GNU OpenMP cannot start threads in a child forked after the parent used them; pybnn
-    falls back to one thread there.  The child must finish (a hang fails the join)."""
+    """A child forked after the parent ran parallel kernels has none of its worker threads;
+    pybnn runs one thread there.  The child must finish (a hang fails the join)."""
     with pybnn.cpu.use_threads(2):
         _predict_in_child(multiprocessing.Queue())  # run parallel kernels in this process
     ctx = multiprocessing.get_context("fork")

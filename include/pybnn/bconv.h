@@ -340,11 +340,11 @@ static void pybnn_bconv_pad_fix(const pybnn_conv_geom *g, const pybnn_pad_tables
 
 /* Pixels per chunk: keep the chunk's im2col rows (the GEMM's A) and, when a transform
  * follows, its int32 accumulators within about 24 KiB, so they stay in L1 while every
- * weight block streams past them and are still there for the transform.  A multiple of
- * the 6-row AVX-512 tile. */
+ * weight block streams past them and are still there for the transform.  Whole GEMM
+ * tiles. */
 static inline size_t pybnn_bconv_chunk(size_t kwords, size_t acc_channels) {
     size_t mc = 24576 / ((kwords + acc_channels) * sizeof(uint32_t));
-    return PYBNN_MAX((size_t)12, PYBNN_MIN((size_t)504, mc / 6 * 6));
+    return PYBNN_MAX((size_t)12, PYBNN_MIN((size_t)504, mc / PYBNN_XGEMM_TILE_ROWS * PYBNN_XGEMM_TILE_ROWS));
 }
 
 /* One call's shared state; each part of pybnn_par_run works on its own range. */
@@ -358,25 +358,18 @@ typedef struct {
     size_t ldo, esize;  /* output row stride (elements) and element size (bytes) */
     unsigned char *scratch; /* nparts blocks of scratch_bytes */
     size_t scratch_bytes, mc, kwords, total, cunits;
+    size_t unit, tiles, tail; /* by_pixels: pixels [0, tail) hold `tiles` units of `unit` rows */
     int32_t kbits;
     int direct, fix, by_pixels;
     const pybnn_pad_tables *t;
 } pybnn_bconv_job;
 
-/* Pixels [lo, hi) x all channels (by_pixels), or all pixels x channel units [lo, hi). */
-static void pybnn_bconv_part(void *ctx, int part, int nparts) {
-    const pybnn_bconv_job *j = (const pybnn_bconv_job *)ctx;
+/* Pixels [p_lo, p_hi) x channels [c0, c1) (c0 a multiple of 32), in chunks of j->mc pixels,
+ * with the scratch of `part`. */
+static void pybnn_bconv_block(const pybnn_bconv_job *j, int part, size_t p_lo, size_t p_hi, size_t c0,
+                              size_t c1) {
     const pybnn_conv_geom *g = j->g;
-    size_t lo, hi, p_lo = 0, p_hi = j->total, c0 = 0, c1 = (size_t)g->cout;
     size_t cout = (size_t)g->cout, kwords = j->kwords;
-    pybnn_par_range(j->by_pixels ? j->total : j->cunits, part, nparts, &lo, &hi);
-    if (j->by_pixels) {
-        p_lo = lo;
-        p_hi = hi;
-    } else {
-        c0 = lo * PYBNN_BCONV_CUNIT;
-        c1 = PYBNN_MIN(hi * PYBNN_BCONV_CUNIT, cout);
-    }
     if (p_lo >= p_hi || c0 >= c1)
         return;
     /* first weight block of channel c0 */
@@ -403,6 +396,28 @@ static void pybnn_bconv_part(void *ctx, int part, int nparts) {
         if (j->ot)
             pybnn_ot_apply(j->ot, j->ot_level, acc, ldc, m, c0, c1,
                            (char *)j->out + p0 * j->ldo * j->esize, j->ldo);
+    }
+}
+
+/* by_pixels: part p gets a contiguous range of whole GEMM tiles (and the last part the rows
+ * after them, when the tiles cannot be shared out evenly anyway), then its share of the
+ * channels of the rows after the tiles, when they can: 49 pixels on two threads are 4 tiles
+ * of 6 rows each plus half the channels of pixel 48, where 25 + 24 pixels would leave one
+ * part a 1-row tile more.  Otherwise all pixels x a range of channel units. */
+static void pybnn_bconv_part(void *ctx, int part, int nparts) {
+    const pybnn_bconv_job *j = (const pybnn_bconv_job *)ctx;
+    size_t lo, hi, cout = (size_t)j->g->cout;
+    if (!j->by_pixels) {
+        pybnn_par_range(j->cunits, part, nparts, &lo, &hi);
+        pybnn_bconv_block(j, part, 0, j->total, lo * PYBNN_BCONV_CUNIT, PYBNN_MIN(hi * PYBNN_BCONV_CUNIT, cout));
+        return;
+    }
+    pybnn_par_range(j->tiles, part, nparts, &lo, &hi);
+    pybnn_bconv_block(j, part, lo * j->unit, part == nparts - 1 ? j->tail : hi * j->unit, 0, cout);
+    if (j->tail < j->total) {
+        pybnn_par_range(j->cunits, part, nparts, &lo, &hi);
+        pybnn_bconv_block(j, part, j->tail, j->total, lo * PYBNN_BCONV_CUNIT,
+                          PYBNN_MIN(hi * PYBNN_BCONV_CUNIT, cout));
     }
 }
 
@@ -446,17 +461,23 @@ static int pybnn_bconv2d(int isa, int threads, const pybnn_conv_geom *g, const u
     /* Work (common.h units): one per 32-bit word of the XNOR-popcount GEMM (+ the im2col copy). */
     double work = (double)j.total * (double)j.kwords * ((double)cout + (j.direct ? 0.0 : 1.0));
     int nparts = pybnn_par_parts(threads, PYBNN_MAX(j.total, j.cunits), work);
-    /* Split pixels while every part gets a few 6-row GEMM tiles; else output channels.
-     * (Splitting channels already below 32 pixels per part balances the parts better -
-     * 49 pixels give 25 + 24 rows, 4 full tiles and a 1-row one against 4 - but measured
-     * no better overall: each part then copies every receptive field, corrects every
-     * border pixel, and parts writing bits share output lines.) */
+    /* Split pixels while every part gets a few GEMM tiles (16 rows make at least 2); else
+     * output channels.  (Splitting channels already below 32 pixels per part measured no
+     * better: each part then copies every receptive field and corrects every border pixel.) */
     j.by_pixels = j.total >= (size_t)nparts * 16 || j.cunits < (size_t)nparts;
     nparts = (int)PYBNN_MIN((size_t)nparts, j.by_pixels ? j.total : j.cunits);
+    /* units of whole tiles (see pybnn_bconv_part), or of rows when there are fewer tiles
+     * than parts (a few pixels of a few channels) */
+    j.unit = j.total / PYBNN_XGEMM_TILE_ROWS >= (size_t)nparts ? PYBNN_XGEMM_TILE_ROWS : 1;
+    j.tiles = j.total / j.unit;
+    j.tail = j.total;
+    if (j.by_pixels && nparts > 1 && j.tiles % (size_t)nparts == 0 && j.cunits >= (size_t)nparts)
+        j.tail = j.tiles * j.unit;
     size_t part_channels = j.by_pixels ? cout : PYBNN_MIN(cout, (j.cunits + nparts - 1) / nparts * PYBNN_BCONV_CUNIT);
     j.mc = pybnn_bconv_chunk(j.kwords, ot ? part_channels : 0);
-    /* no part has more rows than this: size its scratch for them */
-    j.mc = PYBNN_MIN(j.mc, j.by_pixels ? (j.total + nparts - 1) / nparts : j.total);
+    /* no block of a part has more rows than this: size the scratch for them */
+    size_t most = (j.tiles + nparts - 1) / nparts * j.unit + (j.total - j.tiles * j.unit);
+    j.mc = PYBNN_MIN(j.mc, j.by_pixels ? most : j.total);
     size_t rows = j.mc;
     /* per part: im2col rows, then accumulators; 64-byte multiples keep parts' lines apart */
     j.scratch_bytes = ((j.direct ? 0 : rows * j.kwords) + (ot ? rows * part_channels : 0)) * sizeof(uint32_t);

@@ -531,6 +531,15 @@ static void pybnn_xgemm_neon(const uint32_t *a, size_t lda, size_t m, size_t kwo
 }
 #endif /* PYBNN_NEON */
 
+/* Rows of the build's tallest GEMM tile (x86: AVX-512's 6, a multiple of the other x86
+ * variants' 1-3 rows; ARM: NEON's, a multiple of the scalar variant's 2): drivers give
+ * parts and chunks whole tiles of rows, so no tile runs part-empty but the last. */
+#if PYBNN_NEON
+#define PYBNN_XGEMM_TILE_ROWS PYBNN_XGEMM_NEON_MR
+#else
+#define PYBNN_XGEMM_TILE_ROWS 6
+#endif
+
 /* The variant for `isa` (walking down to scalar); *used receives its ISA number. */
 static pybnn_xgemm_fn pybnn_xgemm_pick(int isa, int *used) {
 #if PYBNN_NEON

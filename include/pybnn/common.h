@@ -14,10 +14,6 @@
 #include <stddef.h>
 #include <string.h>
 
-#ifdef _OPENMP
-#include <pthread.h> /* pthread_atfork */
-#endif
-
 /* Instruction-set paths, best last.  The numbers are part of the Python API (pybnn.cpu). */
 enum {
     PYBNN_ISA_SCALAR = 0, /* portable C: the runtime fallback on every CPU */
@@ -182,7 +178,7 @@ static inline uint32_t pybnn_neon_dirneg(const int8_t *dir) {
  * Every driver (the selector-level function a Cython wrapper calls) takes `threads`, the
  * most threads it may use, splits its output into `nparts` contiguous ranges (of rows, of
  * pixels, or of output-channel blocks) and hands each range to pybnn_par_run, which runs
- * the parts on an OpenMP team when the build has OpenMP and one after the other otherwise.
+ * the parts on the process's worker threads (threads.h).
  * Every output element is computed by exactly one part, by the same code and in the same
  * order whatever the partition, so results are bit-identical for every thread count
  * (float kernels split channels only at boundaries of their channel groups).
@@ -191,9 +187,9 @@ static inline uint32_t pybnn_neon_dirneg(const int8_t *dir) {
  * kernel: one 32-bit XNOR-popcount word per output channel in bconv2d, 2-6 multiply-adds
  * in the GEMMs, ~3 bytes copied by im2col, ...).  A part must get at least
  * PYBNN_PAR_GRAIN units (about 13 us), so a kernel goes parallel only above 2 grains
- * (about 25-40 us on one core): waking the team costs a few us when its threads are
- * still spinning from the previous kernel and tens of us when they sleep, and on a busy
- * machine a part can wait a whole scheduler time slice for a core. */
+ * (about 25-40 us on one core): handing a part to a worker costs ~0.2 us while it still
+ * spins after the previous kernel and tens of us once it sleeps, and on a busy machine a
+ * part can wait a whole scheduler time slice for a core. */
 #define PYBNN_PAR_GRAIN 131072.0
 #define PYBNN_PAR_MAX_THREADS 256
 
@@ -228,48 +224,20 @@ static inline void pybnn_par_range(size_t units, int part, int nparts, size_t *l
 
 typedef void (*pybnn_part_fn)(void *ctx, int part, int nparts);
 
-#ifdef _OPENMP
-/* This module ran a parallel region in this process / this process is a child forked after
- * that (set by the fork handler, so a call needs no getpid system call: 0.1-0.2 us here). */
-static int pybnn_par_went = 0, pybnn_par_forked = 0;
-static pthread_once_t pybnn_par_once = PTHREAD_ONCE_INIT;
-static void pybnn_par_child(void) {
-    if (__atomic_load_n(&pybnn_par_went, __ATOMIC_ACQUIRE))
-        pybnn_par_forked = 1;
-}
-static void pybnn_par_register(void) { pthread_atfork(NULL, NULL, pybnn_par_child); }
-#endif
+/* Runs parts in parallel: the process's one thread pool (threads.h), set in every kernel
+ * module at import (_checks.pxi); NULL runs parts one after the other. */
+typedef void (*pybnn_par_runner_fn)(int nparts, pybnn_part_fn fn, void *ctx);
+static pybnn_par_runner_fn pybnn_par_runner = NULL;
+static inline void pybnn_par_set_runner(void *runner) { pybnn_par_runner = (pybnn_par_runner_fn)runner; }
 
-/* Runs fn(ctx, p, nparts) for p = 0 .. nparts-1, in parallel when OpenMP is available.
- * GNU OpenMP cannot run a parallel region in a child forked after the parent ran one (the
- * child waits forever for the parent's threads), so such a child runs the parts serially:
- * same results, one core. */
+/* Runs fn(ctx, p, nparts) for p = 0 .. nparts-1, in parallel when it can. */
 static void pybnn_par_run(int nparts, pybnn_part_fn fn, void *ctx) {
-#ifdef _OPENMP
-    if (nparts > 1) {
-        if (!__atomic_load_n(&pybnn_par_went, __ATOMIC_ACQUIRE)) {
-            pthread_once(&pybnn_par_once, pybnn_par_register);
-            __atomic_store_n(&pybnn_par_went, 1, __ATOMIC_RELEASE);
-        }
-        if (!pybnn_par_forked) {
-#pragma omp parallel for schedule(static) num_threads(nparts)
-            for (int p = 0; p < nparts; p++)
-                fn(ctx, p, nparts);
-            return;
-        }
+    if (nparts > 1 && pybnn_par_runner) {
+        pybnn_par_runner(nparts, fn, ctx);
+        return;
     }
-#endif
     for (int p = 0; p < nparts; p++)
         fn(ctx, p, nparts);
-}
-
-/* 1 if this build runs parts in parallel (compiled with OpenMP). */
-static inline int pybnn_openmp(void) {
-#ifdef _OPENMP
-    return 1;
-#else
-    return 0;
-#endif
 }
 
 #endif

@@ -1,7 +1,15 @@
 # Argument checks shared by every kernel module (textually included: `include "_checks.pxi"`).
 
+from cpython.pycapsule cimport PyCapsule_GetPointer
+
+from pybnn._kernels._cpu import par_runner as _par_runner
+
 cdef extern from "pybnn/common.h":
     int pybnn_isa_supported(int isa)
+    void pybnn_par_set_runner(void *runner)
+
+# Parallel parts run on the process's one thread pool, which lives in _cpu.
+pybnn_par_set_runner(PyCapsule_GetPointer(_par_runner, "pybnn.par_runner"))
 
 
 cdef int _check_isa(int isa) except -1:

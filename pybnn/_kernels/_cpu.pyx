@@ -1,9 +1,16 @@
 # cython: language_level=3
-"""Which instruction-set paths this build has and the running CPU supports."""
+"""Which instruction-set paths this build has and the running CPU supports, and the
+process's one pool of worker threads (include/pybnn/threads.h), which every kernel module
+fetches from `par_runner` at import (_checks.pxi)."""
+from cpython.pycapsule cimport PyCapsule_New
+
+cdef extern from "pybnn/threads.h":
+    ctypedef void (*pybnn_part_fn)(void *ctx, int part, int nparts)
+    void pybnn_pool_run(int nparts, pybnn_part_fn fn, void *ctx) nogil
+    int pybnn_pool_workers() nogil
 
 cdef extern from "pybnn/common.h":
     int pybnn_isa_supported(int isa) nogil
-    int pybnn_openmp() nogil
     int pybnn_par_parts(int threads, size_t units, double work) nogil
     double PYBNN_PAR_GRAIN
     int PYBNN_X86, PYBNN_NEON
@@ -23,9 +30,9 @@ def arch_family():
     return "other"
 
 
-def openmp():
-    """True if this build runs kernels on several threads (compiled with OpenMP)."""
-    return bool(pybnn_openmp())
+def pool_workers():
+    """Worker threads the pool has started (0 until a kernel first runs on several threads)."""
+    return pybnn_pool_workers()
 
 
 def par_parts(int threads, size_t units, double work):
@@ -37,3 +44,6 @@ def par_parts(int threads, size_t units, double work):
 def par_grain():
     """Least work (in the kernels' work units) worth giving to one more thread."""
     return PYBNN_PAR_GRAIN
+
+
+par_runner = PyCapsule_New(<void *>pybnn_pool_run, "pybnn.par_runner", NULL)
