@@ -117,9 +117,9 @@ def measure(fn, repeats=15, max_seconds=1.0, min_sample_ms=0.5, warmup=2):
 
 
 def settle(threads, seconds):
-    """Pause after a multi-threaded measurement: idle worker threads of OpenBLAS, OpenMP
-    (pybnn's kernels, PyTorch) and onnxruntime spin for a while after their last job, and on
-    a 2-core machine they would slow whatever is timed next."""
+    """Pause after a multi-threaded measurement: idle worker threads of OpenBLAS, pybnn,
+    PyTorch (OpenMP) and onnxruntime spin for a while after their last job, and on a 2-core
+    machine they would slow whatever is timed next."""
     if threads > 1 and seconds > 0:
         time.sleep(seconds)
 

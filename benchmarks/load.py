@@ -12,7 +12,7 @@ each kind's kernels stored in their own layout - then times pybnn.load_model (me
 --repeats fresh loads, each in a new mapping) with and without verification, the first
 predict() of a batch of one after a load (which touches every weight page) and a second one,
 and the bytes Python and NumPy allocate while loading (tracemalloc peak).  Predictions run on
---threads threads (1 by default: on a shared machine, OpenMP threads waiting for a busy core
+--threads threads (1 by default: on a shared machine, worker threads waiting for a busy core
 would dominate these millisecond calls)."""
 import argparse
 import os

@@ -12,6 +12,7 @@ import pytest
 
 import pybnn
 from pybnn import layers as L
+from conftest import python_command, subprocess_env
 from pybnn._kernels import _cpu, bconv, bitpack, gemm, transform
 
 THREADS = [1, 2, 3, 5]  # 5: more threads than this machine's cores must work too
@@ -233,7 +234,7 @@ def _bconv_sum(threads):
 
 POOL_CHILD = """
 import sys
-sys.path[:0] = {path!r}
+sys.path.insert(0, {path!r})
 import test_threads as t
 start = t._os_threads()
 for threads in (2, 5, 3):
@@ -248,9 +249,9 @@ def test_one_pool_of_workers_for_every_kernel_module():
     fresh process, parallel GEMMs and binary convolutions (with their bit-packing and
     transforms) on up to 5 threads start exactly the pool's workers, 4, and no more."""
     import subprocess
-    import sys
-    code = POOL_CHILD.format(path=[os.path.dirname(__file__)] + sys.path)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    code = POOL_CHILD.format(path=os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(python_command() + ["-c", code], capture_output=True, text=True, timeout=600,
+                         env=subprocess_env())
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["4", "4"]
 
