@@ -220,6 +220,26 @@ def test_work_threshold_keeps_small_problems_on_one_thread():
 # ---------------------------------------------------------------- the worker pool
 
 
+def run_at_once(body, n):
+    """Runs body(0) .. body(n-1) on n Python threads started together; re-raises the first
+    exception one of them raised."""
+    errors, start = [], threading.Barrier(n)
+
+    def run(i):
+        try:
+            start.wait()
+            body(i)
+        except Exception as e:  # reported from the main thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+
+
 def _os_threads():
     with open("/proc/self/status") as f:
         return int(next(line.split()[1] for line in f if line.startswith("Threads:")))
@@ -281,24 +301,14 @@ def test_concurrent_callers_share_the_pool():
     """Python threads calling parallel kernels at once: one at a time gets the pool, the
     others run their parts themselves; every result is the one-thread result."""
     want_gemm, want_conv = _igemm_sum(1), _bconv_sum(1)
-    errors, start = [], threading.Barrier(4)
 
     def worker(i):
-        try:
-            start.wait()
-            for rep in range(6):
-                n = 2 + (i + rep) % 3
-                assert _igemm_sum(n) == want_gemm
-                assert _bconv_sum(n) == want_conv
-        except Exception as e:  # reported from the main thread
-            errors.append(e)
+        for rep in range(6):
+            n = 2 + (i + rep) % 3
+            assert _igemm_sum(n) == want_gemm
+            assert _bconv_sum(n) == want_conv
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors[0]
+    run_at_once(worker, 4)
 
 
 # ---------------------------------------------------------------- Python threads
@@ -312,23 +322,13 @@ def test_two_python_threads_predict_concurrently_on_one_model():
     inputs = [make_input("float32", (int(rng.integers(1, 4)), 16, 16, 40), rng) for _ in range(16)]
     with pybnn.cpu.use_threads(1):
         want = [model.predict(x) for x in inputs]
-    errors, start = [], threading.Barrier(2)
 
     def worker(offset):
-        try:
-            start.wait()
-            for rep in range(4):
-                for i in range(offset, len(inputs), 2):
-                    np.testing.assert_array_equal(model.predict(inputs[i]), want[i])
-        except Exception as e:  # reported from the main thread
-            errors.append(e)
+        for rep in range(4):
+            for i in range(offset, len(inputs), 2):
+                np.testing.assert_array_equal(model.predict(inputs[i]), want[i])
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors[0]
+    run_at_once(worker, 2)
 
 
 def test_use_threads_is_per_python_thread():

@@ -3,18 +3,19 @@
  * from the capsule _cpu exports.  One pool per process, not one per module: each module
  * holding its own threads would multiply them.
  *
- * Why not OpenMP: a parallel region of GNU OpenMP costs 0.5-0.9 us to open and join here
- * even with its threads spinning, and pybnn runs many layers of 10-50 us (a 7x7x256
- * binary convolution is 27 us on one core); this pool costs 0.2 us.  And its workers carry
- * no state a fork could leave half-owned.
+ * Why not OpenMP: a GNU OpenMP parallel region costs 0.7-0.95 us to open and join here
+ * even with its threads spinning, and pybnn runs many layers of 10-50 us (a 7x7x256 binary
+ * convolution is 27 us on one core); handing parts to this pool costs 0.23 us.
  *
  * How: the caller writes the job (fn, ctx, nparts) into the slots of workers 1 .. nparts-1
  * and bumps their tickets (a slot is one cache line: handing a part over moves one line
  * each way); worker w runs part w, the caller part 0 (and any part beyond the workers it
- * could start), then waits until every worker has marked its ticket done.  Workers spin for PYBNN_POOL_SPIN_NS after their last job (the next
- * layer of a model is usually microseconds away), then sleep on a condition variable.  The
- * sleep/wake handshakes are Dekker-style: each side stores its own flag and loads the
- * other's with sequentially consistent atomics, so one of them always sees the other.
+ * could start), then waits until every worker has marked its ticket done.  Workers spin
+ * for PYBNN_POOL_SPIN_NS after their last job (the next layer of a model is usually
+ * microseconds away), then sleep on a condition variable; the caller waiting for a slow
+ * worker does the same.  The sleep/wake handshakes are Dekker-style: each side stores its
+ * own flag and loads the other's with sequentially consistent atomics, so one of them
+ * always sees the other.
  * One job at a time: a second caller (another Python thread, kernels release the GIL)
  * finding the pool busy runs its parts itself, one after the other - same results.
  * A child forked after the pool started has none of its workers: it runs parts serially. */
