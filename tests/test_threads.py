@@ -264,14 +264,15 @@ print(t._os_threads() - start, t._cpu.pool_workers())
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc to count threads")
-def test_one_pool_of_workers_for_every_kernel_module():
+def test_one_pool_of_workers_for_every_kernel_module(tmp_path):
     """Kernels of every module share the process's one pool (threads.h, held by _cpu): in a
     fresh process, parallel GEMMs and binary convolutions (with their bit-packing and
     transforms) on up to 5 threads start exactly the pool's workers, 4, and no more."""
     import subprocess
     code = POOL_CHILD.format(path=os.path.dirname(os.path.abspath(__file__)))
+    # cwd: a directory without a pybnn source tree, which would shadow the pybnn under test
     out = subprocess.run(python_command() + ["-c", code], capture_output=True, text=True, timeout=600,
-                         env=subprocess_env())
+                         env=subprocess_env(), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["4", "4"]
 
