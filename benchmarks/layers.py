@@ -32,7 +32,6 @@ import numpy as np
 
 import _common as C
 import pybnn
-from pybnn import cpu
 from pybnn import layers as L
 
 # name, (H, W, Cin), kernel, filters, stride  (DESIGN.md; NHWC, "same" padding, batch 1)

@@ -293,10 +293,8 @@ class _Conv(Layer):
         if self._parts is not None:
             self.last_isa = self._call_groups(x, y)
             return y
-        cached = self.__dict__.get("_kernel_for")
-        kernel = cached[1] if cached is not None and cached[0] is self._out else self._kernel()
-        _, self.last_isa = kernel(x, cpu.active(), cpu.num_threads(),
-                                  y if y.ndim == 4 else y.reshape(x.shape[0], 1, 1, y.shape[-1]))
+        _, self.last_isa = self._kernel()(x, cpu.active(), cpu.num_threads(),
+                                          y if y.ndim == 4 else y.reshape(x.shape[0], 1, 1, y.shape[-1]))
         return y
 
     def _kernel(self, dtype=None):
