@@ -138,13 +138,16 @@ def measure_quiet(fn, max_wait=0.0, threshold=0.3, **timing):
     return result
 
 
-def interleaved_speedup(runner, threads, rounds, torch_module=None, calls=5):
+def interleaved_speedup(runner, threads, rounds, torch_module=None, calls=5, warmup_s=0.003):
     """Speed-up of each thread count over the first, from `rounds` rounds that each time a few
     calls at every thread count in turn: a shared machine's slow drifts (other processes,
     clock) then hit every count alike, which separate blocks of samples do not ensure.
     runner(n) returns the function to time at n threads.  Median over rounds of
-    t(first) / t(n); each round's time per count is the median of `calls` calls after one
-    warm-up call."""
+    t(first) / t(n); each round's time per count is the median of `calls` calls after
+    `warmup_s` seconds of calls (at least one) at that count, as measure() warms up: a
+    worker thread that slept through the other count's calls takes the first call after
+    them 50-60 us longer (its wake-up) and the following ~1 ms of calls ~10% longer (an
+    idle virtual CPU's core coming back to speed; docs/performance.md "Threads")."""
     ratios = {n: [] for n in threads[1:]}
     fns = {n: runner(n) for n in threads}
     for _ in range(rounds):
@@ -152,7 +155,10 @@ def interleaved_speedup(runner, threads, rounds, torch_module=None, calls=5):
         for n in threads:
             fn = fns[n]
             with limit_threads(n, torch_module):
+                start = time.perf_counter()
                 fn()
+                while time.perf_counter() - start < warmup_s:
+                    fn()
                 times = []
                 for _ in range(calls):
                     t0 = time.perf_counter()

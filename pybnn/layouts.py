@@ -22,6 +22,10 @@ import numpy as np
 from ._kernels import bconv as kbin, gemm as kgemm
 
 HEADER = 64  # bytes of the GEMM headers: uint32 magic, K, cout, 52 zero bytes
+# An uninitialised uint8 array of n bytes starting on a cache line: packed kernels (pack_groups)
+# and activation arenas (model.py), for the kernels' 64-byte SIMD loads and stores.
+empty_aligned = kgemm.empty_aligned
+
 LAYOUTS = ("bits_xgemm", "bits_fbgemm", "bits_ibgemm", "int8_igemm", "float32_sgemm")
 _GEMM = {"bits_fbgemm": "fbgemm", "bits_ibgemm": "ibgemm", "int8_igemm": "igemm", "float32_sgemm": "sgemm"}
 
@@ -191,8 +195,8 @@ def pack_groups(layout, kernel, groups):
     kh, kw, cg, cout = kernel.shape
     shape4 = (kh, kw, cg, cout // groups)
     stride = _group_stride(layout, shape4)
-    raw = np.zeros(groups * stride + 64, np.uint8)
-    data = raw[(-raw.ctypes.data) % 64:][:groups * stride]
+    data = empty_aligned(groups * stride)
+    data.fill(0)
     fg = cout // groups
     for g in range(groups):
         part = pack(layout, np.ascontiguousarray(kernel[..., g * fg:(g + 1) * fg]))

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from . import cpu
+from . import cpu, layouts
 from . import reference as ref
 from .errors import ConfigError, PyBNNError, ShapeError
 from .folding import float_threshold, integer_threshold
@@ -274,7 +274,7 @@ class Model:
             cache = self._local.arenas = {}
         if n not in cache:
             offsets, size = _plan_arena(steps, outputs, n)
-            arena = np.empty(size, np.uint8)
+            arena = layouts.empty_aligned(size)  # offsets are multiples of ALIGN from here
             buffers = []
             for step, off in zip(steps, offsets):
                 spec = step.op.output_spec

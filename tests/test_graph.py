@@ -206,6 +206,22 @@ def test_chain_arena_is_the_two_largest_activations():
     assert arena == two  # both largest are multiples of 64 bytes here
 
 
+def test_activations_start_on_cache_lines():
+    """Arena buffers and a layer call's own output start on 64-byte boundaries (NumPy alone
+    starts arrays of more than ~100 KB 16 bytes past one), for batches large and small."""
+    model = pybnn.Sequential([L.Input((32, 32, 40)), L.Conv2D(40, 3, padding="same"), L.ReLU(),
+                              L.Conv2D(24, 3, padding="same")]).randomize(0)
+    for n in (1, 3):
+        model.predict(np.zeros((n, 32, 32, 40), np.float32))
+        buffers = [b for b in model._arena(model._planned(), model._plan_outputs, n) if b is not None]
+        assert buffers and model.activation_bytes(n)[0] > 200_000
+        assert [b.ctypes.data % 64 for b in buffers] == [0] * len(buffers)
+    conv = next(layer for layer in model.layers if isinstance(layer, L.Conv2D))
+    for n in (1, 5):
+        y = conv.call(np.ones((n, 32, 32, 40), np.float32))
+        assert y.shape == (n, 32, 32, 40) and y.ctypes.data % 64 == 0
+
+
 def test_threads_predict_concurrently_on_one_model():
     model = residual_net().randomize(2)
     xs = [images(2, s) for s in range(4)]

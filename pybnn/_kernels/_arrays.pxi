@@ -18,11 +18,12 @@ cdef extern from "pybnn/output_transform.h" nogil:
         PYBNN_OT_BITS
 
 
-def _empty_aligned(Py_ssize_t size):
+def empty_aligned(Py_ssize_t size):
     """Uninitialised uint8 array of `size` bytes starting on a multiple of 64 bytes, where a
     model file places every tensor: packed weights then have their panels (after a 64-byte
     header, or none) on cache lines, as the AVX-512 kernels' 64-byte loads want (a view into
-    a slightly larger array)."""
+    a slightly larger array: NumPy starts arrays of more than ~100 KB 16 bytes past a
+    multiple of 64).  Activation arenas use it too (pybnn.layouts.empty_aligned)."""
     raw = np.empty(size + 63, dtype=np.uint8)
     offset = (-raw.ctypes.data) % 64
     return raw[offset:offset + size]

@@ -200,7 +200,7 @@ def pack_int8_weights(const int8_t[:, :] w):
     may have any strides: the (K, cout) matrix of an HWIO kernel, transposed, packs as it is."""
     cdef Py_ssize_t cout = w.shape[0], k = w.shape[1]
     _check_kc(k, cout, MAX_K_INT8)
-    packed = _empty_aligned(pybnn_igemm_packed_size(k, cout))
+    packed = empty_aligned(pybnn_igemm_packed_size(k, cout))
     cdef uint8_t[::1] dst = packed
     with nogil:
         pybnn_igemm_pack(&w[0, 0], w.strides[0], w.strides[1], k, cout, &dst[0])
@@ -218,7 +218,7 @@ def pack_binary_bits(str gemm, const uint8_t[::1] bits, Py_ssize_t K, Py_ssize_t
         raise ValueError(f"pack_binary_bits: gemm must be 'fbgemm' or 'ibgemm', got {gemm!r}")
     _check_kc(K, cout, MAX_K_BINARY)
     _check_bits(bits, cout, K, sn, sk, "pack_binary_bits")
-    packed = _empty_aligned(_packed_size(g, K, cout))
+    packed = empty_aligned(_packed_size(g, K, cout))
     cdef uint8_t[::1] dst = packed
     with nogil:
         if g == PYBNN_GC_FBGEMM:
@@ -254,7 +254,7 @@ def pack_float_weights(const float[:, ::1] w):
     panels of 32 channels, K rows of 32 floats each (layout in include/pybnn/fbgemm.h)."""
     cdef Py_ssize_t k = w.shape[0], cout = w.shape[1]
     _check_kc(k, cout, MAX_K_BINARY)
-    packed = _empty_aligned(pybnn_sgemm_packed_size(k, cout))
+    packed = empty_aligned(pybnn_sgemm_packed_size(k, cout))
     cdef uint8_t[::1] dst = packed
     with nogil:
         pybnn_sgemm_pack(&w[0, 0], k, cout, &dst[0])

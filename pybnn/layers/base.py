@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import reference as ref
 from ..errors import ConfigError, ShapeError, WeightsError
-from ..layouts import Packed
+from ..layouts import Packed, empty_aligned
 from ..shapes import words
 
 KINDS = ("float32", "int8", "binary")
@@ -239,8 +239,11 @@ class Layer:
 
     def _output(self, out, n):
         """`out`, or a new array for a batch of n (output_spec.array_shape)."""
+        if out is not None:
+            return out
         spec = self.output_spec
-        return np.empty(spec.array_shape(n), spec.dtype) if out is None else out
+        shape, dtype = spec.array_shape(n), np.dtype(spec.dtype)
+        return empty_aligned(int(np.prod(shape)) * dtype.itemsize).view(dtype).reshape(shape)
 
 
 def _check_weight(layer, spec, w, check_values=True):
