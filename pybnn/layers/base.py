@@ -242,8 +242,7 @@ class Layer:
         if out is not None:
             return out
         spec = self.output_spec
-        shape, dtype = spec.array_shape(n), np.dtype(spec.dtype)
-        return empty_aligned(int(np.prod(shape)) * dtype.itemsize).view(dtype).reshape(shape)
+        return empty_aligned(spec.array_shape(n), spec.dtype)
 
 
 def _check_weight(layer, spec, w, check_values=True):
