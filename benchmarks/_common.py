@@ -138,22 +138,20 @@ def measure_quiet(fn, max_wait=0.0, threshold=0.3, **timing):
     return result
 
 
-def interleaved_speedup(runner, threads, rounds, torch_module=None, calls=5, warmup_s=0.003):
-    """Speed-up of each thread count over the first, from `rounds` rounds that each time a few
-    calls at every thread count in turn: a shared machine's slow drifts (other processes,
-    clock) then hit every count alike, which separate blocks of samples do not ensure.
-    runner(n) returns the function to time at n threads.  Median over rounds of
-    t(first) / t(n); each round's time per count is the median of `calls` calls after
-    `warmup_s` seconds of calls (at least one) at that count, as measure() warms up: a
-    worker thread that slept through the other count's calls takes the first call after
-    them 50-60 us longer (its wake-up) and the following ~1 ms of calls ~10% longer (an
-    idle virtual CPU's core coming back to speed; docs/performance.md "Threads")."""
-    ratios = {n: [] for n in threads[1:]}
-    fns = {n: runner(n) for n in threads}
+def interleaved_ratios(variants, rounds, calls=5, warmup_s=0.003, torch_module=None):
+    """How many times faster each of `variants` ((fn, threads) pairs) runs than the first,
+    from `rounds` rounds that each time every variant in turn: a shared machine's slow drifts
+    (other processes, its clock) then hit every variant alike, which separate blocks of
+    samples taken seconds apart do not ensure (this machine's speed moves by 10-20% between
+    them).  Median over rounds of t(first) / t(variant); a round's time per variant is the
+    median of `calls` calls after `warmup_s` seconds of calls (at least one), as measure()
+    warms up: a worker thread that slept through the other variants' calls takes the first
+    call after them 50-60 us longer (its wake-up) and the following ~1 ms of calls ~10%
+    longer (an idle virtual CPU's core coming back to speed; docs/performance.md "Threads")."""
+    ratios = [[] for _ in variants]
     for _ in range(rounds):
-        per = {}
-        for n in threads:
-            fn = fns[n]
+        per = []
+        for fn, n in variants:
             with limit_threads(n, torch_module):
                 start = time.perf_counter()
                 fn()
@@ -164,10 +162,17 @@ def interleaved_speedup(runner, threads, rounds, torch_module=None, calls=5, war
                     t0 = time.perf_counter()
                     fn()
                     times.append(time.perf_counter() - t0)
-            per[n] = float(np.median(times))
-        for n in threads[1:]:
-            ratios[n].append(per[threads[0]] / per[n])
-    return {n: float(np.median(r)) for n, r in ratios.items()}
+            per.append(float(np.median(times)))
+        for i, t in enumerate(per):
+            ratios[i].append(per[0] / t)
+    return [float(np.median(r)) for r in ratios]
+
+
+def interleaved_speedup(runner, threads, rounds, torch_module=None, calls=5):
+    """Speed-up of each thread count over the first (interleaved_ratios of runner(n) at n
+    threads, for n in threads): {n: speed-up} for every count after the first."""
+    ratios = interleaved_ratios([(runner(n), n) for n in threads], rounds, calls, torch_module=torch_module)
+    return dict(zip(threads[1:], ratios[1:]))
 
 
 def gops(ops, ms):

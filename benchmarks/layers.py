@@ -280,7 +280,9 @@ def main(argv=None):
           f"BLAS threads {C.blas_note(args.blas_threads)}")
     started = time.perf_counter()
     rows = []
+    ratios = []
     for case in cases:
+        runs = {}  # kind -> its timed call at the first thread count, for the pair ratios
         for i, kind in enumerate(kinds):
             op, x = prepared(build_layer(case, kind, args.pad_value), seed=1000 + i)
             if tuple(op.output_spec.shape) != case["output"]:  # the ops count assumes this shape
@@ -288,7 +290,7 @@ def main(argv=None):
                                  f"expected {case['output']}")
             y = op._output(None, x.shape[0])  # a model's arena hands every op its output buffer
 
-            def run():
+            def run(op=op, x=x, y=y):  # bound now: runs[kind] is called after the loop moved on
                 return op.call(x, out=y)
             for n in threads_list:
                 with C.limit_threads(n, torch, args.blas_threads):
@@ -302,7 +304,7 @@ def main(argv=None):
                              "input_shape": list(x.shape), "loadavg1": C.loadavg1(),
                              "weight_gbps": weight_gbps(case, KINDS[kind][1], t["median_ms"]), **extra})
             add_speedup(rows, case["name"], kind, lambda n: run, threads_list, args, torch)
-            del op, x, y, run
+            runs[kind] = run
         if torch is not None or ort is not None:
             try:
                 runners = baseline_runners(case, threads_list, torch, ort, seed=7, s8s8=args.ort_s8s8)
@@ -327,7 +329,10 @@ def main(argv=None):
             for name in (runners[threads_list[0]] if runners else {}):
                 if all(name in runners[n] for n in threads_list):
                     add_speedup(rows, case["name"], name, lambda n: runners[n][name], threads_list, args, torch)
+                runs[name] = runners[threads_list[0]][name]
             del runners
+        ratios += pair_ratios(rows, case["name"], runs, threads_list[0], args, torch)
+        del runs
         print(f"  {case['name']} done ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
     overhead = []
     if not args.shapes:
@@ -339,7 +344,7 @@ def main(argv=None):
             overhead.append({"shape": case["name"], "impl": "pybnn", "kind": kind, "layer": type(op).__name__,
                              "threads": 1, **t, "isa": C.isa_name(op.last_isa), "loadavg1": C.loadavg1()})
     elapsed = time.perf_counter() - started
-    report(rows, cases, kinds, threads_list, args)
+    report(rows, cases, kinds, threads_list, args, ratios)
     C.warn_contention(rows)
     if overhead:
         C.table(["kind", "layer", "median us", "min us", "max us"],
@@ -356,7 +361,7 @@ def main(argv=None):
                                               "blas_threads": args.blas_threads,
                                               "int8": {"input_scale": IN_SCALE, "input_zero_point": IN_ZP,
                                                        "output_scale": OUT_SCALE, "output_zero_point": OUT_ZP}},
-                                 "summary": summary_rows(rows, threads_list), "rows": rows,
+                                 "summary": summary_rows(rows, threads_list), "rows": rows, "ratios": ratios,
                                  "overhead_rows": overhead})
 
 
@@ -376,6 +381,26 @@ def add_speedup(rows, shape, kind, runner, threads_list, args, torch):
             r["speedup"] = speedup.get(n, 1.0)
 
 
+# The ratios the fast-kernel targets are stated in (kind over vs, at one thread), measured in
+# interleaved rounds: two kinds' separate medians, taken seconds apart, also differ by how this
+# shared machine's speed drifted in between (10-20%).
+PAIRS = (("i8xb", "int8"), ("fxb", "float"), ("int8", "ort_i8"), ("float", "ort_f32"), ("bits", "ort_f32"))
+
+
+def pair_ratios(rows, shape, runs, n, args, torch):
+    """[{shape, kind, vs, threads, ratio}]: how many times faster `kind` runs than `vs` on
+    `shape` at n threads, from args.rounds alternating rounds (_common.interleaved_ratios)."""
+    out = []
+    for kind, vs in PAIRS:
+        slower = find(rows, shape, vs, n)
+        if kind not in runs or vs not in runs or slower is None or args.rounds < 1:
+            continue
+        calls = int(min(50, max(5, 2.0 / max(slower["median_ms"], 1e-3))))
+        ratio = C.interleaved_ratios([(runs[vs], n), (runs[kind], n)], args.rounds, calls, torch_module=torch)[1]
+        out.append({"shape": shape, "kind": kind, "vs": vs, "threads": n, "ratio": ratio})
+    return out
+
+
 def find(rows, shape, kind, n):
     for r in rows:
         if r["shape"] == shape and r["kind"] == kind and r["threads"] == n:
@@ -383,7 +408,7 @@ def find(rows, shape, kind, n):
     return None
 
 
-def report(rows, cases, kinds, threads_list, args):
+def report(rows, cases, kinds, threads_list, args, ratios=()):
     md = args.markdown
     present = [b for b in BASELINES if any(r["kind"] == b for r in rows)]
     for n in threads_list:
@@ -435,6 +460,15 @@ def report(rows, cases, kinds, threads_list, args):
                              for k in kinds + present], table, markdown=md,
                 title=f"Speed-up of {n} threads over {threads_list[0]} (median over {args.rounds} alternating "
                       f"rounds of the thread counts)")
+    pairs = [p for p in PAIRS if any(r["kind"] == p[0] and r["vs"] == p[1] for r in ratios)]
+    if pairs:
+        label = lambda k: KINDS[k][0] if k in KINDS else BASELINES[k][0].replace(" QLinearConv)", ")")
+        table = [[case["label"]] + [next((r["ratio"] for r in ratios if r["shape"] == case["name"]
+                                          and (r["kind"], r["vs"]) == p), None) for p in pairs]
+                 for case in cases]
+        C.table(["shape"] + [f"{label(a)} / {label(b)}" for a, b in pairs], table, markdown=md,
+                title=f"How many times faster one kind runs than another, {threads_list[0]} thread "
+                      f"(median over {args.rounds} alternating rounds of the two)")
     summary = summary_rows(rows, threads_list)
     if summary:
         C.table(["Convolution type", "Weight bits"] + [f"Gops ({n} thr)" for n in threads_list],
