@@ -4,7 +4,7 @@ import numpy as np
 from .. import cpu
 from .. import reference as ref
 from .._kernels import bitpack as kpack, eltwise as kew
-from ..errors import ConfigError, ShapeError, WeightsError
+from ..errors import ConfigError, WeightsError
 from ..shapes import words
 from .base import KINDS, Layer, TensorSpec
 
