@@ -24,7 +24,8 @@ def empty_aligned(shape, dtype=np.uint8):
     (after a 64-byte header, or none) on cache lines, as the AVX-512 kernels' 64-byte loads
     want; activation arenas and layer outputs use it too (pybnn.layouts.empty_aligned).
     NumPy starts arrays of more than ~100 KB 16-48 bytes past a cache line: those become a
-    view into a slightly larger array."""
+    view into a slightly larger array (of the dtype's type number: native byte order, as
+    every pybnn tensor has)."""
     cdef cnp.ndarray a = np.empty(shape, dtype)
     if <size_t>cnp.PyArray_DATA(a) % 64 == 0:
         return a
