@@ -72,7 +72,7 @@ def pack_weights_bits(const uint8_t[::1] bits, int channels, int cout, int kh, i
     on a multiple of 64 bytes."""
     shape = packed_weights_shape(channels, cout, kh, kw)
     _check_bits(bits, cout, <Py_ssize_t>kh * kw * channels, sn, sk, "pack_weights_bits")
-    wp = empty_aligned(4 * shape[0] * shape[1] * shape[2]).view(np.uint32).reshape(shape)
+    wp = empty_aligned(shape, np.uint32)
     cdef uint32_t[:, :, ::1] wpv = wp
     with nogil:
         pybnn_xgemm_pack_bits(&bits[0], sn, sk, cout, <size_t>kh * kw, channels, &wpv[0, 0, 0])

@@ -238,7 +238,8 @@ class Layer:
         return self.call(x)
 
     def _output(self, out, n):
-        """`out`, or a new array for a batch of n (output_spec.array_shape)."""
+        """`out`, or a new array for a batch of n (output_spec.array_shape) starting on a cache
+        line, as the arena's buffers do."""
         if out is not None:
             return out
         spec = self.output_spec
