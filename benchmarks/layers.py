@@ -365,6 +365,12 @@ def main(argv=None):
                                  "overhead_rows": overhead})
 
 
+def round_calls(row):
+    """Timed calls per variant and round of the alternating rounds: ~2 ms of the row's layer
+    (5-50 calls)."""
+    return int(min(50, max(5, 2.0 / max(row["median_ms"], 1e-3))))
+
+
 def add_speedup(rows, shape, kind, runner, threads_list, args, torch):
     """Adds "speedup" (each thread count over the first, from alternating rounds:
     _common.interleaved_speedup) to the rows of (shape, kind); rounds of ~2 ms per count."""
@@ -373,8 +379,7 @@ def add_speedup(rows, shape, kind, runner, threads_list, args, torch):
     first = find(rows, shape, kind, threads_list[0])
     if first is None:
         return
-    calls = int(min(50, max(5, 2.0 / max(first["median_ms"], 1e-3))))
-    speedup = C.interleaved_speedup(runner, threads_list, args.rounds, torch, calls=calls)
+    speedup = C.interleaved_speedup(runner, threads_list, args.rounds, torch, calls=round_calls(first))
     for n in threads_list:
         r = find(rows, shape, kind, n)
         if r is not None:
@@ -395,8 +400,8 @@ def pair_ratios(rows, shape, runs, n, args, torch):
         slower = find(rows, shape, vs, n)
         if kind not in runs or vs not in runs or slower is None or args.rounds < 1:
             continue
-        calls = int(min(50, max(5, 2.0 / max(slower["median_ms"], 1e-3))))
-        ratio = C.interleaved_ratios([(runs[vs], n), (runs[kind], n)], args.rounds, calls, torch_module=torch)[1]
+        ratio = C.interleaved_ratios([(runs[vs], n), (runs[kind], n)], args.rounds, round_calls(slower),
+                                     torch_module=torch)[1]
         out.append({"shape": shape, "kind": kind, "vs": vs, "threads": n, "ratio": ratio})
     return out
 

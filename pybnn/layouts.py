@@ -22,8 +22,8 @@ import numpy as np
 from ._kernels import bconv as kbin, gemm as kgemm
 
 HEADER = 64  # bytes of the GEMM headers: uint32 magic, K, cout, 52 zero bytes
-# An uninitialised uint8 array of n bytes starting on a cache line: packed kernels (pack_groups)
-# and activation arenas (model.py), for the kernels' 64-byte SIMD loads and stores.
+# empty_aligned(shape, dtype=uint8): np.empty starting on a cache line, for the kernels' 64-byte
+# SIMD loads and stores: packed kernels (pack_groups), activation arenas and layer outputs.
 empty_aligned = kgemm.empty_aligned
 
 LAYOUTS = ("bits_xgemm", "bits_fbgemm", "bits_ibgemm", "int8_igemm", "float32_sgemm")

@@ -358,7 +358,7 @@ typedef struct {
     size_t ldo, esize;  /* output row stride (elements) and element size (bytes) */
     unsigned char *scratch; /* nparts blocks of scratch_bytes */
     size_t scratch_bytes, mc, kwords, total, cunits;
-    size_t unit, tiles, tail; /* by_pixels: pixels [0, tail) hold `tiles` units of `unit` rows */
+    size_t unit, tail;  /* by_pixels: pixels [0, tail) are whole units of `unit` rows */
     int32_t kbits;
     int direct, fix, by_pixels;
     const pybnn_pad_tables *t;
@@ -406,13 +406,13 @@ static void pybnn_bconv_block(const pybnn_bconv_job *j, int part, size_t p_lo, s
  * part a 1-row tile more.  Otherwise all pixels x a range of channel units. */
 static void pybnn_bconv_part(void *ctx, int part, int nparts) {
     const pybnn_bconv_job *j = (const pybnn_bconv_job *)ctx;
-    size_t lo, hi, cout = (size_t)j->g->cout;
+    size_t lo, hi, cout = (size_t)j->g->cout, tiles = j->total / j->unit;
     if (!j->by_pixels) {
         pybnn_par_range(j->cunits, part, nparts, &lo, &hi);
         pybnn_bconv_block(j, part, 0, j->total, lo * PYBNN_BCONV_CUNIT, PYBNN_MIN(hi * PYBNN_BCONV_CUNIT, cout));
         return;
     }
-    pybnn_par_range(j->tiles, part, nparts, &lo, &hi);
+    pybnn_par_range(tiles, part, nparts, &lo, &hi);
     pybnn_bconv_block(j, part, lo * j->unit, part == nparts - 1 ? j->tail : hi * j->unit, 0, cout);
     if (j->tail < j->total) {
         pybnn_par_range(j->cunits, part, nparts, &lo, &hi);
@@ -469,14 +469,14 @@ static int pybnn_bconv2d(int isa, int threads, const pybnn_conv_geom *g, const u
     /* units of whole tiles (see pybnn_bconv_part), or of rows when there are fewer tiles
      * than parts (a few pixels of a few channels) */
     j.unit = j.total / PYBNN_XGEMM_TILE_ROWS >= (size_t)nparts ? PYBNN_XGEMM_TILE_ROWS : 1;
-    j.tiles = j.total / j.unit;
+    const size_t tiles = j.total / j.unit;
     j.tail = j.total;
-    if (j.by_pixels && nparts > 1 && j.tiles % (size_t)nparts == 0 && j.cunits >= (size_t)nparts)
-        j.tail = j.tiles * j.unit;
+    if (j.by_pixels && nparts > 1 && tiles % (size_t)nparts == 0 && j.cunits >= (size_t)nparts)
+        j.tail = tiles * j.unit;
     size_t part_channels = j.by_pixels ? cout : PYBNN_MIN(cout, (j.cunits + nparts - 1) / nparts * PYBNN_BCONV_CUNIT);
     j.mc = pybnn_bconv_chunk(j.kwords, ot ? part_channels : 0);
     /* no block of a part has more rows than this: size the scratch for them */
-    size_t most = (j.tiles + nparts - 1) / nparts * j.unit + (j.total - j.tiles * j.unit);
+    size_t most = (tiles + nparts - 1) / nparts * j.unit + (j.total - tiles * j.unit);
     j.mc = PYBNN_MIN(j.mc, j.by_pixels ? most : j.total);
     size_t rows = j.mc;
     /* per part: im2col rows, then accumulators; 64-byte multiples keep parts' lines apart */

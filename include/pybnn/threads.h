@@ -44,6 +44,13 @@ static inline int64_t pybnn_pool_now_ns(void) { /* 64 bits on 32-bit ARM too */
     return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
 }
 
+/* One turn of a spin-wait begun at t0 (turn i >= 1): pause, and 1 once it has spun
+ * PYBNN_POOL_SPIN_NS (the clock is read every 64 turns) and should go to sleep. */
+static inline int pybnn_pool_spun_out(int i, int64_t t0) {
+    pybnn_pool_relax();
+    return i % 64 == 0 && pybnn_pool_now_ns() - t0 > PYBNN_POOL_SPIN_NS;
+}
+
 /* One cache line per worker, everything a job hands over in it: the caller writes the
  * part's function and bumps `ticket`, the worker sets `done` to the ticket it finished. */
 typedef struct {
@@ -79,8 +86,7 @@ static unsigned pybnn_pool_next(int me, unsigned seen) {
     for (int i = 1;; i++) {
         if ((t = __atomic_load_n(ticket, __ATOMIC_ACQUIRE)) != seen)
             return t;
-        pybnn_pool_relax();
-        if (i % 64 == 0 && pybnn_pool_now_ns() - t0 > PYBNN_POOL_SPIN_NS)
+        if (pybnn_pool_spun_out(i, t0))
             break;
     }
     pthread_mutex_lock(&pybnn_pool.sleep);
@@ -168,8 +174,7 @@ static void pybnn_pool_run(int nparts, pybnn_part_fn fn, void *ctx) {
         fn(ctx, p, nparts);
     int64_t t0 = pybnn_pool_now_ns();
     for (int i = 1; !pybnn_pool_all_done(helpers); i++) {
-        pybnn_pool_relax();
-        if (i % 64 == 0 && pybnn_pool_now_ns() - t0 > PYBNN_POOL_SPIN_NS) {
+        if (pybnn_pool_spun_out(i, t0)) {
             pthread_mutex_lock(&pybnn_pool.sleep);
             __atomic_store_n(&pybnn_pool.waiting, 1, __ATOMIC_SEQ_CST);
             while (!pybnn_pool_all_done(helpers))
